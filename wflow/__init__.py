@@ -1,0 +1,43 @@
+"""wflow: deep residual networks in their mean-field / continuum limit.
+
+Depth is an ODE z(t; x), the parameters are a density rho(theta, t) (here:
+particles Theta (L, M, k)), and training is the Wasserstein gradient flow of
+rho. The public surface:
+
+* problem:         ``Problem``, ``Neuron``, ``Linear``, ``make_feature``, ``get_activation``,
+                   ``make_dataset``
+* discretization:  ``LayeredDepth`` (the finite ResNet), ``ContinuousDepth`` (diffrax),
+                   ``init_particles``
+* time loop:       ``integrate`` with ``Schedule``, ``Regularization`` -> ``FlowResult``
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._activations import ACTIVATIONS, Activation, get_activation
+from ._data import DATASETS, DataError, make_dataset
+from ._depth import ADJOINTS, DEPTHS, ContinuousDepth, DepthDiscretization, Evaluation, LayeredDepth
+from ._features import FEATURES, FeatureMap, Linear, Neuron, make_feature
+from ._integrate import (
+    METHODS,
+    FlowResult,
+    FlowState,
+    Record,
+    Regularization,
+    Schedule,
+    integrate,
+)
+from ._measures import MEASURES, init_particles
+from ._problem import Problem
+
+try:
+    __version__ = version("wflow-meanfield")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "ACTIVATIONS", "ADJOINTS", "DATASETS", "DEPTHS", "FEATURES", "MEASURES", "METHODS",
+    "Activation", "ContinuousDepth", "DataError", "DepthDiscretization", "Evaluation",
+    "FeatureMap", "FlowResult", "FlowState", "LayeredDepth", "Linear", "Neuron", "Problem",
+    "Record", "Regularization", "Schedule", "get_activation", "init_particles", "integrate",
+    "make_dataset", "make_feature", "__version__",
+]

@@ -1,0 +1,71 @@
+"""Activation functions sigma for the `neuron` feature map.
+
+Every activation is a smooth scalar function except plain ``relu``, which is
+offered for comparison only: the mean-field theory (well-posedness of the
+gradient flow, the global-convergence results) needs sigma to be C^2 with
+bounded derivatives, and ``relu`` is not. Use ``smooth_relu`` with a large
+``sharpness`` instead:
+
+    smooth_relu(x; beta) = ( x + sqrt(x^2 + 1/beta^2) ) / 2 - 1 / (2 beta),
+
+which is C^infinity, satisfies smooth_relu(0) = 0 (so the degenerate point of
+SPEC §6 exists for it, as for tanh) and converges uniformly to relu with error
+at most 1/(2 beta).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclass(frozen=True)
+class Activation:
+    """A named activation. ``smooth`` is False for those outside the theory."""
+
+    name: str
+    fn: Callable[[jax.Array], jax.Array]
+    smooth: bool
+    zero_at_zero: bool  # sigma(0) == 0: the delta_0 start is a stationary point
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fn(x)
+
+
+def _smooth_relu(sharpness: float) -> Callable[[jax.Array], jax.Array]:
+    eps = 1.0 / sharpness
+
+    def fn(x):
+        return 0.5 * (x + jnp.sqrt(x * x + eps * eps)) - 0.5 * eps
+
+    return fn
+
+
+ACTIVATIONS = ("tanh", "sigmoid", "softplus", "gelu", "silu", "smooth_relu", "relu")
+
+
+def get_activation(name: str, sharpness: float = 10.0) -> Activation:
+    """Return the activation called ``name`` (one of ``ACTIVATIONS``).
+
+    ``sharpness`` (beta > 0) is used by ``smooth_relu`` only.
+    """
+    if name == "tanh":
+        return Activation("tanh", jnp.tanh, True, True)
+    if name == "sigmoid":
+        return Activation("sigmoid", jax.nn.sigmoid, True, False)
+    if name == "softplus":
+        return Activation("softplus", jax.nn.softplus, True, False)
+    if name == "gelu":
+        return Activation("gelu", lambda x: jax.nn.gelu(x, approximate=False), True, True)
+    if name == "silu":
+        return Activation("silu", jax.nn.silu, True, True)
+    if name == "smooth_relu":
+        if not sharpness > 0:
+            raise ValueError(f"model.sharpness = {sharpness!r}: must be > 0")
+        return Activation("smooth_relu", _smooth_relu(float(sharpness)), True, True)
+    if name == "relu":
+        return Activation("relu", jax.nn.relu, False, True)
+    raise ValueError(f"model.activation = {name!r}: allowed are {', '.join(ACTIVATIONS)}")

@@ -1,0 +1,167 @@
+"""Datasets (SPEC §3 ``[data]``), deterministic from a seed.
+
+All generators return float64 NumPy arrays x (N, d_in) and y (N, d_out); the
+caller casts to the run's precision.
+
+* ``teacher``: x ~ N(0, I); y = g(z(1; x)) of a random *teacher* ResNet of the
+  model's own family (same feature map, activation, state dimension) with
+  ``teacher_depth`` layers of ``teacher_width`` neurons whose parameters are
+  i.i.d. N(0, teacher_std^2). A student with the same depth and a width that
+  is a multiple of the teacher's can represent it exactly, so zero loss is
+  attainable.
+* ``sine``: x ~ U[-1, 1]^{d_in}, y = sin(pi x_0) (+ optional Gaussian noise).
+* ``circles``: two concentric circles of radii 1 and 1/2 in R^2 (d_in = 2),
+  labels +1 (outer) / -1 (inner), optional radial noise.
+* ``file``: ``.npz`` or ``.h5``/``.hdf5`` holding ``x`` (N, d_in) and ``y``
+  (N,) or (N, d_out).
+* ``digits``: scikit-learn's bundled 8x8 digits (1797 images, nothing is
+  downloaded): x in [0, 1]^64; y one-hot over ``classes`` (+-1 labels when two
+  classes are chosen).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+DATASETS = ("teacher", "sine", "circles", "file", "digits")
+
+
+class DataError(ValueError):
+    """Malformed or missing data; the message names the offending key."""
+
+
+def _rng(seed: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(seed), 0xDA7A]))
+
+
+def load_array_file(path: str, names: tuple[str, ...], key: str) -> dict[str, np.ndarray]:
+    """Read arrays ``names`` from a .npz or .h5 file; DataError naming ``key`` otherwise."""
+    if not os.path.isfile(path):
+        raise DataError(f"{key} = {path!r}: file not found")
+    ext = os.path.splitext(path)[1].lower()
+    out = {}
+    try:
+        if ext == ".npz":
+            with np.load(path, allow_pickle=False) as f:
+                for n in names:
+                    if n in f.files:
+                        out[n] = np.asarray(f[n])
+        elif ext in (".h5", ".hdf5"):
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                for n in names:
+                    if n in f and isinstance(f[n], h5py.Dataset):
+                        out[n] = np.asarray(f[n][()])
+        else:
+            raise DataError(f"{key} = {path!r}: allowed file types are .npz, .h5, .hdf5")
+    except DataError:
+        raise
+    except Exception as e:  # corrupt / truncated file
+        raise DataError(f"{key} = {path!r}: cannot be read ({type(e).__name__}: {e})") from None
+    for n, a in out.items():
+        if not np.issubdtype(a.dtype, np.number):
+            raise DataError(f"{key} = {path!r}: array {n!r} has dtype {a.dtype}, must be numeric")
+        if not np.all(np.isfinite(a)):
+            raise DataError(f"{key} = {path!r}: array {n!r} contains non-finite values")
+    return out
+
+
+def teacher_targets(x, feature, *, width: int, depth: int, std: float, out_dim: int, seed: int):
+    """y = g(z(1; x)) of a random layered teacher ResNet (float64 on the host)."""
+    import jax
+    import jax.numpy as jnp
+
+    from ._depth import LayeredDepth
+    from ._problem import Problem
+
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x7EAC]))
+    theta = rng.normal(0.0, std, size=(depth, width, feature.k))
+    dummy_y = np.zeros((x.shape[0], out_dim))
+    with jax.default_device(jax.devices("cpu")[0]):
+        problem = Problem(feature, jnp.asarray(x), jnp.asarray(dummy_y))
+        y = LayeredDepth().predict(problem, jnp.asarray(theta, problem.x.dtype))
+    return np.asarray(y, dtype=np.float64)
+
+
+def make_dataset(
+    kind: str,
+    *,
+    n: int = 256,
+    dim: int = 2,
+    seed: int = 0,
+    feature=None,
+    out_dim: int = 1,
+    noise: float = 0.0,
+    path: str | None = None,
+    teacher_width: int = 4,
+    teacher_depth: int = 4,
+    teacher_std: float = 1.0,
+    classes: tuple[int, ...] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Build dataset ``kind`` (see the module docstring). Returns (x, y) float64."""
+    rng = _rng(seed)
+    if kind == "teacher":
+        if feature is None:
+            raise ValueError("teacher data needs the model's feature map")
+        x = rng.normal(size=(n, dim))
+        y = teacher_targets(x, feature, width=teacher_width, depth=teacher_depth,
+                            std=teacher_std, out_dim=out_dim, seed=seed)
+        if noise > 0:
+            y = y + noise * rng.normal(size=y.shape)
+        return x, y
+    if kind == "sine":
+        x = rng.uniform(-1.0, 1.0, size=(n, dim))
+        y = np.sin(np.pi * x[:, :1]) + noise * rng.normal(size=(n, 1))
+        return x, y
+    if kind == "circles":
+        if dim != 2:
+            raise DataError(f"data.dim = {dim}: circles data lives in 2 dimensions (dim = 2)")
+        label = np.where(np.arange(n) % 2 == 0, 1.0, -1.0)
+        rng.shuffle(label)
+        radius = np.where(label > 0, 1.0, 0.5) + noise * rng.normal(size=n)
+        angle = rng.uniform(0.0, 2 * np.pi, size=n)
+        x = np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=1)
+        return x, label[:, None]
+    if kind == "file":
+        if not path:
+            raise DataError("data.path is missing: kind = 'file' needs a .npz or .h5 file with x, y")
+        arrays = load_array_file(path, ("x", "y"), "data.path")
+        for name in ("x", "y"):
+            if name not in arrays:
+                raise DataError(f"data.path = {path!r}: no array named {name!r} in the file")
+        x, y = arrays["x"].astype(np.float64), arrays["y"].astype(np.float64)
+        if y.ndim == 1:
+            y = y[:, None]
+        if x.ndim == 1:
+            x = x[:, None]
+        if x.ndim != 2 or y.ndim != 2:
+            raise DataError(
+                f"data.path = {path!r}: x must be (N, d_in) and y (N,) or (N, d_out); "
+                f"got {x.shape} and {y.shape}")
+        if x.shape[0] != y.shape[0]:
+            raise DataError(
+                f"data.path = {path!r}: x has {x.shape[0]} rows but y has {y.shape[0]}")
+        if x.shape[0] == 0:
+            raise DataError(f"data.path = {path!r}: the file holds no samples")
+        return x, y
+    if kind == "digits":
+        from sklearn.datasets import load_digits
+
+        data = load_digits()
+        classes = tuple(range(10)) if classes is None else tuple(int(c) for c in classes)
+        if len(classes) < 2 or any(c < 0 or c > 9 for c in classes) or len(set(classes)) != len(classes):
+            raise DataError(f"data.classes = {list(classes)}: need >= 2 distinct digits in 0..9")
+        keep = np.isin(data.target, classes)
+        x = data.data[keep] / 16.0
+        t = data.target[keep]
+        idx = rng.permutation(len(t))[: min(n, len(t))]
+        x, t = x[idx], t[idx]
+        if len(classes) == 2:
+            y = np.where(t == classes[0], 1.0, -1.0)[:, None]
+        else:
+            y = (t[:, None] == np.asarray(classes)[None, :]).astype(np.float64)
+        return x, y
+    raise DataError(f"data.kind = {kind!r}: allowed are {', '.join(DATASETS)}")

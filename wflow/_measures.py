@@ -1,0 +1,77 @@
+"""Initial measures rho_ini and their particle samples Theta (L, M, k).
+
+Layer l's M particles are i.i.d. samples of rho_ini(., t_l); the measures
+below do not depend on t.
+
+* ``gaussian``: N(mean, diag(std^2)); mean and std scalars or length-k lists.
+* ``uniform``: uniform on the box [low, high]; when low/high are not given the
+  box is mean +- sqrt(3) std (the uniform law with that mean and std).
+* ``point``: every particle at ``mean`` (the Dirac mass; mean = 0 is the
+  degenerate stationary point of SPEC §6).
+* ``file``: ``theta`` of shape (L, M, k) from a .npz/.h5 file.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._data import DataError, load_array_file
+
+MEASURES = ("gaussian", "uniform", "point", "file")
+
+
+def _per_coord(value, k: int, key: str) -> np.ndarray:
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.ndim == 0:
+        return np.full((k,), float(arr))
+    if arr.shape != (k,):
+        raise DataError(f"{key} = {list(np.atleast_1d(arr))}: give a scalar or a list of k = {k} values")
+    return arr
+
+
+def init_particles(
+    kind: str,
+    key: jax.Array,
+    L: int,
+    M: int,
+    k: int,
+    *,
+    mean=0.0,
+    std=1.0,
+    low=None,
+    high=None,
+    path: str | None = None,
+    dtype=jnp.float32,
+) -> jax.Array:
+    """Sample Theta (L, M, k) from the initial measure ``kind``."""
+    mean = _per_coord(mean, k, "init.mean")
+    std = _per_coord(std, k, "init.std")
+    if np.any(std < 0):
+        raise DataError(f"init.std = {std.tolist()}: must be >= 0")
+    if kind == "gaussian":
+        xi = jax.random.normal(key, (L, M, k), dtype=dtype)
+        return jnp.asarray(mean, dtype) + jnp.asarray(std, dtype) * xi
+    if kind == "uniform":
+        lo = mean - np.sqrt(3.0) * std if low is None else _per_coord(low, k, "init.low")
+        hi = mean + np.sqrt(3.0) * std if high is None else _per_coord(high, k, "init.high")
+        if np.any(hi < lo):
+            raise DataError(f"init.high = {hi.tolist()}: must be >= init.low = {lo.tolist()}")
+        u = jax.random.uniform(key, (L, M, k), dtype=dtype)
+        return jnp.asarray(lo, dtype) + jnp.asarray(hi - lo, dtype) * u
+    if kind == "point":
+        return jnp.broadcast_to(jnp.asarray(mean, dtype), (L, M, k))
+    if kind == "file":
+        if not path:
+            raise DataError("init.path is missing: kind = 'file' needs a .npz or .h5 file with theta")
+        arrays = load_array_file(path, ("theta",), "init.path")
+        if "theta" not in arrays:
+            raise DataError(f"init.path = {path!r}: no array named 'theta' in the file")
+        theta = arrays["theta"]
+        if theta.shape != (L, M, k):
+            raise DataError(
+                f"init.path = {path!r}: theta has shape {theta.shape}, the model needs (L, M, k) = "
+                f"({L}, {M}, {k})")
+        return jnp.asarray(theta, dtype)
+    raise DataError(f"init.kind = {kind!r}: allowed are {', '.join(MEASURES)}")
