@@ -112,16 +112,14 @@ class LayeredDepth(DepthDiscretization):
     def loss_and_grad(self, problem, Theta):
         L = Theta.shape[0]
         h = 1.0 / L
-        field = problem.feature.field
         zL, zs = self.trajectory(problem, Theta, problem.embed(problem.x))
         loss = problem.loss(zL)
 
         # Discrete adjoint, p_l = N dE/dz_l:  p_l = p_{l+1} + h (d_z F_l(z_l))^T p_{l+1}.
-        # The VJP re-runs layer l from the stored z_l (rematerialization).
+        # field_vjp re-runs layer l from the stored z_l (rematerialization).
         def layer_back(p, inputs):
             theta, z = inputs
-            _, vjp = jax.vjp(field, z, theta)
-            gz, gtheta = vjp(p)
+            gz, gtheta = problem.feature.field_vjp(z, theta, p)
             return p + h * gz, gtheta
 
         _, gTheta = lax.scan(layer_back, problem.terminal_adjoint(zL), (Theta, zs), reverse=True)

@@ -21,10 +21,12 @@ import jax.numpy as jnp
 
 from ._activations import Activation, get_activation
 
-# Below this state dimension, contractions over d are written as broadcasts so
-# that XLA fuses them with the activation into one loop over (N, M) instead of
-# calling a matrix-multiply with an inner dimension of 1-8 (measured faster on
-# CPU for d = 2; see benchmarks/README.md).
+# Up to this state dimension the contractions with the small d-axis in the
+# adjoint are written as d matrix-vector products instead of one (M, N) x (N, d)
+# matrix product: XLA's CPU GEMM handles an output width of 1-8 poorly, while
+# its GEMV runs at memory bandwidth (measured 2x faster for the whole backward
+# at d = 2; see benchmarks/README.md). Elementwise broadcasts in place of the
+# K = d products were measured slower still, so the pre-activations use a GEMM.
 _SMALL_D = 8
 
 
@@ -44,6 +46,17 @@ class FeatureMap(eqx.Module):
     def field(self, Z: jax.Array, Theta: jax.Array) -> jax.Array:
         """(1/M) sum_m f(Z_i; Theta_m) for Z (N, d), Theta (M, k) -> (N, d)."""
         raise NotImplementedError
+
+    def field_vjp(self, Z: jax.Array, Theta: jax.Array, P: jax.Array):
+        """Reverse-mode derivative of ``field`` against cotangents P (N, d).
+
+        Returns gZ (N, d) with row i = (d_z F(Z_i))^T P_i, and
+        gTheta (M, k) = sum_i d_Theta [P_i . F(Z_i)], so that
+        grad_theta V(Theta_m) = (M / N) gTheta_m when P holds the adjoint
+        states p. Default: JAX's VJP of ``field``.
+        """
+        _, vjp = jax.vjp(self.field, Z, Theta)
+        return vjp(P)
 
 
 class Neuron(FeatureMap):
@@ -80,16 +93,30 @@ class Neuron(FeatureMap):
 
     def field(self, Z, Theta):
         u, w, b = self.split(Theta)
-        M = Theta.shape[0]
-        if self.d <= _SMALL_D:
-            pre = b[None, :]
-            for j in range(self.d):
-                pre = pre + Z[:, j : j + 1] * w[None, :, j]
-            act = self.sigma(pre)  # (N, M)
-            cols = [jnp.sum(act * u[None, :, j], axis=1) for j in range(self.d)]
-            return jnp.stack(cols, axis=1) / M
-        act = self.sigma(Z @ w.T + b[None, :])
-        return act @ u / M
+        act = self.sigma(Z @ w.T + b[None, :])  # (N, M)
+        return act @ u / Theta.shape[0]
+
+    def field_vjp(self, Z, Theta, P):
+        """Hand-written adjoint of ``field`` (one activation pass, no (N, M) GEMM outputs).
+
+        With a_{mi} = sigma(w_m . z_i + b_m) and q_{mi} = (u_m . p_i) sigma'(.):
+            gu_m = (1/M) sum_i a_{mi} p_i,      gw_m = (1/M) sum_i q_{mi} z_i,
+            gb_m = (1/M) sum_i q_{mi},          gz_i = (1/M) sum_m q_{mi} w_m.
+        Everything is laid out (M, N) so that every reduction is a contiguous
+        matrix-vector product.
+        """
+        u, w, b = self.split(Theta)
+        M, d = Theta.shape[0], self.d
+        act, dact = self.sigma.value_and_derivative(w @ Z.T + b[:, None])  # (M, N)
+        q = (u @ P.T) * dact  # (M, N)
+        if d <= _SMALL_D:
+            gu = jnp.stack([act @ P[:, j] for j in range(d)], axis=1)
+            gw = jnp.stack([q @ Z[:, j] for j in range(d)], axis=1)
+            gZ = jnp.stack([w[:, j] @ q for j in range(d)], axis=1)
+        else:
+            gu, gw, gZ = act @ P, q @ Z, q.T @ w
+        parts = [gu, gw, jnp.sum(q, axis=1, keepdims=True)] if self.bias else [gu, gw]
+        return gZ / M, jnp.concatenate(parts, axis=1) / M
 
 
 class Linear(FeatureMap):
