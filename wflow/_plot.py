@@ -1,0 +1,623 @@
+"""Figures of one run file (SPEC §3): ``plot_run(run_path, out_dir)``.
+
+Reads a ``wflow-run`` HDF5 file and writes PNGs into ``out_dir``:
+
+* ``loss.png``        loss E(s) and stationarity residual
+                      R(s) = int int |grad_theta V|^2 rho dtheta dt against training
+                      time s, log y scale (non-positive / non-finite values are masked,
+                      and a panel with no positive value says so instead of staying empty);
+* ``particles.png``   particle clouds of a few depth slices, initial snapshot in grey
+                      and final snapshot in colour (particle runs, ``/snapshots/theta``);
+* ``density.png``     density heat maps per depth slice (grid runs, ``/snapshots/rho``);
+* ``predictions.png`` final predictions g(z(1; x_i)) against the targets y_i
+                      (only when ``/final/prediction`` exists, i.e. the run completed).
+
+Only numpy, h5py and matplotlib's object API are used: no pyplot, so no global
+figure state and no backend switch for a caller that has its own (figures are
+rendered by the Agg canvas that ``Figure.savefig`` picks for PNG).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from dataclasses import dataclass
+
+import h5py
+import numpy as np
+from matplotlib.collections import LineCollection
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+
+__all__ = ["plot_run"]
+
+FORMAT = "wflow-run"
+FORMAT_VERSION = 1
+
+DPI = 120
+MAX_POINTS = 2000       # particles drawn per depth slice and snapshot
+MAX_SCATTER = 5000      # data points drawn in predictions.png
+MAX_PATHS = 200         # up to this many particles, each is joined initial -> final
+N_SLICES = 4            # depth slices shown: first, 1/3, 2/3, last
+INITIAL_COLOR = "0.72"  # light grey for the initial snapshot
+FINAL_COLOR = "tab:blue"
+CMAP = "coolwarm"       # diverging map for signed values
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class _Run:
+    """Everything the figures need, read eagerly so the file is closed before plotting."""
+
+    name: str
+    status: str
+    config: dict
+    s: np.ndarray
+    loss: np.ndarray
+    stationarity: np.ndarray
+    wall_time: np.ndarray
+    theta: np.ndarray | None       # (n, L, M, k): first and last snapshot (n <= 2)
+    theta_s: np.ndarray | None     # (n,) their training times s, None if not recorded
+    rho: np.ndarray | None         # (n, n_t, *cells): all snapshots for 1-D cells, else first/last
+    rho_s: np.ndarray | None       # (n,) their training times s
+    rho_index: np.ndarray | None   # (n,) their indices in /snapshots/rho
+    grid_t: np.ndarray | None      # (n_t,)
+    grid_axes: list[np.ndarray]    # cell centres per grid dimension
+    x: np.ndarray | None           # (N, d_in)
+    y: np.ndarray | None           # (N, d_out)
+    prediction: np.ndarray | None  # (N, d_out)
+
+    def get(self, section: str, key: str, default=None):
+        value = self.config.get(section, {})
+        return value.get(key, default) if isinstance(value, dict) else default
+
+
+def _text(value) -> str:
+    if isinstance(value, bytes | np.bytes_):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _read(run_path: str) -> _Run:
+    name = os.path.basename(run_path)
+    if not os.path.isfile(run_path):
+        raise ValueError(f"{run_path}: no such file")
+    try:
+        f = h5py.File(run_path, "r")
+    except (OSError, ValueError) as err:
+        detail = " ".join(str(err).split())  # h5py messages may span lines: keep one line
+        raise ValueError(f"{run_path}: not a readable HDF5 file ({detail})") from None
+    with f:
+        fmt = f.attrs.get("format")
+        if fmt is None or _text(fmt) != FORMAT:
+            found = "missing" if fmt is None else repr(_text(fmt))
+            raise ValueError(f"{run_path}: not a wflow run file (root attribute format is {found}, "
+                             f"expected {FORMAT!r})")
+        version = f.attrs.get("format_version")
+        try:
+            version = None if version is None else int(version)
+        except (TypeError, ValueError):
+            raise ValueError(f"{run_path}: format_version = {version!r} is not an integer") from None
+        if version is not None and version > FORMAT_VERSION:
+            raise ValueError(f"{run_path}: format_version {version} is newer than this wflow "
+                             f"understands ({FORMAT_VERSION})")
+        try:
+            config = tomllib.loads(_text(f.attrs.get("config", "")))
+        except tomllib.TOMLDecodeError:
+            config = {}  # figures only use the config for labels: plot without it
+
+        def arr(path: str) -> np.ndarray | None:
+            obj = f.get(path)
+            return np.asarray(obj[()]) if isinstance(obj, h5py.Dataset) else None
+
+        def snapshots(path: str, every: bool):
+            """(values, their s, their indices): all snapshots or only the first and last.
+
+            Only the ends are read when that is all a figure shows, so a long run's
+            snapshots are never loaded whole.
+            """
+            obj = f.get(path)
+            if not isinstance(obj, h5py.Dataset) or obj.ndim < 3 or obj.shape[0] == 0:
+                return None, None, None
+            n_snap = obj.shape[0]
+            index = np.arange(n_snap) if every else np.unique([0, n_snap - 1])
+            values = np.asarray(obj[()]) if every else np.stack([obj[i] for i in index])
+            all_s = arr("snapshots/s")
+            ok = all_s is not None and all_s.shape == (n_snap,)
+            return values, (all_s[index].astype(float) if ok else None), index
+
+        try:
+            s, loss = arr("history/s"), arr("history/loss")
+            if s is None or loss is None:
+                missing = "/history/s" if s is None else "/history/loss"
+                raise ValueError(f"{run_path}: wflow run file without {missing}")
+            stationarity = arr("history/stationarity")
+            wall_time = arr("history/wall_time")
+            # a file written while running may hold history arrays of unequal length
+            n = min(len(a) for a in (s, loss, stationarity, wall_time) if a is not None)
+            s, loss = s[:n], loss[:n]
+            theta, theta_s, _ = snapshots("snapshots/theta", every=False)
+            rho_obj = f.get("snapshots/rho")
+            one_d = isinstance(rho_obj, h5py.Dataset) and rho_obj.ndim == 3
+            rho, rho_s, rho_index = snapshots("snapshots/rho", every=one_d)
+            grid_axes = []
+            while (axis := arr(f"grid/axis_{len(grid_axes)}")) is not None:
+                grid_axes.append(axis.astype(float))
+            return _Run(
+                name=name,
+                status=_text(f.attrs.get("status", "unknown")),
+                config=config,
+                s=s.astype(float),
+                loss=loss.astype(float),
+                stationarity=(np.full(n, np.nan) if stationarity is None
+                              else stationarity[:n].astype(float)),
+                wall_time=(np.full(n, np.nan) if wall_time is None
+                           else wall_time[:n].astype(float)),
+                theta=theta,
+                theta_s=theta_s,
+                rho=rho,
+                rho_s=rho_s,
+                rho_index=rho_index,
+                grid_t=arr("grid/t"),
+                grid_axes=grid_axes,
+                x=arr("data/x"),
+                y=arr("data/y"),
+                prediction=arr("final/prediction"),
+            )
+        except (OSError, KeyError) as err:  # truncated / corrupted datasets
+            raise ValueError(f"{run_path}: unreadable wflow run file ({err})") from None
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}"
+
+
+def _coord_names(feature: str | None, k: int) -> list[str]:
+    """Mathtext names of the k coordinates of theta (layout of SPEC §1)."""
+    if feature == "neuron" and k >= 2:
+        d = k // 2
+        names = [f"$u_{{{i}}}$" for i in range(d)] + [f"$w_{{{i}}}$" for i in range(d)]
+        return names + ["$b$"] if k % 2 else names
+    if feature == "linear" and math.isqrt(k) ** 2 == k:
+        d = math.isqrt(k)
+        if d == 1:
+            return [r"$\theta$"]
+        return [rf"$\theta_{{{i}{j}}}$" for i in range(d) for j in range(d)]
+    return [rf"$\theta_{{{i}}}$" for i in range(k)]
+
+
+def _views(feature: str | None, k: int) -> list[tuple[int, int]]:
+    """Coordinate pairs (x, y) shown in particles.png, one row of panels each.
+
+    neuron: (w_0, u_0) -- the classic mean-field picture of a neuron's input
+    weight against its output weight; when d >= 2 also (w_0, w_1), the
+    direction in which the neuron reads the state.
+    linear, d >= 2: (theta_00, theta_11), the diagonal entries.
+    """
+    if feature == "neuron" and k >= 2:
+        d = k // 2
+        return [(d, 0)] if d == 1 else [(d, 0), (d, d + 1)]
+    if feature == "linear" and math.isqrt(k) ** 2 == k and k >= 4:
+        return [(0, math.isqrt(k) + 1)]
+    return [(0, 1)]
+
+
+def _slices(n: int) -> list[int]:
+    """Up to N_SLICES distinct indices spread over range(n): first, 1/3, 2/3, last."""
+    return sorted({round(i) for i in np.linspace(0, n - 1, min(n, N_SLICES))})
+
+
+def _layer_times(run: _Run, n_layers: int) -> np.ndarray:
+    """Depth time of each slice: t_l = l / L (layers), (l + 1/2) / L (continuous nodes)."""
+    offset = 0.5 if run.get("solver", "depth") == "continuous" else 0.0
+    return (np.arange(n_layers) + offset) / n_layers
+
+
+def _depth_label(run: _Run, layer: int, n_layers: int) -> str:
+    kind = "node" if run.get("solver", "depth") == "continuous" else "layer"
+    return f"{kind} {layer} of {n_layers} (t = {_layer_times(run, n_layers)[layer]:.2f})"
+
+
+def _summary(run: _Run) -> str:
+    """One line describing the model, solver and data from the resolved config."""
+    parts = []
+    feature = run.get("model", "feature")
+    if feature:
+        act = run.get("model", "activation")
+        parts.append(f"{feature}" + (f" ({act})" if act and feature == "neuron" else ""))
+    if run.get("model", "dim") is not None:
+        parts.append(f"d = {run.get('model', 'dim')}")
+    kind = run.get("solver", "kind")
+    if kind:
+        depth = run.get("solver", "depth")
+        parts.append(kind + (f"/{depth}" if depth and kind == "particles" else ""))
+    for key in ("L", "M"):
+        if run.get("solver", key) is not None and not (key == "M" and kind == "grid"):
+            parts.append(f"{key} = {run.get('solver', key)}")
+    if run.get("data", "kind"):
+        n = run.get("data", "n")
+        parts.append(f"data {run.get('data', 'kind')}" + (f" (N = {n})" if n else ""))
+    if run.get("train", "method"):
+        parts.append(f"{run.get('train', 'method')}, dt = {run.get('train', 'dt')}")
+    return ",  ".join(parts)
+
+
+def _title(fig: Figure, run: _Run, what: str) -> None:
+    sub = _summary(run)
+    fig.suptitle(f"{run.name}: {what}   [status: {run.status}]" + (f"\n{sub}" if sub else ""),
+                 fontsize=11)
+
+
+def _note(ax, text: str, y: float = 0.5) -> None:
+    ax.text(0.5, y, text, transform=ax.transAxes, ha="center", va="center", fontsize=9,
+            wrap=True, bbox={"boxstyle": "round", "fc": "lightyellow", "ec": "0.6", "alpha": 0.9})
+
+
+def _save(fig: Figure, out_dir: str, filename: str) -> str:
+    path = os.path.join(out_dir, filename)
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def _subsample(n: int, limit: int) -> np.ndarray:
+    if n <= limit:
+        return np.arange(n)
+    # fixed generator: the same particles are drawn at both snapshots and on every call
+    return np.sort(np.random.default_rng(0).choice(n, size=limit, replace=False))
+
+
+# ----------------------------------------------------------------------------- loss.png
+
+
+def _log_panel(ax, s: np.ndarray, v: np.ndarray, label: str, color: str, what: str) -> None:
+    """Plot v(s) on a log axis, masking what a log axis cannot show and saying so."""
+    finite = np.isfinite(v)
+    positive = finite & (v > 0)
+    marker = "o" if len(s) <= 30 else None
+    ax.set_xlabel("training time $s$")
+    ax.set_ylabel(label)
+    ax.grid(True, which="major", alpha=0.4)
+    if not len(v):
+        ax.set_yticks([])
+        _note(ax, "no records yet")
+        return
+    if not positive.any():
+        # nothing a log axis can show: draw the finite values linearly and explain
+        ax.plot(s[finite], v[finite], color=color, marker=marker, label=what)
+        if finite.any() and np.all(v[finite] == 0):
+            ax.set_ylim(-1, 1)
+            _note(ax, f"{what} is exactly 0 at every record\n"
+                      "(stationary point: the flow does not move)", y=0.7)
+        else:
+            _note(ax, f"no positive finite {what} value to show on a log scale")
+        if finite.any():
+            ax.legend(loc="lower right", fontsize=9)
+        return
+    ax.set_yscale("log")
+    ax.plot(s, np.where(positive, v, np.nan), color=color, marker=marker, label=what)
+    lo, hi = v[positive].min(), v[positive].max()
+    if hi <= 10 * lo:
+        # less than a decade: pad to one decade either side so the axis has major ticks
+        ax.set_ylim(lo / 10 ** 0.5, hi * 10 ** 0.5)
+    notes = []
+    if lo == hi and positive.sum() > 1:
+        notes.append(f"{what} constant at {_fmt(lo)}")
+    if (n_zero := int(np.sum(finite & (v <= 0)))):
+        notes.append(f"{n_zero} record(s) <= 0 not shown")
+    if (n_bad := int(np.sum(~finite))):
+        notes.append(f"{n_bad} non-finite record(s) not shown")
+    if notes:
+        _note(ax, "\n".join(notes), y=0.85)
+    ax.legend(loc="lower left", fontsize=9)
+
+
+def _plot_loss(run: _Run, out_dir: str) -> str:
+    fig = Figure(figsize=(11, 4.4), layout="constrained")
+    ax_loss, ax_res = fig.subplots(1, 2, sharex=True)
+    _log_panel(ax_loss, run.s, run.loss, "loss $E$", "tab:blue", "loss")
+    _log_panel(ax_res, run.s, run.stationarity,
+               r"$\int\!\!\int |\nabla_\theta V|^2\,\rho\;d\theta\,dt$", "tab:orange",
+               "stationarity residual")
+    ax_loss.set_title("training loss")
+    ax_res.set_title("stationarity residual ($= -dE/ds$ without regularization)")
+    if not len(run.s):
+        final = "no records"
+    elif np.isfinite(run.loss[-1]):
+        final = f"final loss {_fmt(run.loss[-1])}, residual {_fmt(run.stationarity[-1])}"
+    elif np.isfinite(run.loss).any():
+        i = np.flatnonzero(np.isfinite(run.loss))[-1]
+        final = (f"final loss {_fmt(run.loss[-1])} (last finite {_fmt(run.loss[i])} "
+                 f"at s = {_fmt(run.s[i])})")
+    else:
+        final = "no finite loss recorded"
+    if len(run.s) and np.isfinite(run.wall_time[-1]):
+        final += f", wall time {run.wall_time[-1]:.3g} s"
+    _title(fig, run, final)
+    return _save(fig, out_dir, "loss.png")
+
+
+# ----------------------------------------------------------------------------- particles.png
+
+
+def _finite_rows(a: np.ndarray) -> np.ndarray:
+    return a[np.all(np.isfinite(a), axis=-1)]
+
+
+def _plot_particles(run: _Run, out_dir: str) -> str:
+    theta = run.theta.astype(float)
+    n_snap, L, M, k = theta.shape
+    feature = run.get("model", "feature")
+    names = _coord_names(feature, k)
+    layers = _slices(L)
+    keep = _subsample(M, MAX_POINTS)
+    snap_s = run.theta_s
+    s_first = f" ($s$ = {_fmt(snap_s[0])})" if snap_s is not None else ""
+    s_last = f" ($s$ = {_fmt(snap_s[-1])})" if snap_s is not None else ""
+    first, last = theta[0], theta[-1]
+    one_snapshot = n_snap == 1
+
+    shown = f"{len(keep)} of {M}" if len(keep) < M else f"all {M}"
+
+    if k == 1:
+        # histograms of a few slices, and every slice's particles against depth t
+        # (for linear d = 1 the exact flow translates each slice rigidly, SPEC §5)
+        fig = Figure(figsize=(3.3 * len(layers) + 5.0, 4.2), layout="constrained")
+        grid = fig.add_gridspec(1, len(layers) + 1, width_ratios=[1] * len(layers) + [1.5])
+        axes = [fig.add_subplot(grid[0, 0])]
+        axes += [fig.add_subplot(grid[0, i], sharex=axes[0], sharey=axes[0])
+                 for i in range(1, len(layers))]
+        for ax in axes[1:]:
+            ax.tick_params(labelleft=False)
+        vals = theta[:, layers][..., 0]
+        finite = vals[np.isfinite(vals)]
+        lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
+        if hi - lo < 1e-12:
+            pad = 0.5 * max(abs(lo), 1.0)
+            lo, hi = lo - pad, hi + pad
+        bins = np.linspace(lo, hi, int(np.clip(2 * np.sqrt(M), 8, 40)) + 1)
+        for ax, layer in zip(axes, layers):
+            a0 = first[layer, :, 0]
+            a1 = last[layer, :, 0]
+            if not one_snapshot:
+                ax.hist(a0[np.isfinite(a0)], bins=bins, color=INITIAL_COLOR,
+                        label="initial" + s_first)
+            ax.hist(a1[np.isfinite(a1)], bins=bins, color=FINAL_COLOR, alpha=0.75,
+                    label=("snapshot" if one_snapshot else "final") + s_last)
+            ax.set_title(_depth_label(run, layer, L), fontsize=10)
+            ax.set_xlabel(names[0])
+        axes[0].set_ylabel(f"particles per bin (of {M})")
+        axes[0].legend(loc="upper left", fontsize=8)
+
+        ax = fig.add_subplot(grid[0, -1])
+        t = _layer_times(run, L)
+        per_layer = _subsample(M, max(1, 2 * MAX_POINTS // L))
+        tt = np.repeat(t, len(per_layer))
+        snaps = [(last, FINAL_COLOR, "final" + s_last)]
+        if not one_snapshot:
+            snaps.insert(0, (first, INITIAL_COLOR, "initial" + s_first))
+        for snap, color, label in snaps:
+            ax.scatter(tt, snap[:, per_layer, 0].ravel(), s=5, color=color, alpha=0.5,
+                       linewidths=0, rasterized=True)
+            with np.errstate(all="ignore"):
+                mean = np.nanmean(np.where(np.isfinite(snap[..., 0]), snap[..., 0], np.nan), 1)
+            ax.plot(t, mean, color=color if color != INITIAL_COLOR else "0.45", lw=2,
+                    label=f"{label}: layer mean")
+        ax.set_xlabel("depth $t$")
+        ax.set_ylabel(names[0])
+        ax.set_title(f"all {L} slices against depth", fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="best", fontsize=8)
+        _title(fig, run, "particle histograms per depth slice")
+        return _save(fig, out_dir, "particles.png")
+
+    views = _views(feature, k)
+    fig = Figure(figsize=(3.6 * len(layers) + 0.6, 3.7 * len(views) + 0.7), layout="constrained")
+    # one scale per row, so the depth slices of a row compare directly
+    axes = np.array(fig.subplots(len(views), len(layers), sharex="row", sharey="row",
+                                 squeeze=False))
+    size = 14 if len(keep) <= 300 else 5
+    for row, (ix, iy) in enumerate(views):
+        for col, layer in enumerate(layers):
+            ax = axes[row, col]
+            p0 = _finite_rows(first[layer, keep])
+            p1 = _finite_rows(last[layer, keep])
+            if not one_snapshot:
+                if len(keep) <= MAX_PATHS:
+                    # few particles: join each one's initial and final position
+                    a, b = first[layer, keep][:, [ix, iy]], last[layer, keep][:, [ix, iy]]
+                    ok = np.all(np.isfinite(a), axis=1) & np.all(np.isfinite(b), axis=1)
+                    ax.add_collection(LineCollection(np.stack([a[ok], b[ok]], axis=1),
+                                                     colors=INITIAL_COLOR, linewidths=0.5, alpha=0.7,
+                                                     zorder=1))
+                ax.scatter(p0[:, ix], p0[:, iy], s=size, color=INITIAL_COLOR, linewidths=0,
+                           label="initial" + s_first, rasterized=True)
+            ax.scatter(p1[:, ix], p1[:, iy], s=size, color=FINAL_COLOR, linewidths=0,
+                       alpha=0.6, label=("snapshot" if one_snapshot else "final") + s_last,
+                       rasterized=True)
+            if len(p1) and np.ptp(p1[:, [ix, iy]], axis=0).max() == 0:
+                where = f"({_fmt(p1[0, ix])}, {_fmt(p1[0, iy])})"
+                still = (not one_snapshot and p0.shape == p1.shape
+                         and np.array_equal(p0[:, [ix, iy]], p1[:, [ix, iy]]))
+                _note(ax, f"all {len(p1)} final particles\nat {names[ix]}, {names[iy]} = {where}"
+                          + ("\n(not moved since the start)" if still else ""), y=0.8)
+            if row == 0:
+                ax.set_title(_depth_label(run, layer, L), fontsize=10)
+            ax.set_xlabel(names[ix])
+            ax.grid(True, alpha=0.3)
+        axes[row, 0].set_ylabel(names[iy])
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", fontsize=9, markerscale=2.5,
+               ncols=len(labels))
+    _title(fig, run, f"particles per depth slice ({shown} per slice)")
+    return _save(fig, out_dir, "particles.png")
+
+
+# ----------------------------------------------------------------------------- density.png
+
+
+def _grid_axis(run: _Run, i: int, n: int) -> np.ndarray:
+    if i < len(run.grid_axes) and len(run.grid_axes[i]) == n:
+        return run.grid_axes[i]
+    return np.arange(n, dtype=float)
+
+
+def _plot_density(run: _Run, out_dir: str) -> str:
+    rho = run.rho.astype(float)
+    n_snap, n_t = rho.shape[:2]
+    cells = rho.shape[2:]
+    dim = len(cells)
+    names = _coord_names(run.get("model", "feature"), dim)
+    slices = _slices(n_t)
+    t = run.grid_t if run.grid_t is not None and len(run.grid_t) == n_t else None
+    has_s = run.rho_s is not None
+    snap_s = run.rho_s if has_s else run.rho_index.astype(float)
+    s_label = "training time $s$" if has_s else "snapshot index"
+
+    def slice_title(j: int) -> str:
+        return f"slice {j} of {n_t}" + (f" (t = {t[j]:.2f})" if t is not None else "")
+
+    if dim == 3:  # show the marginal over the last coordinate
+        rho = rho.sum(axis=-1) * (np.ptp(_grid_axis(run, 2, cells[2])) / max(cells[2] - 1, 1))
+        what = f"density marginal over {names[2]}"
+        dim, cells = 2, cells[:2]
+    else:
+        what = "density per depth slice"
+
+    if dim == 1:
+        theta_ax = _grid_axis(run, 0, cells[0])
+        fig = Figure(figsize=(3.6 * len(slices) + 1.2, 4.2), layout="constrained")
+        axes = np.atleast_1d(fig.subplots(1, len(slices), sharex=True, sharey=True))
+        if n_snap >= 2:
+            # training time on x, parameter on y: how each slice's density moves in s
+            vmax = np.nanmax(rho[:, slices]) if np.isfinite(rho).any() else 1.0
+            mesh = None
+            for ax, j in zip(axes, slices):
+                mesh = ax.pcolormesh(snap_s, theta_ax, rho[:, j].T, shading="nearest",
+                                     cmap="viridis", vmin=0, vmax=vmax or 1.0, rasterized=True)
+                ax.set_title(slice_title(j), fontsize=10)
+                ax.set_xlabel(s_label)
+            axes[0].set_ylabel(names[0])
+            fig.colorbar(mesh, ax=list(axes), shrink=0.9, pad=0.01, label=r"density $\rho$")
+        else:
+            for ax, j in zip(axes, slices):
+                ax.plot(theta_ax, rho[0, j], color=FINAL_COLOR)
+                ax.set_title(slice_title(j), fontsize=10)
+                ax.set_xlabel(names[0])
+            axes[0].set_ylabel(r"density $\rho$")
+        _title(fig, run, what)
+        return _save(fig, out_dir, "density.png")
+
+    a0, a1 = _grid_axis(run, 0, cells[0]), _grid_axis(run, 1, cells[1])
+    rows = [0, n_snap - 1] if n_snap > 1 else [0]
+    fig = Figure(figsize=(3.4 * len(slices) + 1.2, 3.2 * len(rows) + 0.8), layout="constrained")
+    axes = np.array(fig.subplots(len(rows), len(slices), sharex=True, sharey=True,
+                                 squeeze=False))
+    vmax = np.nanmax(rho[rows][:, slices]) if np.isfinite(rho).any() else 1.0
+    mesh = None
+    for r, snap in enumerate(rows):
+        for c, j in enumerate(slices):
+            ax = axes[r, c]
+            mesh = ax.pcolormesh(a0, a1, rho[snap, j].T, shading="nearest", cmap="viridis",
+                                 vmin=0, vmax=vmax or 1.0, rasterized=True)
+            if r == 0:
+                ax.set_title(slice_title(j), fontsize=10)
+            if r == len(rows) - 1:
+                ax.set_xlabel(names[0])
+            if c == 0:
+                label = "initial" if (r == 0 and len(rows) > 1) else "final"
+                when = (f"$s$ = {_fmt(snap_s[snap])}" if has_s
+                        else f"snapshot {run.rho_index[snap]}")
+                ax.set_ylabel(f"{label} ({when})\n{names[1]}")
+    fig.colorbar(mesh, ax=axes.ravel().tolist(), shrink=0.9, pad=0.01, label=r"density $\rho$")
+    _title(fig, run, what)
+    return _save(fig, out_dir, "density.png")
+
+
+# ----------------------------------------------------------------------------- predictions.png
+
+
+def _plot_predictions(run: _Run, out_dir: str) -> str:
+    x = run.x.reshape(len(run.x), -1).astype(float)
+    y = run.y.reshape(len(run.y), -1).astype(float)
+    pred = run.prediction.reshape(len(run.prediction), -1).astype(float)
+    n, d_in, d_out = len(y), x.shape[1], y.shape[1]
+    keep = _subsample(n, MAX_SCATTER)
+    yj, pj = y[keep, 0], pred[keep, 0]
+    rmse = float(np.sqrt(np.nanmean((pred[:, 0] - y[:, 0]) ** 2)))
+    out = f" (output 0 of {d_out})" if d_out > 1 else ""
+
+    n_panels = 2 if d_in in (1, 2) else 1
+    fig = Figure(figsize=(5.2 * n_panels, 4.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, n_panels))
+
+    ax = axes[0]
+    ax.scatter(yj, pj, s=12, color=FINAL_COLOR, alpha=0.7, linewidths=0, label="data points")
+    finite = np.concatenate([yj[np.isfinite(yj)], pj[np.isfinite(pj)]])
+    lo, hi = (finite.min(), finite.max()) if finite.size else (-1.0, 1.0)
+    pad = 0.05 * (hi - lo) if hi > lo else 0.5
+    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "k--", lw=1, label="prediction = target")
+    ax.set_xlim(lo - pad, hi + pad)
+    ax.set_ylim(lo - pad, hi + pad)
+    ax.set_aspect("equal", adjustable="box")
+    ax.set_xlabel(f"target $y_0${out}")
+    ax.set_ylabel("prediction $g(z(1; x))_0$")
+    ax.set_title(f"prediction vs target, RMSE = {_fmt(rmse)}", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+
+    if d_in == 1:
+        ax = axes[1]
+        order = np.argsort(x[:, 0])
+        ax.scatter(x[keep, 0], yj, s=12, color="0.35", alpha=0.7, linewidths=0, label="target $y_0$")
+        ax.plot(x[order, 0], pred[order, 0], color="tab:red", lw=1.8, label="prediction")
+        ax.set_xlabel("input $x_0$")
+        ax.set_ylabel("output 0")
+        ax.set_title("targets and prediction against the input", fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="best", fontsize=8)
+    elif d_in == 2:
+        ax = axes[1]
+        vmax = np.nanmax(np.abs(np.concatenate([yj, pj]))) if finite.size else 1.0
+        norm = Normalize(-(vmax or 1.0), vmax or 1.0)
+        sc = ax.scatter(x[keep, 0], x[keep, 1], c=pj, cmap=CMAP, norm=norm, s=14,
+                        linewidths=0.2, edgecolors="0.3")
+        ax.set_xlabel("input $x_0$")
+        ax.set_ylabel("input $x_1$")
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.set_title("prediction over the input plane", fontsize=10)
+        fig.colorbar(sc, ax=ax, shrink=0.9, label="prediction $g(z(1; x))_0$")
+    _title(fig, run, "final predictions")
+    return _save(fig, out_dir, "predictions.png")
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def plot_run(run_path: str, out_dir: str) -> list[str]:
+    """Write the PNG figures of the run file ``run_path`` into ``out_dir``.
+
+    Figures (see the module docstring): ``loss.png`` always; ``particles.png`` for
+    particle runs or ``density.png`` for grid runs when snapshots exist;
+    ``predictions.png`` when ``/final/prediction`` exists (a run that did not
+    complete has none, and the figure is skipped).
+
+    Returns the written paths, in that order. ``out_dir`` is created if needed.
+    Raises ``ValueError`` (one line naming the file) when ``run_path`` is not a
+    readable HDF5 file or not a ``wflow-run`` file: the CLI maps it to exit code 2.
+    """
+    run = _read(run_path)
+    os.makedirs(out_dir, exist_ok=True)
+    paths = [_plot_loss(run, out_dir)]
+    if run.theta is not None and run.theta.ndim == 4 and run.theta.shape[0] > 0:
+        paths.append(_plot_particles(run, out_dir))
+    elif run.rho is not None and 3 <= run.rho.ndim <= 5 and run.rho.shape[0] > 0:
+        paths.append(_plot_density(run, out_dir))
+    if run.prediction is not None and run.y is not None and run.x is not None:
+        paths.append(_plot_predictions(run, out_dir))
+    return paths
