@@ -14,6 +14,7 @@ rho. The public surface:
 from importlib.metadata import PackageNotFoundError, version
 
 from ._activations import ACTIVATIONS, Activation, get_activation
+from ._config import ConfigError, build_run, load_config
 from ._data import DATASETS, DataError, make_dataset
 from ._depth import ADJOINTS, DEPTHS, ContinuousDepth, DepthDiscretization, Evaluation, LayeredDepth
 from ._features import FEATURES, FeatureMap, Linear, Neuron, make_feature
@@ -36,8 +37,9 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 __all__ = [
     "ACTIVATIONS", "ADJOINTS", "DATASETS", "DEPTHS", "FEATURES", "MEASURES", "METHODS",
-    "Activation", "ContinuousDepth", "DataError", "DepthDiscretization", "Evaluation",
-    "FeatureMap", "FlowResult", "FlowState", "LayeredDepth", "Linear", "Neuron", "Problem",
-    "Record", "Regularization", "Schedule", "get_activation", "init_particles", "integrate",
-    "make_dataset", "make_feature", "__version__",
+    "Activation", "ConfigError", "ContinuousDepth", "DataError", "DepthDiscretization",
+    "Evaluation", "FeatureMap", "FlowResult", "FlowState", "LayeredDepth", "Linear", "Neuron",
+    "Problem", "Record", "Regularization", "Schedule", "__version__", "build_run",
+    "get_activation", "init_particles", "integrate", "load_config", "make_dataset",
+    "make_feature",
 ]
