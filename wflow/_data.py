@@ -22,6 +22,7 @@ caller casts to the run's precision.
 from __future__ import annotations
 
 import os
+import zipfile
 
 import numpy as np
 
@@ -59,7 +60,7 @@ def load_array_file(path: str, names: tuple[str, ...], key: str) -> dict[str, np
             raise DataError(f"{key} = {path!r}: allowed file types are .npz, .h5, .hdf5")
     except DataError:
         raise
-    except Exception as e:  # corrupt / truncated file
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:  # corrupt file
         raise DataError(f"{key} = {path!r}: cannot be read ({type(e).__name__}: {e})") from None
     for n, a in out.items():
         if not np.issubdtype(a.dtype, np.number):
@@ -80,9 +81,12 @@ def teacher_targets(x, feature, *, width: int, depth: int, std: float, out_dim: 
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x7EAC]))
     theta = rng.normal(0.0, std, size=(depth, width, feature.k))
     dummy_y = np.zeros((x.shape[0], out_dim))
+    # Always float32 on the CPU, so the same seed gives the same targets whether
+    # or not the process runs with x64 enabled or has a GPU.
     with jax.default_device(jax.devices("cpu")[0]):
-        problem = Problem(feature, jnp.asarray(x), jnp.asarray(dummy_y))
-        y = LayeredDepth().predict(problem, jnp.asarray(theta, problem.x.dtype))
+        f32 = jnp.float32
+        problem = Problem(feature, jnp.asarray(x, f32), jnp.asarray(dummy_y, f32))
+        y = LayeredDepth().predict(problem, jnp.asarray(theta, f32))
     return np.asarray(y, dtype=np.float64)
 
 
@@ -106,7 +110,8 @@ def make_dataset(
     if kind == "teacher":
         if feature is None:
             raise ValueError("teacher data needs the model's feature map")
-        x = rng.normal(size=(n, dim))
+        # x rounded to float32: the teacher is evaluated in float32 (see teacher_targets).
+        x = rng.normal(size=(n, dim)).astype(np.float32).astype(np.float64)
         y = teacher_targets(x, feature, width=teacher_width, depth=teacher_depth,
                             std=teacher_std, out_dim=out_dim, seed=seed)
         if noise > 0:

@@ -171,12 +171,16 @@ class ContinuousDepth(DepthDiscretization):
         L = Theta.shape[0]
         term = diffrax.ODETerm(lambda t, z, th: self.field(problem, th, t, z))
         controller = diffrax.PIDController(rtol=self.rtol, atol=self.atol)
+        # Depth times in the state's dtype: Python floats would make diffrax promote a
+        # float32 state to float64 whenever jax_enable_x64 is on.
+        t0, t1 = jnp.zeros((), x.dtype), jnp.ones((), x.dtype)
         if L > 1:
-            controller = diffrax.ClipStepSizeController(controller, step_ts=self.times(L))
+            nodes = self.times(L).astype(x.dtype)
+            controller = diffrax.ClipStepSizeController(controller, step_ts=nodes)
         adjoint = (diffrax.RecursiveCheckpointAdjoint() if self.adjoint == "checkpoint"
                    else diffrax.BacksolveAdjoint(stepsize_controller=controller))
         sol = diffrax.diffeqsolve(
-            term, ODE_SOLVERS[self.solver](), t0=0.0, t1=1.0, dt0=None, y0=x, args=Theta,
+            term, ODE_SOLVERS[self.solver](), t0=t0, t1=t1, dt0=None, y0=x, args=Theta,
             stepsize_controller=controller, adjoint=adjoint, max_steps=self.max_steps,
             saveat=diffrax.SaveAt(t1=True), throw=False,
         )

@@ -76,5 +76,5 @@ class Problem(eqx.Module):
         """p(1) = N dE/dz(1) = zero-padded residual g(z1) - y, shape (N, d)."""
         return jnp.pad(self.readout(z1) - self.y, ((0, 0), (0, self.d - self.d_out)))
 
-    def astype(self, dtype) -> "Problem":
+    def astype(self, dtype) -> Problem:
         return Problem(self.feature, self.x.astype(dtype), self.y.astype(dtype))
