@@ -116,10 +116,13 @@ class LayeredDepth(DepthDiscretization):
         loss = problem.loss(zL)
 
         # Discrete adjoint, p_l = N dE/dz_l:  p_l = p_{l+1} + h (d_z F_l(z_l))^T p_{l+1}.
-        # field_vjp re-runs layer l from the stored z_l (rematerialization).
+        # The VJP re-runs layer l from the stored z_l (rematerialization).
         def layer_back(p, inputs):
             theta, z = inputs
-            gz, gtheta = problem.feature.field_vjp(z, theta, p)
+            # Through the feature's own reverse rule (for Neuron: the hand-written
+            # adjoint on CPU, JAX's VJP on GPU; see _features.py).
+            _, vjp = jax.vjp(problem.feature.field, z, theta)
+            gz, gtheta = vjp(p)
             return p + h * gz, gtheta
 
         _, gTheta = lax.scan(layer_back, problem.terminal_adjoint(zL), (Theta, zs), reverse=True)

@@ -1,0 +1,161 @@
+"""Feature maps f(z; theta), their particle average F and the activation registry."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import wflow
+
+SMOOTH = [a for a in wflow.ACTIVATIONS if wflow.get_activation(a).smooth]
+
+
+def _neuron_grid():
+    """Every activation with and without bias at d = 3 (the broadcast path of Neuron, d <= 8);
+    the matmul path (d > 8) is the same activation code, checked with tanh."""
+    grid = [(3, act, bias) for act in wflow.ACTIVATIONS for bias in (True, False)]
+    return grid + [(10, "tanh", True), (10, "tanh", False)]
+
+
+def _feature_cases():
+    """(kind, d, activation, bias) covering every feature map and activation."""
+    cases = [pytest.param("neuron", d, act, bias, id=f"neuron-d{d}-{act}-bias{bias}")
+             for d, act, bias in _neuron_grid()]
+    for d in (1, 3):
+        cases.append(pytest.param("linear", d, "tanh", True, id=f"linear-d{d}"))
+    return cases
+
+
+@pytest.mark.parametrize("kind, d, activation, bias", _feature_cases())
+def test_field_is_particle_average(kind, d, activation, bias, key):
+    """field(Z, Theta)_i = (1/M) sum_m f(Z_i; Theta_m), computed particle by particle."""
+    feat = wflow.make_feature(kind, d, activation=activation, bias=bias)
+    kz, kt = jax.random.split(key)
+    Z = jax.random.normal(kz, (7, d))
+    Theta = jax.random.normal(kt, (5, feat.k))
+
+    @jax.jit
+    def both(Z, Theta):
+        per_particle = jax.vmap(lambda th: jax.vmap(lambda z: feat(z, th))(Z))(Theta)  # (M, N, d)
+        return feat.field(Z, Theta), jnp.mean(per_particle, axis=0)
+
+    got, expected = both(Z, Theta)
+    assert got.shape == (7, d)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("d", [1, 2, 5])
+def test_parameter_sizes(d):
+    assert wflow.make_feature("neuron", d).k == 2 * d + 1
+    assert wflow.make_feature("neuron", d, bias=False).k == 2 * d
+    assert wflow.make_feature("linear", d).k == d * d
+
+
+def test_neuron_coordinate_layout():
+    """theta = [u_0..u_{d-1}, w_0..w_{d-1}, b]: f = u sigma(w . z + b)."""
+    d = 3
+    u = jnp.array([1.0, -2.0, 0.5])
+    w = jnp.array([0.3, 0.1, -0.7])
+    b = 0.2
+    z = jnp.array([0.4, -1.1, 2.0])
+    feat = wflow.make_feature("neuron", d)
+    np.testing.assert_allclose(feat(z, jnp.concatenate([u, w, jnp.array([b])])),
+                               u * jnp.tanh(w @ z + b), rtol=1e-14)
+    nobias = wflow.make_feature("neuron", d, bias=False)
+    np.testing.assert_allclose(nobias(z, jnp.concatenate([u, w])), u * jnp.tanh(w @ z), rtol=1e-14)
+
+
+def test_linear_is_row_major_matrix():
+    d = 2
+    theta = jnp.array([1.0, 2.0, 3.0, 4.0])
+    z = jnp.array([1.0, -1.0])
+    np.testing.assert_allclose(wflow.make_feature("linear", d)(z, theta), [-1.0, -1.0])
+
+
+@pytest.mark.parametrize("kind", wflow.FEATURES)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_field_preserves_dtype(kind, dtype, key):
+    feat = wflow.make_feature(kind, 2)
+    Z = jnp.ones((3, 2), dtype)
+    Theta = jax.random.normal(key, (4, feat.k), dtype)
+    assert feat.field(Z, Theta).dtype == dtype
+
+
+@pytest.mark.parametrize("name", wflow.ACTIVATIONS)
+def test_activation_registry_flags(name):
+    """Every registered name resolves; only relu is outside the theory; zero_at_zero is true."""
+    act = wflow.get_activation(name)
+    assert act.name == name
+    assert act.smooth == (name != "relu")
+    assert act.zero_at_zero == bool(act(jnp.zeros(())) == 0.0)
+
+
+@pytest.mark.parametrize("name", wflow.ACTIVATIONS)
+def test_activation_derivative_matches_finite_differences(name, key):
+    """sigma' as the kernels use it (``value_and_derivative``, hand-written for some) and
+    JAX's own derivative, against centred differences (relu: away from its kink only)."""
+    act = wflow.get_activation(name)
+    x = 3.0 * jax.random.normal(key, (64,))
+    if not act.smooth:
+        x = jnp.where(jnp.abs(x) < 1e-2, 1.0, x)  # relu has no derivative at 0
+    eps = 1e-6
+
+    @jax.jit
+    def all_three(x):
+        value, deriv = act.value_and_derivative(x)
+        fd = (act(x + eps) - act(x - eps)) / (2 * eps)
+        return value, deriv, jax.vmap(jax.grad(act.fn))(x), fd
+
+    value, deriv, grad, fd = all_three(x)
+    np.testing.assert_allclose(value, act(x), rtol=1e-15, atol=1e-15)
+    np.testing.assert_allclose(deriv, fd, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(grad, fd, rtol=1e-7, atol=1e-9)
+
+
+def _neuron_cases():
+    return [pytest.param(d, act, bias, id=f"d{d}-{act}-bias{bias}")
+            for d, act, bias in _neuron_grid()]
+
+
+@pytest.mark.parametrize("d, activation, bias", _neuron_cases())
+def test_neuron_field_vjp_matches_autodiff(d, activation, bias, key):
+    """The hand-written adjoint behind ``Neuron.field`` (a custom_vjp) equals JAX's reverse
+    mode through the plain forward ``field_value``, for both the state and the particles."""
+    feat = wflow.make_feature("neuron", d, activation=activation, bias=bias)
+    kz, kt, kp = jax.random.split(key, 3)
+    Z = jax.random.normal(kz, (7, d))
+    Theta = jax.random.normal(kt, (5, feat.k))
+    if activation == "relu":  # keep every pre-activation away from the kink
+        Theta = Theta.at[:, 2 * d:].set(jnp.where(Theta[:, 2 * d:] >= 0, 5.0, -5.0))
+    P = jax.random.normal(kp, (7, d))
+
+    @jax.jit
+    def both(Z, Theta, P):
+        out, vjp = jax.vjp(feat.field, Z, Theta)
+        ref, vjp_ref = jax.vjp(feat.field_value, Z, Theta)
+        return out, ref, vjp(P), vjp_ref(P)
+
+    out, ref, (gZ, gT), (gZ_ref, gT_ref) = both(Z, Theta, P)
+    np.testing.assert_allclose(out, ref, rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(gZ, gZ_ref, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(gT, gT_ref, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("sharpness", [1.0, 10.0, 100.0])
+def test_smooth_relu_approximates_relu(sharpness):
+    """|smooth_relu - relu| <= 1/(2 beta) uniformly, smooth_relu(0) = 0, 0 < sigma' < 1."""
+    act = wflow.get_activation("smooth_relu", sharpness)
+    x = jnp.linspace(-20.0, 20.0, 4001)
+    assert float(jnp.max(jnp.abs(act(x) - jax.nn.relu(x)))) <= 0.5 / sharpness + 1e-15
+    assert float(act(jnp.zeros(()))) == 0.0
+    slope = jax.vmap(jax.grad(act.fn))(x)
+    assert bool(jnp.all((slope > 0) & (slope < 1)))
+
+
+def test_unknown_names_raise():
+    with pytest.raises(ValueError, match="model.activation"):
+        wflow.get_activation("swish2")
+    with pytest.raises(ValueError, match="model.feature"):
+        wflow.make_feature("conv", 2)
+    with pytest.raises(ValueError, match="model.sharpness"):
+        wflow.get_activation("smooth_relu", 0.0)
