@@ -81,12 +81,16 @@ def teacher_targets(x, feature, *, width: int, depth: int, std: float, out_dim: 
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x7EAC]))
     theta = rng.normal(0.0, std, size=(depth, width, feature.k))
     dummy_y = np.zeros((x.shape[0], out_dim))
-    # Always float32 on the CPU, so the same seed gives the same targets whether
-    # or not the process runs with x64 enabled or has a GPU.
-    with jax.default_device(jax.devices("cpu")[0]):
-        f32 = jnp.float32
-        problem = Problem(feature, jnp.asarray(x, f32), jnp.asarray(dummy_y, f32))
-        y = LayeredDepth().predict(problem, jnp.asarray(theta, f32))
+    # Always float64 on the CPU, whatever the process's x64 flag and devices: the
+    # same seed gives the same targets everywhere, and y = teacher(x) holds to
+    # float64 round-off (the linear teacher gives y = a x exactly, SPEC §5).
+    enable_x64 = getattr(jax, "enable_x64", None)
+    if enable_x64 is None:  # jax < 0.6
+        from jax.experimental import enable_x64
+    with enable_x64(True), jax.default_device(jax.devices("cpu")[0]):
+        f64 = jnp.float64
+        problem = Problem(feature, jnp.asarray(x, f64), jnp.asarray(dummy_y, f64))
+        y = LayeredDepth().predict(problem, jnp.asarray(theta, f64))
     return np.asarray(y, dtype=np.float64)
 
 
@@ -110,8 +114,7 @@ def make_dataset(
     if kind == "teacher":
         if feature is None:
             raise ValueError("teacher data needs the model's feature map")
-        # x rounded to float32: the teacher is evaluated in float32 (see teacher_targets).
-        x = rng.normal(size=(n, dim)).astype(np.float32).astype(np.float64)
+        x = rng.normal(size=(n, dim))
         y = teacher_targets(x, feature, width=teacher_width, depth=teacher_depth,
                             std=teacher_std, out_dim=out_dim, seed=seed)
         if noise > 0:

@@ -320,14 +320,16 @@ def integrate(
             continue
         if schedule.method == "adaptive":
             theta, ok = _advance_adaptive(problem, depth, regularization,
-                                          (schedule.rtol, schedule.atol), h, theta,
+                                          (schedule.rtol, schedule.atol),
+                                          jnp.asarray(h, theta.dtype), theta,
                                           jnp.asarray(step * h, theta.dtype),
                                           jnp.asarray(target * h, theta.dtype))
             ok = bool(ok)
             reached = target if ok else step
         else:
             theta, key, done, ok = _advance_fixed(
-                problem, depth, regularization, schedule.method, h, theta, key,
+                problem, depth, regularization, schedule.method,
+                jnp.asarray(h, theta.dtype), theta, key,
                 jnp.int32(step), jnp.int32(target - step))
             ok = bool(ok)
             reached = step + int(done)
