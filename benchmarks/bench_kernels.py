@@ -63,7 +63,7 @@ def main(argv=None):
             rows[cls.__name__] = (_time(step, problem, theta, repeats=args.repeats),
                                   _time(fwd, problem, theta, repeats=args.repeats),
                                   np.asarray(step(problem, theta)))
-        (s_h, f_h, out_h), (s_a, f_a, out_a) = rows["Neuron"], rows["AutodiffNeuron"]
+        (s_h, _, out_h), (s_a, _, out_a) = rows["Neuron"], rows["AutodiffNeuron"]
         diff = float(np.max(np.abs(out_h - out_a)) / np.max(np.abs(out_a)))
         print(f"\n(N, d, L, M) = ({N}, {d}, {L}, {M})   steps agree to {diff:.1e} (relative)")
         print(f"  {'adjoint':<22}{'step ms (med/min)':>20}{'fwd ms (med/min)':>20}{'step/fwd':>10}")
