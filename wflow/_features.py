@@ -9,8 +9,10 @@ Two feature maps (SPEC §1):
 
 ``field(Z, Theta)`` is the batched kernel every solver uses: Z (N, d) states,
 Theta (M, k) particles of one depth slice, returns (N, d) with row i equal to
-(1/M) sum_m f(Z_i; Theta_m). Its reverse-mode derivative (taken by JAX) is the
-adjoint / first-variation kernel; nothing else in wflow re-implements it.
+(1/M) sum_m f(Z_i; Theta_m). Its reverse-mode derivative is the adjoint /
+first-variation kernel: JAX's VJP in general, and for ``Neuron`` a
+``jax.custom_vjp`` whose backward is the hand-written ``field_vjp`` on CPU and
+JAX's VJP of the forward elsewhere. Every solver goes through ``field``.
 """
 
 from __future__ import annotations
@@ -103,12 +105,13 @@ class Neuron(FeatureMap):
         return u * self.sigma(_mm(w, z) + b)
 
     def field(self, Z, Theta):
-        """(1/M) sum_m u_m sigma(w_m . Z_i + b_m); reverse-mode derivatives use ``field_vjp``.
+        """(1/M) sum_m u_m sigma(w_m . Z_i + b_m), with a custom reverse-mode rule.
 
         Every reverse-mode derivative of the field (the layered adjoint, diffrax's
-        backprop through the solver and its backsolve adjoint) goes through the
-        hand-written ``field_vjp`` (a ``jax.custom_vjp``): JAX's own VJP of the
-        fused forward below is ~10x slower on CPU. Forward-mode (``jax.jvp``) is
+        backprop through the solver and its backsolve adjoint) goes through a
+        ``jax.custom_vjp``: on CPU its backward is the hand-written ``field_vjp``
+        (JAX's own VJP of the fused forward below is ~10x slower there); on other
+        platforms JAX's VJP of ``field_value``. Forward-mode (``jax.jvp``) is
         therefore not available through ``field``; use ``field_value`` for that.
         """
         return _neuron_field(self, Z, Theta)
