@@ -382,8 +382,15 @@ def test_interrupt_then_resume_is_bit_identical(tmp_path, capsys, stop_after):
 def test_resume_after_a_killed_process(tmp_path, capsys):
     """A run that died (status "running") resumes from its last snapshot, dropping later records."""
     cfg = write_config(tmp_path, {"train.temperature": "0.01"})
-    ref, out = tmp_path / "ref.h5", tmp_path / "dead.h5"
+    ref, out, mid = tmp_path / "ref.h5", tmp_path / "dead.h5", tmp_path / "mid.h5"
     assert cli(capsys, "run", cfg, "-o", ref, "-q")[0] == 0
+    # What a process writes at its snapshot at step 5 (theta, step and Langevin key together).
+    boundaries = wflow.build_run(wflow.load_config(cfg)).schedule.boundaries()
+    n_to_5 = int(np.sum(boundaries <= 5))
+    assert cli(capsys, "run", cfg, "-o", mid, "-q", "--stop-after-records", n_to_5)[0] == 130
+    with h5py.File(mid, "r") as f:
+        assert int(f["state/step"][()]) == 5
+        key_at_5 = f["state/key"][()]
     # stop at step 8; the last snapshot (and /state) of a killed process would be at step 5
     assert cli(capsys, "run", cfg, "-o", out, "-q", "--stop-after-records", 6)[0] == 130
     with h5py.File(out, "r+") as f:
@@ -391,7 +398,7 @@ def test_resume_after_a_killed_process(tmp_path, capsys):
         f.attrs["status"] = "running"
         f["state/theta"][...] = f["snapshots/theta"][1]
         f["state/step"][()] = 5
-        f["state/key"][...] = 0  # stale on purpose: the key is re-derived for the snapshot step
+        f["state/key"][...] = key_at_5
     rc, _, _ = cli(capsys, "run", cfg, "-o", out, "-q", "--resume")
     assert rc == 0
     a, b = history(ref), history(out)

@@ -155,6 +155,7 @@ class Record(NamedTuple):
     wall_time: float
     history: bool  # a history record (record_every / first / last)
     snapshot: np.ndarray | None  # theta (L, M, k) at snapshot steps, else None
+    key: np.ndarray  # the Langevin PRNG key at this step: (snapshot, step, key) resumes the run
 
 
 class FlowResult(NamedTuple):
@@ -283,17 +284,21 @@ def integrate(
     snap_steps = set(schedule.snapshot_steps().tolist())
     t_start = time.perf_counter()
 
-    def emit(step, theta, loss, stat):
+    def emit(step, theta, key, loss, stat, diverged=False):
+        """Record this boundary and ask the callback; True means stop.
+
+        A diverged boundary is a history record only: no snapshot of a blown-up state.
+        """
         wall = wall_offset + time.perf_counter() - t_start
-        is_hist = step in rec_steps
-        snap = np.asarray(theta) if step in snap_steps else None
+        is_hist = diverged or step in rec_steps
+        snap = np.asarray(theta) if step in snap_steps and not diverged else None
         if is_hist:
             for name, val in zip(history, (step * h, loss, stat, wall)):
                 history[name].append(val)
         if snap is not None:
             snap_s.append(step * h)
             snaps.append(snap)
-        rec = Record(step, step * h, loss, stat, wall, is_hist, snap)
+        rec = Record(step, step * h, loss, stat, wall, is_hist, snap, np.asarray(key))
         return bool(callback(rec)) if callback is not None else False
 
     def result(status):
@@ -307,9 +312,9 @@ def integrate(
     if step == 0:
         initial_loss = loss
         if not math.isfinite(loss):
-            emit(0, theta, loss, stat)
+            emit(0, theta, key, loss, stat)
             return result("diverged")
-        if emit(0, theta, loss, stat):
+        if emit(0, theta, key, loss, stat):
             return result("interrupted")
     threshold = (schedule.divergence_factor * initial_loss
                  if initial_loss is not None and initial_loss > 0 else math.inf)
@@ -335,15 +340,9 @@ def integrate(
             reached = step + int(done)
         step = reached
         loss, stat = (float(v) for v in _diagnostics(problem, depth, theta))
-        diverged = (not ok) or (not math.isfinite(loss)) or loss > threshold
-        if diverged:
-            # Record the last finite state reached (history only, no snapshot of a blown-up state).
-            wall = wall_offset + time.perf_counter() - t_start
-            for name, val in zip(history, (step * h, loss, stat, wall)):
-                history[name].append(val)
-            if callback is not None:
-                callback(Record(step, step * h, loss, stat, wall, True, None))
+        if (not ok) or (not math.isfinite(loss)) or loss > threshold:
+            emit(step, theta, key, loss, stat, diverged=True)
             return result("diverged")
-        if emit(step, theta, loss, stat):
+        if emit(step, theta, key, loss, stat):
             return result("interrupted")
     return result("complete")

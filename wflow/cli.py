@@ -14,7 +14,6 @@ SIGINT / SIGTERM (file kept with status "interrupted", resumable with
 from __future__ import annotations
 
 import argparse
-import functools
 import math
 import os
 import signal
@@ -85,24 +84,6 @@ class _StopRequest:
 
 
 # ----------------------------------------------------------------------------- run
-
-
-def _key_at(key0, step: int, noisy: bool):
-    """The Langevin key after ``step`` Euler/Heun steps: each noisy step splits it once."""
-    if not noisy or step == 0:
-        return np.asarray(key0)
-    return np.asarray(_advance_key()(key0, step))
-
-
-@functools.cache
-def _advance_key():
-    import jax
-
-    @jax.jit
-    def advance(key, n):
-        return jax.lax.fori_loop(0, n, lambda i, k: jax.random.split(k)[0], key)
-
-    return advance
 
 
 def _normalized(config: dict) -> dict:
@@ -229,10 +210,6 @@ def _resume(args, config) -> int:
         raise ConfigError(str(e)) from None
     writer.truncate(n_hist, n_snap)
     writer.set_status("running")
-    if status == "running":
-        # A process that died wrote its state at the last snapshot; the Langevin key
-        # there is a function of the seed and the step, so derive it rather than trust it.
-        key = _key_at(setup.key, step, config["train"]["temperature"] > 0)
     state = FlowState(jnp.asarray(theta), step, jnp.asarray(key))
     return _execute(args, config, setup, writer, out, state=state,
                     initial_loss=float(initial_loss) if step > 0 else None,
@@ -247,7 +224,6 @@ def _execute(args, config, setup, writer: RunWriter, out: str, *, state, initial
     from ._integrate import integrate
 
     schedule = setup.schedule
-    noisy = config["train"]["temperature"] > 0
     stop_after = args.stop_after_records
     n_records = 0
     bar = tqdm(total=schedule.n_steps, initial=0 if state is None else state.step, unit="step",
@@ -264,7 +240,7 @@ def _execute(args, config, setup, writer: RunWriter, out: str, *, state, initial
                 writer.append_history(rec.s, rec.loss, rec.stationarity, rec.wall_time)
             if rec.snapshot is not None:
                 writer.append_snapshot(rec.s, rec.snapshot)
-                writer.save_state(rec.snapshot, rec.step, _key_at(setup.key, rec.step, noisy))
+                writer.save_state(rec.snapshot, rec.step, rec.key)
             writer.flush()
             bar.update(rec.step - bar.n)
             bar.set_postfix_str(f"s={rec.s:.4g} loss={rec.loss:.3e} "
