@@ -186,11 +186,17 @@ def check_run_file(path: str) -> dict:
         with h5py.File(path, "r") as f:
             attrs = {k: (_text(v) if isinstance(v, (str, bytes)) else v) for k, v in f.attrs.items()}
     except (OSError, ValueError) as e:
-        raise RunFileError(f"{path}: not a readable HDF5 file ({e})") from None
+        detail = " ".join(str(e).split())  # h5py messages may span lines: keep one line
+        raise RunFileError(f"{path}: not a readable HDF5 file ({detail})") from None
     if attrs.get("format") != FORMAT:
         raise RunFileError(f"{path}: not a wflow run file (root attribute format = "
                            f"{attrs.get('format')!r}, expected {FORMAT!r})")
-    if int(attrs.get("format_version", 0)) > FORMAT_VERSION:
-        raise RunFileError(f"{path}: format_version {attrs['format_version']} is newer than this "
+    version = attrs.get("format_version", 0)
+    try:
+        version = int(version)
+    except (TypeError, ValueError):
+        raise RunFileError(f"{path}: format_version = {version!r} is not an integer") from None
+    if version > FORMAT_VERSION:
+        raise RunFileError(f"{path}: format_version {version} is newer than this "
                            f"wflow understands ({FORMAT_VERSION})")
     return attrs

@@ -30,10 +30,9 @@ from matplotlib.collections import LineCollection
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-__all__ = ["plot_run"]
+from ._io import _text, check_run_file
 
-FORMAT = "wflow-run"
-FORMAT_VERSION = 1
+__all__ = ["plot_run"]
 
 DPI = 120
 MAX_POINTS = 2000       # particles drawn per depth slice and snapshot
@@ -75,35 +74,11 @@ class _Run:
         return value.get(key, default) if isinstance(value, dict) else default
 
 
-def _text(value) -> str:
-    if isinstance(value, bytes | np.bytes_):
-        return value.decode("utf-8", "replace")
-    return str(value)
-
-
 def _read(run_path: str) -> _Run:
     name = os.path.basename(run_path)
-    if not os.path.isfile(run_path):
-        raise ValueError(f"{run_path}: no such file")
-    try:
-        f = h5py.File(run_path, "r")
-    except (OSError, ValueError) as err:
-        detail = " ".join(str(err).split())  # h5py messages may span lines: keep one line
-        raise ValueError(f"{run_path}: not a readable HDF5 file ({detail})") from None
+    check_run_file(run_path)  # RunFileError (a ValueError) naming the file if it is not a run file
+    f = h5py.File(run_path, "r")
     with f:
-        fmt = f.attrs.get("format")
-        if fmt is None or _text(fmt) != FORMAT:
-            found = "missing" if fmt is None else repr(_text(fmt))
-            raise ValueError(f"{run_path}: not a wflow run file (root attribute format is {found}, "
-                             f"expected {FORMAT!r})")
-        version = f.attrs.get("format_version")
-        try:
-            version = None if version is None else int(version)
-        except (TypeError, ValueError):
-            raise ValueError(f"{run_path}: format_version = {version!r} is not an integer") from None
-        if version is not None and version > FORMAT_VERSION:
-            raise ValueError(f"{run_path}: format_version {version} is newer than this wflow "
-                             f"understands ({FORMAT_VERSION})")
         try:
             config = tomllib.loads(_text(f.attrs.get("config", "")))
         except tomllib.TOMLDecodeError:
