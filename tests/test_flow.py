@@ -118,10 +118,14 @@ def test_closed_form_continuous_flow_any_L(L):
 # SPEC §6: degenerate point vs full support
 
 
-@pytest.mark.parametrize("depth", [
+# Layered depth in the default run, continuous depth (5-10 s of compilation each) in -m slow.
+DEPTHS_CONTINUOUS_SLOW = [
     pytest.param(wflow.LayeredDepth(), id="layers"),
     pytest.param(wflow.ContinuousDepth(), id="continuous", marks=pytest.mark.slow),
-])
+]
+
+
+@pytest.mark.parametrize("depth", DEPTHS_CONTINUOUS_SLOW)
 def test_point_mass_at_zero_never_moves(depth):
     problem = _teacher_problem()
     theta0 = wflow.init_particles("point", jax.random.PRNGKey(0), L_STD, M_STD,
@@ -216,10 +220,7 @@ def _permute_within_layers(theta, seed=0):
     return perms, theta[np.arange(theta.shape[0])[:, None], perms]
 
 
-@pytest.mark.parametrize("depth", [
-    pytest.param(wflow.LayeredDepth(), id="layers"),
-    pytest.param(wflow.ContinuousDepth(), id="continuous", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize("depth", DEPTHS_CONTINUOUS_SLOW)
 def test_permuting_particles_changes_nothing(depth):
     problem = _teacher_problem()
     theta0 = _gaussian(problem)
@@ -235,10 +236,7 @@ def test_permuting_particles_changes_nothing(depth):
     np.testing.assert_allclose(b.snapshots, a.snapshots[:, rows, perms], rtol=1e-11, atol=1e-13)
 
 
-@pytest.mark.parametrize("depth", [
-    pytest.param(wflow.LayeredDepth(), id="layers"),
-    pytest.param(wflow.ContinuousDepth(), id="continuous", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize("depth", DEPTHS_CONTINUOUS_SLOW)
 def test_duplicating_particles_changes_nothing(depth):
     """M -> 2M with every particle twice is the same empirical measure: same flow."""
     problem = _teacher_problem()
