@@ -144,11 +144,11 @@ def test_build_run_objects_and_seeds(tmp_path):
     run = wflow.build_run(cfg)
     assert isinstance(run.problem, wflow.Problem) and isinstance(run.depth, wflow.LayeredDepth)
     assert run.schedule.n_steps == 5 and run.regularization.l2 == 0.0
-    assert run.theta0.shape == (2, 4, 5) and run.theta0.dtype == jnp.float32
+    assert run.measure0.shape == (2, 4, 5) and run.measure0.dtype == jnp.float32
     assert run.problem.x.dtype == jnp.float32 and run.problem.x.shape == (16, 2)
     root = jax.random.PRNGKey(3)
     expected = wflow.init_particles("gaussian", jax.random.fold_in(root, 1), 2, 4, 5)
-    np.testing.assert_array_equal(np.asarray(run.theta0), np.asarray(expected))
+    np.testing.assert_array_equal(np.asarray(run.measure0), np.asarray(expected))
     np.testing.assert_array_equal(np.asarray(run.key), np.asarray(jax.random.fold_in(root, 2)))
     again = wflow.build_run(wflow.load_config(write(tmp_path, TINY)))
     np.testing.assert_array_equal(np.asarray(run.problem.y), np.asarray(again.problem.y))
@@ -162,7 +162,7 @@ def test_build_run_continuous_float64(tmp_path):
         "train.l2=0.1", "train.l2_schedule=inverse", "train.temperature=0.01"])
     run = wflow.build_run(cfg)
     assert isinstance(run.depth, wflow.ContinuousDepth) and run.depth.adjoint == "backsolve"
-    assert run.theta0.dtype == jnp.float64 and run.problem.y.dtype == jnp.float64
+    assert run.measure0.dtype == jnp.float64 and run.problem.y.dtype == jnp.float64
     assert run.regularization.l2_schedule == "inverse" and run.regularization.temperature == 0.01
 
 
@@ -173,7 +173,7 @@ def test_init_file_shape_mismatch(tmp_path):
         wflow.build_run(cfg)
     np.savez(tmp_path / "theta.npz", theta=np.ones((2, 4, 5)))
     run = wflow.build_run(cfg)
-    assert np.all(np.asarray(run.theta0) == 1.0)
+    assert np.all(np.asarray(run.measure0) == 1.0)
 
 
 def test_relu_warns(tmp_path):
@@ -194,7 +194,7 @@ def test_bundled_configs_validate_and_build(path):
     assert cfg["output"]["path"] == os.path.join(
         "runs", os.path.splitext(os.path.basename(path))[0] + ".h5")
     run = wflow.build_run(cfg)
-    assert run.theta0.shape == (cfg["solver"]["L"], cfg["solver"]["M"], run.problem.feature.k)
+    assert run.measure0.shape == (cfg["solver"]["L"], cfg["solver"]["M"], run.problem.feature.k)
     assert config_warnings(cfg) == []
 
 

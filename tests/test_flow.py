@@ -68,7 +68,7 @@ def _closed_form_gap(L, theta0, S=0.5, dt=2e-3):
     assert res.status == "complete"
     E = res.history["loss"]
     exact = _closed_form_energy(float(jnp.mean(theta0)), X2, res.history["s"])
-    return np.max(np.abs(E - exact) / exact), np.asarray(res.state.theta - theta0)
+    return np.max(np.abs(E - exact) / exact), np.asarray(res.state.measure - theta0)
 
 
 def test_closed_form_layered_flow_large_L():
@@ -107,7 +107,7 @@ def test_closed_form_continuous_flow_any_L(L):
         A.append(A[-1] - ds * X2 * (np.exp(A[-1]) - A_TARGET) * np.exp(A[-1]))
     expected = X2 / 2 * (np.exp(np.array(A)) - A_TARGET) ** 2
     np.testing.assert_allclose(res.history["loss"], expected, rtol=1e-8)
-    moved = np.asarray(res.state.theta - theta0)
+    moved = np.asarray(res.state.measure - theta0)
     assert np.ptp(moved) <= 1e-8 * np.max(np.abs(moved))
     # and the Euler run is within O(ds) of the exact flow
     exact = _closed_form_energy(A[0], X2, res.history["s"])
@@ -136,7 +136,7 @@ def test_point_mass_at_zero_never_moves(depth):
     assert loss[0] > 0
     assert np.all(loss == loss[0])
     assert np.all(res.history["stationarity"] == 0.0)
-    assert np.array_equal(np.asarray(res.state.theta), np.zeros(theta0.shape))
+    assert np.array_equal(np.asarray(res.state.measure), np.zeros(theta0.shape))
 
 
 def test_full_support_start_reaches_the_global_minimum():
@@ -206,7 +206,7 @@ def test_l2_without_data_gradient_is_exponential_decay(schedule):
     integral = {"constant": l2 * S,
                 "inverse": l2 * c * math.log1p(S / c),
                 "exponential": l2 * c * (1 - math.exp(-S / c))}[schedule]
-    np.testing.assert_allclose(res.state.theta, theta0 * math.exp(-integral), rtol=1e-5)
+    np.testing.assert_allclose(res.state.measure, theta0 * math.exp(-integral), rtol=1e-5)
     assert np.all(res.history["loss"] == 0.5)
 
 
@@ -258,7 +258,7 @@ S_ORDER = 2.0
 
 def _order_reference(problem, theta0):
     return _run(problem, theta0, time=S_ORDER, dt=S_ORDER / 8, method="adaptive", rtol=1e-12,
-                atol=1e-12, record_every=8).state.theta
+                atol=1e-12, record_every=8).state.measure
 
 
 @pytest.mark.parametrize("method, order", [("euler", 1), ("heun", 2)])
@@ -272,7 +272,7 @@ def test_time_stepper_order(method, order, n_steps):
     ref = _order_reference(problem, theta0)
     ds = S_ORDER / np.asarray(n_steps)
     err = [float(jnp.max(jnp.abs(_run(problem, theta0, time=S_ORDER, dt=h, method=method,
-                                      record_every=1000).state.theta - ref))) for h in ds]
+                                      record_every=1000).state.measure - ref))) for h in ds]
     slope = np.polyfit(np.log(ds), np.log(err), 1)[0]
     assert slope == pytest.approx(order, abs=0.15 if order == 1 else 0.2), (slope, err)
 
@@ -283,8 +283,8 @@ def test_adaptive_agrees_with_fine_heun():
     ada = _run(problem, theta0, time=S_ORDER, dt=0.25, method="adaptive", record_every=8)
     heun = _run(problem, theta0, time=S_ORDER, dt=S_ORDER / 1024, method="heun",
                 record_every=1024)
-    assert float(jnp.max(jnp.abs(ada.state.theta - theta0))) > 0.1  # the particles did move
-    np.testing.assert_allclose(ada.state.theta, heun.state.theta, atol=1e-6)
+    assert float(jnp.max(jnp.abs(ada.state.measure - theta0))) > 0.1  # the particles did move
+    np.testing.assert_allclose(ada.state.measure, heun.state.measure, atol=1e-6)
     assert ada.history["loss"][-1] == pytest.approx(heun.history["loss"][-1], rel=1e-6)
 
 
@@ -300,13 +300,13 @@ def test_langevin_is_seeded():
     a = _run(problem, theta0, key=jax.random.PRNGKey(1), **kw)
     b = _run(problem, theta0, key=jax.random.PRNGKey(1), **kw)
     c = _run(problem, theta0, key=jax.random.PRNGKey(2), **kw)
-    assert np.array_equal(np.asarray(a.state.theta), np.asarray(b.state.theta))
+    assert np.array_equal(np.asarray(a.state.measure), np.asarray(b.state.measure))
     assert np.array_equal(a.history["loss"], b.history["loss"])
     assert np.array_equal(np.asarray(a.state.key), np.asarray(b.state.key))
-    assert not np.allclose(np.asarray(a.state.theta), np.asarray(c.state.theta))
+    assert not np.allclose(np.asarray(a.state.measure), np.asarray(c.state.measure))
     # the noise has the Brownian size sqrt(2 tau S) (the drift over S = 0.5 is much smaller)
     det = _run(problem, theta0, time=0.5, dt=0.05)
-    spread = float(jnp.std(a.state.theta - det.state.theta))
+    spread = float(jnp.std(a.state.measure - det.state.measure))
     assert spread == pytest.approx(math.sqrt(2 * 0.01 * 0.5), rel=0.3)
 
 
@@ -328,7 +328,7 @@ def test_same_seed_gives_bit_identical_runs():
         assert np.array_equal(np.asarray(u[0]), np.asarray(u[1]))
     a = _run(problem, th_a, time=0.5, dt=0.05, method="heun")
     b = _run(problem, th_b, time=0.5, dt=0.05, method="heun")
-    assert np.array_equal(np.asarray(a.state.theta), np.asarray(b.state.theta))
+    assert np.array_equal(np.asarray(a.state.measure), np.asarray(b.state.measure))
     assert np.array_equal(a.history["loss"], b.history["loss"])
     assert np.array_equal(a.snapshots, b.snapshots)
 
@@ -341,7 +341,7 @@ def test_float32_particles_stay_float32(method):
     res = _run(problem, theta0, time=0.2, dt=0.05, method=method,
                regularization=wflow.Regularization(l2=0.1))
     assert res.status == "complete"
-    assert res.state.theta.dtype == jnp.float32
+    assert res.state.measure.dtype == jnp.float32
     assert res.snapshots.dtype == np.float32
 
 
@@ -352,7 +352,7 @@ def test_float32_particles_stay_float32_continuous(adjoint):
     theta0 = _gaussian(problem, dtype=jnp.float32)
     res = _run(problem, theta0, wflow.ContinuousDepth(adjoint=adjoint), time=0.1, dt=0.05)
     assert res.status == "complete"
-    assert res.state.theta.dtype == jnp.float32
+    assert res.state.measure.dtype == jnp.float32
 
 
 def test_second_integrate_call_does_not_recompile():
@@ -398,7 +398,7 @@ def test_divergence_is_a_status_not_an_exception(dt):
     theta0 = 0.3 * jax.random.normal(jax.random.PRNGKey(0), (4, 4, 1))
     res = _run(problem, theta0, time=100 * dt, dt=dt, record_every=10)
     assert res.status == "diverged"
-    assert np.all(np.isfinite(np.asarray(res.state.theta)))
+    assert np.all(np.isfinite(np.asarray(res.state.measure)))
     assert res.state.step < 100
     assert res.history["s"][0] == 0.0
 
@@ -409,7 +409,7 @@ def test_records_and_snapshots_follow_the_schedule():
     np.testing.assert_allclose(res.history["s"], [0.0, 0.4, 0.8, 1.0], atol=1e-12)
     np.testing.assert_allclose(res.snapshot_s, [0.0, 0.5, 1.0], atol=1e-12)
     assert res.snapshots.shape == (3, L_STD, M_STD, problem.feature.k)
-    np.testing.assert_array_equal(res.snapshots[-1], np.asarray(res.state.theta))
+    np.testing.assert_array_equal(res.snapshots[-1], np.asarray(res.state.measure))
     assert res.state.step == 10
 
 
@@ -424,6 +424,6 @@ def test_interrupted_run_resumes_to_the_same_state():
     rest = wflow.integrate(problem, wflow.LayeredDepth(), schedule, state=part.state,
                            initial_loss=part.history["loss"][0])
     assert rest.status == "complete"
-    assert np.array_equal(np.asarray(rest.state.theta), np.asarray(full.state.theta))
+    assert np.array_equal(np.asarray(rest.state.measure), np.asarray(full.state.measure))
     np.testing.assert_array_equal(np.concatenate([part.history["loss"], rest.history["loss"]]),
                                   full.history["loss"])

@@ -8,25 +8,20 @@ rho. The public surface:
                    ``make_dataset``
 * discretization:  ``LayeredDepth`` (the finite ResNet), ``ContinuousDepth`` (diffrax),
                    ``init_particles``
-* time loop:       ``integrate`` with ``Schedule``, ``Regularization`` -> ``FlowResult``
+* solver step:     ``ParticleFlow`` (a ``Flow``: one step in training time s), ``Regularization``
+* time loop:       ``integrate`` with ``Schedule`` -> ``FlowResult``
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
 from ._activations import ACTIVATIONS, Activation, get_activation
-from ._config import ConfigError, build_run, load_config
+from ._build import build_run
+from ._config import ConfigError, load_config
 from ._data import DATASETS, DataError, make_dataset
 from ._depth import ADJOINTS, DEPTHS, ContinuousDepth, DepthDiscretization, Evaluation, LayeredDepth
 from ._features import FEATURES, FeatureMap, Linear, Neuron, make_feature
-from ._integrate import (
-    METHODS,
-    FlowResult,
-    FlowState,
-    Record,
-    Regularization,
-    Schedule,
-    integrate,
-)
+from ._flow import METHODS, Flow, Measure, ParticleFlow, Regularization, make_flow
+from ._integrate import FlowResult, FlowState, Record, Schedule, integrate
 from ._measures import MEASURES, init_particles
 from ._problem import Problem
 
@@ -36,10 +31,39 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
 __all__ = [
-    "ACTIVATIONS", "ADJOINTS", "DATASETS", "DEPTHS", "FEATURES", "MEASURES", "METHODS",
-    "Activation", "ConfigError", "ContinuousDepth", "DataError", "DepthDiscretization",
-    "Evaluation", "FeatureMap", "FlowResult", "FlowState", "LayeredDepth", "Linear", "Neuron",
-    "Problem", "Record", "Regularization", "Schedule", "__version__", "build_run",
-    "get_activation", "init_particles", "integrate", "load_config", "make_dataset",
+    "ACTIVATIONS",
+    "ADJOINTS",
+    "DATASETS",
+    "DEPTHS",
+    "FEATURES",
+    "MEASURES",
+    "METHODS",
+    "Activation",
+    "ConfigError",
+    "ContinuousDepth",
+    "DataError",
+    "DepthDiscretization",
+    "Evaluation",
+    "FeatureMap",
+    "Flow",
+    "FlowResult",
+    "FlowState",
+    "LayeredDepth",
+    "Linear",
+    "Measure",
+    "Neuron",
+    "ParticleFlow",
+    "Problem",
+    "Record",
+    "Regularization",
+    "Schedule",
+    "__version__",
+    "build_run",
+    "get_activation",
+    "init_particles",
+    "integrate",
+    "load_config",
+    "make_dataset",
     "make_feature",
+    "make_flow",
 ]

@@ -1,15 +1,27 @@
-"""Depth discretizations: how the particles Theta (L, M, k) define the forward map.
+"""Depth discretizations: how a measure (Theta (L, M, k), weights) defines the forward map.
 
-Both discretizations return the loss E and its derivative dE/dTheta; the
-particle velocity (SPEC §2) is then the same for both,
+Slice l of the measure is M points Theta_l with weights omega_l (M,) summing
+to 1: the empirical measure of M particles (omega = 1/M, ``weights=None``) or
+a grid density (omega_c = rho_c |C| at cell centres, ``_grid.py``); every
+kernel below takes both, so particles and grids share one forward pass, one
+adjoint and one loss. F_l(z) = sum_m omega_{l,m} f(z; theta_{l,m}).
 
-    v_{l,m} = -(M / w_l) dE/dtheta_{l,m}  ~  -grad_theta V(theta_{l,m}, t_l),
+The first variation V(theta, t) = dE/drho (SPEC §1) is discretized per slice:
+``first_variation_gradient`` returns grad_theta V_l(q) at any query points q,
+defined as the derivative of the discretized loss with respect to an
+infinitesimal mass added at q in slice l, divided by the slice's depth
+weight w_l (``weights``). For the layered ResNet it is exactly
+(1/N) sum_i grad_q [p_{l+1}(x_i) . f(z_l(x_i); q)] with the discrete adjoint
+p_{l+1}; for continuous depth it is the hat-weighted average over t of the
+same expression with diffrax's adjoint p(t) (= grad V(q, t_l) + O(1/L^2)).
+Particle velocities are this field at the particles,
 
-where w_l is the depth weight of slice l (``weights``). With every w_l = 1/L
-(both discretizations below) this is O(1) whatever L and M are.
+    v_{l,m} = -(1 / (w_l omega_{l,m})) dE/dtheta_{l,m} = -grad_theta V_l(theta_{l,m}),
+
+which is O(1) whatever L and M are (for particles: -(M / w_l) dE/dtheta).
 
 ``LayeredDepth`` is the finite ResNet,
-    z_{l+1} = z_l + (1/L) F_l(z_l),   F_l(z) = (1/M) sum_m f(z; theta_{l,m}),
+    z_{l+1} = z_l + (1/L) F_l(z_l),
 with a hand-written discrete adjoint: a reverse ``lax.scan`` that recomputes
 each layer's activations from the stored states z_l, so the backward pass
 holds O(N L d + L M k) memory plus one layer's O(N M) temporaries, never
@@ -45,7 +57,7 @@ from ._problem import Problem
 class Evaluation(NamedTuple):
     """Loss, particle velocity -grad V (L, M, k) and stationarity residual at one state.
 
-    ``stationarity`` = sum_l w_l (1/M) sum_m |v_{l,m}|^2, the discrete form of
+    ``stationarity`` = sum_l w_l sum_m omega_{l,m} |v_{l,m}|^2, the discrete form of
     int int |grad_theta V|^2 rho dtheta dt; for the layered ResNet it is
     exactly -dE/ds along the gradient flow.
     """
@@ -56,7 +68,13 @@ class Evaluation(NamedTuple):
 
 
 class DepthDiscretization(eqx.Module):
-    """Common interface of the depth discretizations."""
+    """Common interface of the depth discretizations.
+
+    Every method takes the measure as ``Theta`` (L, M, k) and optional
+    ``weights`` omega (L, M) (default 1/M, see the module docstring); ``probes``
+    (L, Q, k) are zero-mass query points whose reverse-mode derivative is the
+    first variation's gradient (``FeatureMap.probe``).
+    """
 
     def weights(self, L: int, dtype=jnp.float32) -> jax.Array:
         """Depth weight w_l of each slice: 1/L for both discretizations."""
@@ -65,67 +83,117 @@ class DepthDiscretization(eqx.Module):
     def times(self, L: int) -> jax.Array:
         raise NotImplementedError
 
-    def final_state(self, problem: Problem, Theta: jax.Array, x: jax.Array) -> jax.Array:
+    def final_state(self, problem: Problem, Theta: jax.Array, x: jax.Array,
+                    weights: jax.Array | None = None, probes: jax.Array | None = None) -> jax.Array:
         raise NotImplementedError
 
-    def loss_and_grad(self, problem: Problem, Theta: jax.Array):
-        raise NotImplementedError
+    def loss_and_grad(self, problem: Problem, Theta: jax.Array, weights: jax.Array | None = None):
+        """E and dE/dTheta (L, M, k)."""
+        return jax.value_and_grad(lambda th: self.loss(problem, th, weights))(Theta)
 
-    def predict(self, problem: Problem, Theta: jax.Array, x: jax.Array | None = None) -> jax.Array:
+    def predict(self, problem: Problem, Theta: jax.Array, x: jax.Array | None = None,
+                weights: jax.Array | None = None) -> jax.Array:
         """g(z(1; x)) for x (N', d_in) (default: the training inputs) -> (N', d_out)."""
         x = problem.x if x is None else x
-        return problem.readout(self.final_state(problem, Theta, problem.embed(x)))
+        return problem.readout(self.final_state(problem, Theta, problem.embed(x), weights))
 
-    def loss(self, problem: Problem, Theta: jax.Array) -> jax.Array:
-        return problem.loss(self.final_state(problem, Theta, problem.embed(problem.x)))
+    def loss(self, problem: Problem, Theta: jax.Array, weights: jax.Array | None = None,
+             probes: jax.Array | None = None) -> jax.Array:
+        return problem.loss(self.final_state(problem, Theta, problem.embed(problem.x), weights,
+                                             probes))
 
-    def evaluate(self, problem: Problem, Theta: jax.Array) -> Evaluation:
-        """Loss, velocity -(M/w_l) dE/dtheta and stationarity residual (jit-able)."""
+    def evaluate(self, problem: Problem, Theta: jax.Array,
+                 weights: jax.Array | None = None) -> Evaluation:
+        """Loss, velocity -(1/(w_l omega_{l,m})) dE/dtheta and stationarity residual (jit-able).
+
+        A point of zero weight has no velocity from dE/dtheta (it is 0/0, returned
+        as NaN and left out of the residual); ``first_variation_gradient`` gives
+        the field there.
+        """
         L, M, _ = Theta.shape
-        loss, dE = self.loss_and_grad(problem, Theta)
+        loss, dE = self.loss_and_grad(problem, Theta, weights)
         w = self.weights(L, Theta.dtype)
-        v = -(M / w)[:, None, None] * dE
-        stat = jnp.sum(w * jnp.mean(jnp.sum(v * v, axis=2), axis=1))
+        if weights is None:
+            v = -(M / w)[:, None, None] * dE
+            stat = jnp.sum(w * jnp.mean(jnp.sum(v * v, axis=2), axis=1))
+        else:
+            v = -dE / (w[:, None] * weights)[:, :, None]
+            sq = jnp.where(weights > 0, weights * jnp.sum(v * v, axis=2), 0.0)
+            stat = jnp.sum(w * jnp.sum(sq, axis=1))
         return Evaluation(loss, v, stat)
+
+    def first_variation_gradient(self, problem: Problem, Theta: jax.Array, query: jax.Array,
+                                 weights: jax.Array | None = None):
+        """grad_theta V_l(q) at query points q of every slice, and the loss (jit-able).
+
+        Args:
+            problem: data, feature map, loss.
+            Theta, weights: the measure, (L, M, k) and (L, M) or None (1/M).
+            query: (Q, k), the same points in every slice, or (L, Q, k).
+
+        Returns:
+            (loss, G) with G (L, Q, k): G[l, j] = grad_theta V_l(query_j) (module
+            docstring). One forward and one reverse pass; the query points do not
+            change the forward pass.
+        """
+        L = Theta.shape[0]
+        if query.ndim == 2:
+            query = jnp.broadcast_to(query, (L,) + query.shape)
+        if query.ndim != 3 or query.shape[0] != L or query.shape[2] != Theta.shape[2]:
+            raise ValueError(f"query has shape {query.shape}: must be (Q, k) or (L, Q, k) with "
+                             f"L = {L}, k = {Theta.shape[2]}")
+        loss, g = jax.value_and_grad(lambda q: self.loss(problem, Theta, weights, q))(
+            query.astype(Theta.dtype))
+        return loss, g / self.weights(L, g.dtype)[:, None, None]
+
+
+def _slice_field(problem: Problem, z, theta, omega, probe):
+    """F_l(z) = sum_m omega_m f(z; theta_m) (+ the zero-valued probe of the query points)."""
+    F = problem.feature.field(z, theta, omega)
+    if probe is not None:
+        F = F + problem.feature.probe(z, probe)
+    return F
 
 
 class LayeredDepth(DepthDiscretization):
-    """The finite ResNet z_{l+1} = z_l + (1/L)(1/M) sum_m f(z_l; theta_{l,m}), l = 0..L-1."""
+    """The finite ResNet z_{l+1} = z_l + (1/L) sum_m omega_{l,m} f(z_l; theta_{l,m}), l = 0..L-1."""
 
     def times(self, L: int) -> jax.Array:
         """Layer l acts on [l/L, (l+1)/L]; its depth time is t_l = l / L."""
         return jnp.arange(L) / L
 
-    def trajectory(self, problem: Problem, Theta: jax.Array, z0: jax.Array):
+    def trajectory(self, problem: Problem, Theta: jax.Array, z0: jax.Array,
+                   weights: jax.Array | None = None, probes: jax.Array | None = None):
         """Returns z_L (N, d) and the inputs z_0..z_{L-1} of every layer (L, N, d)."""
         h = 1.0 / Theta.shape[0]
-        field = problem.feature.field
 
-        def layer(z, theta):
-            return z + h * field(z, theta), z
+        def layer(z, inputs):
+            theta, omega, probe = inputs
+            return z + h * _slice_field(problem, z, theta, omega, probe), z
 
-        return lax.scan(layer, z0, Theta)
+        return lax.scan(layer, z0, (Theta, weights, probes))
 
-    def final_state(self, problem, Theta, x):
-        return self.trajectory(problem, Theta, x)[0]
+    def final_state(self, problem, Theta, x, weights=None, probes=None):
+        return self.trajectory(problem, Theta, x, weights, probes)[0]
 
-    def loss_and_grad(self, problem, Theta):
+    def loss_and_grad(self, problem, Theta, weights=None):
         L = Theta.shape[0]
         h = 1.0 / L
-        zL, zs = self.trajectory(problem, Theta, problem.embed(problem.x))
+        zL, zs = self.trajectory(problem, Theta, problem.embed(problem.x), weights)
         loss = problem.loss(zL)
 
         # Discrete adjoint, p_l = N dE/dz_l:  p_l = p_{l+1} + h (d_z F_l(z_l))^T p_{l+1}.
         # The VJP re-runs layer l from the stored z_l (rematerialization).
         def layer_back(p, inputs):
-            theta, z = inputs
+            theta, omega, z = inputs
             # Through the feature's own reverse rule (for Neuron: the hand-written
             # adjoint on CPU, JAX's VJP on GPU; see _features.py).
-            _, vjp = jax.vjp(problem.feature.field, z, theta)
+            _, vjp = jax.vjp(lambda z, th: problem.feature.field(z, th, omega), z, theta)
             gz, gtheta = vjp(p)
             return p + h * gz, gtheta
 
-        _, gTheta = lax.scan(layer_back, problem.terminal_adjoint(zL), (Theta, zs), reverse=True)
+        _, gTheta = lax.scan(layer_back, problem.terminal_adjoint(zL), (Theta, weights, zs),
+                             reverse=True)
         return loss, (h / problem.n) * gTheta
 
 
@@ -157,22 +225,24 @@ class ContinuousDepth(DepthDiscretization):
         """Node of slice l: t_l = (l + 1/2) / L."""
         return (jnp.arange(L) + 0.5) / L
 
-    def field(self, problem: Problem, Theta: jax.Array, t, z):
+    def field(self, problem: Problem, Theta: jax.Array, t, z, weights=None, probes=None):
         """F(z, t) = (1 - a) F_j(z) + a F_{j+1}(z), the piecewise-linear interpolant."""
         L = Theta.shape[0]
-        field = problem.feature.field
+
+        def slice_field(j):
+            at = lambda a: None if a is None else lax.dynamic_index_in_dim(a, j, keepdims=False)
+            return _slice_field(problem, z, at(Theta), at(weights), at(probes))
+
         if L == 1:
-            return field(z, Theta[0])
+            return slice_field(0)
         s = t * L - 0.5
         j = jnp.clip(jnp.floor(s), 0, L - 2).astype(jnp.int32)
         a = jnp.clip(s - j, 0.0, 1.0).astype(z.dtype)
-        th0 = lax.dynamic_index_in_dim(Theta, j, keepdims=False)
-        th1 = lax.dynamic_index_in_dim(Theta, j + 1, keepdims=False)
-        return (1 - a) * field(z, th0) + a * field(z, th1)
+        return (1 - a) * slice_field(j) + a * slice_field(j + 1)
 
-    def final_state(self, problem, Theta, x):
+    def final_state(self, problem, Theta, x, weights=None, probes=None):
         L = Theta.shape[0]
-        term = diffrax.ODETerm(lambda t, z, th: self.field(problem, th, t, z))
+        term = diffrax.ODETerm(lambda t, z, args: self.field(problem, args[0], t, z, *args[1:]))
         controller = diffrax.PIDController(rtol=self.rtol, atol=self.atol)
         # Depth times in the state's dtype: Python floats would make diffrax promote a
         # float32 state to float64 whenever jax_enable_x64 is on.
@@ -183,16 +253,14 @@ class ContinuousDepth(DepthDiscretization):
         adjoint = (diffrax.RecursiveCheckpointAdjoint() if self.adjoint == "checkpoint"
                    else diffrax.BacksolveAdjoint(stepsize_controller=controller))
         sol = diffrax.diffeqsolve(
-            term, ODE_SOLVERS[self.solver](), t0=t0, t1=t1, dt0=None, y0=x, args=Theta,
+            term, ODE_SOLVERS[self.solver](), t0=t0, t1=t1, dt0=None, y0=x,
+            args=(Theta, weights, probes),
             stepsize_controller=controller, adjoint=adjoint, max_steps=self.max_steps,
             saveat=diffrax.SaveAt(t1=True), throw=False,
         )
         # A failed solve (max_steps hit) yields NaN, which the time loop reports as divergence.
         ok = sol.result == diffrax.RESULTS.successful
         return jnp.where(ok, sol.ys[-1], jnp.nan)
-
-    def loss_and_grad(self, problem, Theta):
-        return jax.value_and_grad(lambda th: self.loss(problem, th))(Theta)
 
 
 DEPTHS = ("layers", "continuous")

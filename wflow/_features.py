@@ -1,4 +1,4 @@
-"""Feature maps f(z; theta) and their particle average F(z) = (1/M) sum_m f(z; theta_m).
+"""Feature maps f(z; theta) and their weighted particle sum F(z) = sum_m omega_m f(z; theta_m).
 
 Two feature maps (SPEC §1):
 
@@ -7,12 +7,22 @@ Two feature maps (SPEC §1):
   ``[u_0..u_{d-1}, w_0..w_{d-1}, b]``.
 * ``Linear``:  theta in R^{d x d} flattened row-major (k = d^2),  f(z; theta) = theta z.
 
-``field(Z, Theta)`` is the batched kernel every solver uses: Z (N, d) states,
-Theta (M, k) particles of one depth slice, returns (N, d) with row i equal to
-(1/M) sum_m f(Z_i; Theta_m). Its reverse-mode derivative is the adjoint /
+``field(Z, Theta, weights)`` is the batched kernel every solver uses: Z (N, d)
+states, Theta (M, k) particles of one depth slice with weights omega (M,),
+returns (N, d) with row i equal to sum_m omega_m f(Z_i; Theta_m). Without
+weights omega_m = 1/M (the empirical measure of M particles); a grid cell is a
+particle at its centre with weight rho_c |C| (``_grid.py``), so particles and
+grids share this one kernel. Its reverse-mode derivative is the adjoint /
 first-variation kernel: JAX's VJP in general, and for ``Neuron`` a
 ``jax.custom_vjp`` whose backward is the hand-written ``field_vjp`` on CPU and
 JAX's VJP of the forward elsewhere. Every solver goes through ``field``.
+
+``probe(Z, Q)`` is the first variation's gradient as a differentiable
+primitive: it adds nothing to the field (its value is exactly zero) but its
+reverse-mode derivative with respect to the query points Q (Q, k) against
+cotangents P is sum_i grad_q [P_i . f(Z_i; q)], i.e. the gradient of the loss
+with respect to an infinitesimal mass placed at q. ``DepthDiscretization.
+first_variation_gradient`` uses it to evaluate grad_theta V anywhere.
 """
 
 from __future__ import annotations
@@ -56,20 +66,57 @@ class FeatureMap(eqx.Module):
         """f(z; theta) for one state z (d,) and one particle theta (k,)."""
         raise NotImplementedError
 
-    def field(self, Z: jax.Array, Theta: jax.Array) -> jax.Array:
-        """(1/M) sum_m f(Z_i; Theta_m) for Z (N, d), Theta (M, k) -> (N, d)."""
+    def field(self, Z: jax.Array, Theta: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+        """sum_m omega_m f(Z_i; Theta_m) for Z (N, d), Theta (M, k), weights omega (M,) -> (N, d).
+
+        ``weights=None`` means omega_m = 1/M (the particles' empirical measure).
+        """
         raise NotImplementedError
 
-    def field_vjp(self, Z: jax.Array, Theta: jax.Array, P: jax.Array):
+    def field_vjp(self, Z: jax.Array, Theta: jax.Array, P: jax.Array,
+                  weights: jax.Array | None = None):
         """Reverse-mode derivative of ``field`` against cotangents P (N, d).
 
-        Returns gZ (N, d) with row i = (d_z F(Z_i))^T P_i, and
-        gTheta (M, k) = sum_i d_Theta [P_i . F(Z_i)], so that
-        grad_theta V(Theta_m) = (M / N) gTheta_m when P holds the adjoint
-        states p. Default: JAX's VJP of ``field``.
+        Returns (gZ, gTheta, gweights): gZ (N, d) with row i = (d_z F(Z_i))^T P_i,
+        gTheta (M, k) = sum_i d_Theta [P_i . F(Z_i)] and gweights (M,) with
+        gweights_m = sum_i P_i . f(Z_i; Theta_m) (None when ``weights`` is None).
+        With P the adjoint states p, grad_theta V(Theta_m) = gTheta_m / (N omega_m).
+        Default: JAX's VJP of ``field``.
         """
-        _, vjp = jax.vjp(self.field, Z, Theta)
+        if weights is None:
+            _, vjp = jax.vjp(lambda Z, Theta: self.field(Z, Theta), Z, Theta)
+            return (*vjp(P), None)
+        _, vjp = jax.vjp(self.field, Z, Theta, weights)
         return vjp(P)
+
+    def probe(self, Z: jax.Array, Q: jax.Array) -> jax.Array:
+        """Zero (N, d), whose reverse-mode derivative in Q is the first variation's gradient.
+
+        d/dQ_q of sum_i P_i . probe(Z, Q)_i = sum_i grad_q [P_i . f(Z_i; q)]; the
+        derivative in Z is zero, so adding ``probe`` to a field changes neither
+        the forward pass nor the adjoint states. See the module docstring.
+        """
+        return _probe(self, Z, Q)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _probe(feature: FeatureMap, Z, Q):
+    return jnp.zeros_like(Z)
+
+
+def _probe_fwd(feature, Z, Q):
+    return jnp.zeros_like(Z), (Z, Q)
+
+
+def _probe_bwd(feature, residuals, P):
+    Z, Q = residuals
+    ones = jnp.ones(Q.shape[:1], Q.dtype)
+    # Through ``field``'s own reverse rule (the hand-written adjoint on CPU for Neuron).
+    _, vjp = jax.vjp(lambda q: feature.field(Z, q, ones), Q)
+    return jnp.zeros_like(Z), vjp(P)[0]
+
+
+_probe.defvjp(_probe_fwd, _probe_bwd)
 
 
 class Neuron(FeatureMap):
@@ -104,8 +151,8 @@ class Neuron(FeatureMap):
         u, w, b = self.split(theta)
         return u * self.sigma(_mm(w, z) + b)
 
-    def field(self, Z, Theta):
-        """(1/M) sum_m u_m sigma(w_m . Z_i + b_m), with a custom reverse-mode rule.
+    def field(self, Z, Theta, weights=None):
+        """sum_m omega_m u_m sigma(w_m . Z_i + b_m), with a custom reverse-mode rule.
 
         Every reverse-mode derivative of the field (the layered adjoint, diffrax's
         backprop through the solver and its backsolve adjoint) goes through a
@@ -114,63 +161,75 @@ class Neuron(FeatureMap):
         platforms JAX's VJP of ``field_value``. Forward-mode (``jax.jvp``) is
         therefore not available through ``field``; use ``field_value`` for that.
         """
-        return _neuron_field(self, Z, Theta)
+        return _neuron_field(self, Z, Theta, weights)
 
-    def field_value(self, Z, Theta):
+    def field_value(self, Z, Theta, weights=None):
         """The forward computation of ``field``, differentiable by JAX in any mode."""
         u, w, b = self.split(Theta)
         M = Theta.shape[0]
+        if weights is not None:
+            u = u * weights[:, None]
         if self.d <= _SMALL_D:
             # One fused XLA loop over (N, M): pre-activation, sigma and the sum over m,
             # nothing of size N x M is written to memory.
             pre = b[None, :]
             for j in range(self.d):
                 pre = pre + Z[:, j : j + 1] * w[None, :, j]
-            return jnp.sum(self.sigma(pre)[:, :, None] * u[None, :, :], axis=1) / M
-        return _mm(self.sigma(_mm(Z, w.T) + b[None, :]), u) / M
+            out = jnp.sum(self.sigma(pre)[:, :, None] * u[None, :, :], axis=1)
+        else:
+            out = _mm(self.sigma(_mm(Z, w.T) + b[None, :]), u)
+        return out / M if weights is None else out
 
-    def field_vjp(self, Z, Theta, P):
+    def field_vjp(self, Z, Theta, P, weights=None):
         """Hand-written adjoint of ``field`` (one activation pass, no (N, M) GEMM outputs).
 
-        With a_{mi} = sigma(w_m . z_i + b_m) and q_{mi} = (u_m . p_i) sigma'(.):
-            gu_m = (1/M) sum_i a_{mi} p_i,      gw_m = (1/M) sum_i q_{mi} z_i,
-            gb_m = (1/M) sum_i q_{mi},          gz_i = (1/M) sum_m q_{mi} w_m.
+        With a_{mi} = sigma(w_m . z_i + b_m), r_{mi} = (u_m . p_i) sigma'(.) and
+        omega_m the weights (1/M by default), q_{mi} = omega_m r_{mi}:
+            gu_m = omega_m sum_i a_{mi} p_i,   gw_m = sum_i q_{mi} z_i,
+            gb_m = sum_i q_{mi},               gz_i = sum_m q_{mi} w_m,
+            gomega_m = u_m . sum_i a_{mi} p_i.
         Everything is laid out (M, N) so that every reduction is a contiguous
         matrix-vector product.
         """
         u, w, b = self.split(Theta)
         M, d = Theta.shape[0], self.d
+        scale = jnp.full((M,), 1.0 / M, Theta.dtype) if weights is None else weights
         act, dact = self.sigma.value_and_derivative(_mm(w, Z.T) + b[:, None])  # (M, N)
-        q = _mm(u, P.T) * dact  # (M, N)
+        q = _mm(u, P.T) * dact * scale[:, None]  # (M, N)
         if d <= _SMALL_D:
-            gu = jnp.stack([_mm(act, P[:, j]) for j in range(d)], axis=1)
+            ap = jnp.stack([_mm(act, P[:, j]) for j in range(d)], axis=1)
             gw = jnp.stack([_mm(q, Z[:, j]) for j in range(d)], axis=1)
             gZ = jnp.stack([_mm(w[:, j], q) for j in range(d)], axis=1)
         else:
-            gu, gw, gZ = _mm(act, P), _mm(q, Z), _mm(q.T, w)
+            ap, gw, gZ = _mm(act, P), _mm(q, Z), _mm(q.T, w)
+        gu = ap * scale[:, None]
         parts = [gu, gw, jnp.sum(q, axis=1, keepdims=True)] if self.bias else [gu, gw]
-        return gZ / M, jnp.concatenate(parts, axis=1) / M
+        gweights = None if weights is None else jnp.sum(u * ap, axis=1)
+        return gZ, jnp.concatenate(parts, axis=1), gweights
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _neuron_field(feature: Neuron, Z, Theta):
-    return feature.field_value(Z, Theta)
+def _neuron_field(feature: Neuron, Z, Theta, weights):
+    return feature.field_value(Z, Theta, weights)
 
 
-def _neuron_field_fwd(feature, Z, Theta):
-    return feature.field_value(Z, Theta), (Z, Theta)
+def _neuron_field_fwd(feature, Z, Theta, weights):
+    return feature.field_value(Z, Theta, weights), (Z, Theta, weights)
 
 
 def _neuron_field_bwd(feature, residuals, P):
-    Z, Theta = residuals
+    Z, Theta, weights = residuals
+
+    def autodiff(Z, Theta, P, weights):
+        if weights is None:
+            return (*jax.vjp(feature.field_value, Z, Theta)[1](P), None)
+        return jax.vjp(feature.field_value, Z, Theta, weights)[1](P)
+
     # The hand-written adjoint is tuned for XLA's CPU backend (10x faster than
     # JAX's VJP there); on GPUs JAX's VJP of the forward was measured 15-35%
     # faster (H200, benchmarks/README.md), so each platform gets its best.
     return jax.lax.platform_dependent(
-        Z, Theta, P,
-        cpu=feature.field_vjp,
-        default=lambda Z, Theta, P: jax.vjp(feature.field_value, Z, Theta)[1](P),
-    )
+        Z, Theta, P, weights, cpu=feature.field_vjp, default=autodiff)
 
 
 _neuron_field.defvjp(_neuron_field_fwd, _neuron_field_bwd)
@@ -186,9 +245,12 @@ class Linear(FeatureMap):
     def __call__(self, z, theta):
         return _mm(theta.reshape(self.d, self.d), z)
 
-    def field(self, Z, Theta):
-        mean = jnp.mean(Theta, axis=0).reshape(self.d, self.d)
-        return _mm(Z, mean.T)
+    def field(self, Z, Theta, weights=None):
+        if weights is None:
+            mean = jnp.mean(Theta, axis=0)
+        else:
+            mean = _mm(weights, Theta)
+        return _mm(Z, mean.reshape(self.d, self.d).T)
 
 
 FEATURES = ("neuron", "linear")

@@ -1,25 +1,18 @@
 """The time loop in training time s: one ``integrate`` owns stepping, recording and stopping.
 
-The particle system is the gradient flow (SPEC §1-2)
-
-    d theta_{l,m} / ds = v_{l,m}(Theta) - lambda(s) theta_{l,m}  [+ sqrt(2 tau) dW/ds]
-
-with v = -(M / w_l) dE/dtheta (``DepthDiscretization.evaluate``). Methods:
-
-* ``euler``: explicit Euler, theta += ds v  (= gradient descent with learning
-  rate L M ds); with tau > 0, Euler-Maruyama.
-* ``heun``: explicit trapezoid (2nd order); with tau > 0, stochastic Heun for
-  additive noise (the same Gaussian increment in predictor and corrector).
-* ``adaptive``: diffrax Tsit5 with a PID controller (``rtol``, ``atol``)
-  between consecutive record times; deterministic only (tau = 0).
+It is the same loop for every measure representation: the solver step lives
+in a ``Flow`` (``_flow.ParticleFlow`` for particles Theta (L, M, k),
+``_grid.GridFlow`` for a density on a theta-grid), which knows nothing of the
+loop; ``integrate`` picks the flow from the type of the initial measure.
 
 The horizon S is split into n = ceil(S / dt) equal steps of size S / n (<= dt).
 Steps are grouped into chunks ending at every record step (multiples of
 ``record_every``, and the last step) and every snapshot step (``snapshots``
 evenly spaced, first and last included); each chunk is one compiled call
 (``lax.while_loop`` with a dynamic trip count, so it compiles once). After each
-chunk the loop evaluates loss and stationarity residual, checks divergence and
-hands a ``Record`` to the callback, which may ask to stop.
+chunk the loop evaluates the flow's diagnostics (loss, stationarity residual,
+...), checks divergence and hands a ``Record`` to the callback, which may ask
+to stop. With ``method = "adaptive"`` each chunk is one adaptive solve.
 
 Numerical failure is data, not an exception: a step that produces a
 non-finite loss or velocity is not applied, the chunk stops there with
@@ -39,9 +32,8 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -49,10 +41,9 @@ import numpy as np
 from jax import lax
 
 from ._depth import DepthDiscretization
+from ._flow import METHODS, Flow, Measure, Regularization, make_flow
 from ._problem import Problem
 
-METHODS = ("euler", "heun", "adaptive")
-L2_SCHEDULES = ("constant", "inverse", "exponential")
 STATUSES = ("running", "complete", "diverged", "interrupted")
 
 
@@ -105,42 +96,13 @@ class Schedule:
         return np.union1d(self.record_steps(), self.snapshot_steps())
 
 
-@dataclass(frozen=True)
-class Regularization:
-    """L2 weight lambda(s) and temperature tau (both default 0).
+class FlowState(NamedTuple):
+    """Everything needed to continue a run: the measure, the step counter, the PRNG key.
 
-    lambda(s) = l2 (constant), l2 / (1 + s / l2_decay) (inverse) or
-    l2 exp(-s / l2_decay) (exponential).
+    ``measure`` is the particle array Theta (L, M, k) or a ``GridDensity``.
     """
 
-    l2: float = 0.0
-    l2_schedule: str = "constant"
-    l2_decay: float = 1.0
-    temperature: float = 0.0
-
-    def __post_init__(self):
-        if not (math.isfinite(self.l2) and self.l2 >= 0):
-            raise ValueError(f"train.l2 = {self.l2!r}: must be a finite number >= 0")
-        if self.l2_schedule not in L2_SCHEDULES:
-            raise ValueError(
-                f"train.l2_schedule = {self.l2_schedule!r}: allowed are {', '.join(L2_SCHEDULES)}")
-        if not (math.isfinite(self.l2_decay) and self.l2_decay > 0):
-            raise ValueError(f"train.l2_decay = {self.l2_decay!r}: must be a finite number > 0")
-        if not (math.isfinite(self.temperature) and self.temperature >= 0):
-            raise ValueError(f"train.temperature = {self.temperature!r}: must be a finite number >= 0")
-
-    def l2_at(self, s):
-        if self.l2_schedule == "constant":
-            return self.l2 * jnp.ones_like(s)
-        if self.l2_schedule == "inverse":
-            return self.l2 / (1.0 + s / self.l2_decay)
-        return self.l2 * jnp.exp(-s / self.l2_decay)
-
-
-class FlowState(NamedTuple):
-    """Everything needed to continue a run: particles, step counter, PRNG key."""
-
-    theta: jax.Array  # (L, M, k)
+    measure: Any
     step: int
     key: jax.Array  # uint32[2], drives the Langevin noise
 
@@ -150,87 +112,56 @@ class Record(NamedTuple):
 
     step: int
     s: float
-    loss: float
-    stationarity: float
+    values: dict  # the flow's diagnostics by name (``Flow.history_names``): loss, stationarity, ...
     wall_time: float
     history: bool  # a history record (record_every / first / last)
-    snapshot: np.ndarray | None  # theta (L, M, k) at snapshot steps, else None
+    snapshot: np.ndarray | None  # the snapshot array at snapshot steps, else None
     key: np.ndarray  # the Langevin PRNG key at this step: (snapshot, step, key) resumes the run
+
+    @property
+    def loss(self) -> float:
+        return self.values["loss"]
+
+    @property
+    def stationarity(self) -> float:
+        return self.values["stationarity"]
 
 
 class FlowResult(NamedTuple):
     state: FlowState
     status: str  # "complete", "diverged" or "interrupted"
-    history: dict  # s, loss, stationarity, wall_time: (n,) arrays (this call's records)
+    history: dict  # s, wall_time and the flow's history names: (n,) arrays (this call's records)
     snapshot_s: np.ndarray  # (n_snap,)
-    snapshots: np.ndarray  # (n_snap, L, M, k)
-
-
-def _velocity(problem, depth, reg: Regularization, theta, s):
-    ev = depth.evaluate(problem, theta)
-    v = ev.velocity
-    if reg.l2 > 0:
-        v = v - reg.l2_at(s).astype(theta.dtype) * theta
-    return ev.loss, v
-
-
-def _finite(*xs):
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs]))
+    snapshots: np.ndarray  # (n_snap, *snapshot shape)
 
 
 @eqx.filter_jit
-def _advance_fixed(problem, depth, reg, method, h, theta, key, step0, n):
+def _advance_fixed(flow: Flow, method, h, measure, key, step0, n):
     """Up to n fixed steps from step0; stops early (ok = False) on a non-finite step."""
-    h = jnp.asarray(h, theta.dtype)
-    noise = reg.temperature > 0
-    amp = jnp.sqrt(2.0 * reg.temperature * h).astype(theta.dtype)
+    h = jnp.asarray(h, h.dtype)
 
     def body(carry):
-        theta, key, i, _ = carry
-        s = (step0 + i) * h
-        loss, v = _velocity(problem, depth, reg, theta, s)
-        if noise:
-            key, sub = jax.random.split(key)
-            dw = amp * jax.random.normal(sub, theta.shape, theta.dtype)
-        else:
-            dw = jnp.zeros((), theta.dtype)
-        new = theta + h * v + dw
-        if method == "heun":
-            loss1, v1 = _velocity(problem, depth, reg, new, s + h)
-            new = theta + 0.5 * h * (v + v1) + dw
-            ok = _finite(loss, v, loss1, v1)
-        else:
-            ok = _finite(loss, v)
-        theta = jnp.where(ok, new, theta)
-        return theta, key, i + ok.astype(i.dtype), ok
+        measure, key, i, _ = carry
+        new, key, ok = flow.step(method, measure, key, step0 + i, h)
+        measure = jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, measure)
+        return measure, key, i + ok.astype(i.dtype), ok
 
     def cond(carry):
         _, _, i, ok = carry
         return (i < n) & ok
 
-    theta, key, i, ok = lax.while_loop(cond, body, (theta, key, jnp.int32(0), jnp.bool_(True)))
-    return theta, key, i, ok
+    measure, key, i, ok = lax.while_loop(cond, body, (measure, key, jnp.int32(0), jnp.bool_(True)))
+    return measure, key, i, ok
 
 
 @eqx.filter_jit
-def _advance_adaptive(problem, depth, reg, schedule_tols, h, theta, s0, s1):
-    """theta(s1) from theta(s0) by diffrax Tsit5 + PID control of the particle ODE."""
-    rtol, atol = schedule_tols
-    term = diffrax.ODETerm(lambda s, th, _: _velocity(problem, depth, reg, th, s)[1])
-    sol = diffrax.diffeqsolve(
-        term, diffrax.Tsit5(), t0=s0, t1=s1, dt0=h, y0=theta,
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-        saveat=diffrax.SaveAt(t1=True), max_steps=100_000, throw=False,
-    )
-    new = sol.ys[-1]
-    ok = (sol.result == diffrax.RESULTS.successful) & _finite(new)
-    return jnp.where(ok, new, theta), ok
+def _advance_adaptive(flow: Flow, tols, h, measure, s0, s1):
+    return flow.adaptive(measure, s0, s1, h, *tols)
 
 
 @eqx.filter_jit
-def _diagnostics(problem, depth, theta):
-    ev = depth.evaluate(problem, theta)
-    return ev.loss, ev.stationarity
+def _diagnostics(flow: Flow, measure, s):
+    return flow.diagnostics(measure, s)
 
 
 def integrate(
@@ -238,21 +169,22 @@ def integrate(
     depth: DepthDiscretization,
     schedule: Schedule,
     *,
-    theta0: jax.Array | None = None,
-    regularization: Regularization = Regularization(),
+    theta0=None,
+    regularization: Regularization | None = None,
     key: jax.Array | None = None,
     state: FlowState | None = None,
     initial_loss: float | None = None,
     wall_offset: float = 0.0,
     callback: Callable[[Record], bool | None] | None = None,
 ) -> FlowResult:
-    """Run the particle gradient flow from ``theta0`` (or resume from ``state``) to s = S.
+    """Run the gradient flow from ``theta0`` (or resume from ``state``) to s = S.
 
     Args:
         problem, depth: what is trained and how depth is discretized.
         schedule: horizon, step, method, recording (``Schedule``).
-        theta0: initial particles (L, M, k); the dtype sets the precision.
-        regularization: L2 weight schedule and temperature.
+        theta0: the initial measure: particles Theta (L, M, k) (the dtype sets
+            the precision) or a ``GridDensity``.
+        regularization: L2 weight schedule and temperature (default: none).
         key: PRNG key for the Langevin noise (default ``PRNGKey(0)``).
         state: a ``FlowState`` to resume from instead of ``theta0``; records at
             steps <= state.step are not repeated.
@@ -267,54 +199,60 @@ def integrate(
     if state is None:
         if theta0 is None:
             raise ValueError("integrate needs theta0 or state")
-        state = FlowState(jnp.asarray(theta0), 0,
-                          jax.random.PRNGKey(0) if key is None else key)
-    theta, step, key = state
-    if theta.ndim != 3 or theta.shape[2] != problem.feature.k:
-        raise ValueError(
-            f"theta has shape {theta.shape}: must be (L, M, k) with k = {problem.feature.k}")
-    if regularization.temperature > 0 and schedule.method == "adaptive":
-        raise ValueError("train.temperature > 0 needs train.method = 'euler' or 'heun' "
-                         "(adaptive integration is for the deterministic flow)")
-    problem = problem.astype(theta.dtype)
+        if not isinstance(theta0, Measure):
+            theta0 = jnp.asarray(theta0)
+        state = FlowState(theta0, 0, jax.random.PRNGKey(0) if key is None else key)
+    measure, step, key = state
+    flow = make_flow(problem, depth, measure, regularization or Regularization())
+    flow.check(measure, schedule.method)
+    dtype = jax.tree_util.tree_leaves(measure)[0].dtype
+    flow = eqx.tree_at(lambda f: f.problem, flow, problem.astype(dtype))
     h = schedule.step
-    history = {"s": [], "loss": [], "stationarity": [], "wall_time": []}
+    names = ("s",) + flow.history_names + ("wall_time",)
+    history = {name: [] for name in names}
     snap_s, snaps = [], []
     rec_steps = set(schedule.record_steps().tolist())
     snap_steps = set(schedule.snapshot_steps().tolist())
     t_start = time.perf_counter()
 
-    def emit(step, theta, key, loss, stat, diverged=False):
+    def emit(step, measure, key, values, diverged=False):
         """Record this boundary and ask the callback; True means stop.
 
         A diverged boundary is a history record only: no snapshot of a blown-up state.
         """
         wall = wall_offset + time.perf_counter() - t_start
         is_hist = diverged or step in rec_steps
-        snap = np.asarray(theta) if step in snap_steps and not diverged else None
+        snap = flow.snapshot(measure) if step in snap_steps and not diverged else None
         if is_hist:
-            for name, val in zip(history, (step * h, loss, stat, wall)):
+            for name, val in {"s": step * h, **values, "wall_time": wall}.items():
                 history[name].append(val)
         if snap is not None:
             snap_s.append(step * h)
             snaps.append(snap)
-        rec = Record(step, step * h, loss, stat, wall, is_hist, snap, np.asarray(key))
+        rec = Record(step, step * h, values, wall, is_hist, snap, np.asarray(key))
         return bool(callback(rec)) if callback is not None else False
 
     def result(status):
         hist = {k: np.asarray(v, dtype=np.float64) for k, v in history.items()}
-        shape = (0,) + tuple(theta.shape)
-        stack = np.stack(snaps) if snaps else np.zeros(shape, np.asarray(theta).dtype)
-        return FlowResult(FlowState(theta, step, key), status, hist,
+        if snaps:
+            stack = np.stack(snaps)
+        else:
+            one = flow.snapshot(measure)
+            stack = np.zeros((0,) + one.shape, one.dtype)
+        return FlowResult(FlowState(measure, step, key), status, hist,
                           np.asarray(snap_s, np.float64), stack)
 
-    loss, stat = (float(v) for v in _diagnostics(problem, depth, theta))
+    def diagnostics(measure, step):
+        values = _diagnostics(flow, measure, jnp.asarray(step * h, dtype))
+        return {name: float(values[name]) for name in flow.history_names}
+
+    values = diagnostics(measure, step)
     if step == 0:
-        initial_loss = loss
-        if not math.isfinite(loss):
-            emit(0, theta, key, loss, stat)
+        initial_loss = values["loss"]
+        if not math.isfinite(initial_loss):
+            emit(0, measure, key, values)
             return result("diverged")
-        if emit(0, theta, key, loss, stat):
+        if emit(0, measure, key, values):
             return result("interrupted")
     threshold = (schedule.divergence_factor * initial_loss
                  if initial_loss is not None and initial_loss > 0 else math.inf)
@@ -324,25 +262,24 @@ def integrate(
         if target <= step:
             continue
         if schedule.method == "adaptive":
-            theta, ok = _advance_adaptive(problem, depth, regularization,
-                                          (schedule.rtol, schedule.atol),
-                                          jnp.asarray(h, theta.dtype), theta,
-                                          jnp.asarray(step * h, theta.dtype),
-                                          jnp.asarray(target * h, theta.dtype))
+            measure, ok = _advance_adaptive(flow, (schedule.rtol, schedule.atol),
+                                            jnp.asarray(h, dtype), measure,
+                                            jnp.asarray(step * h, dtype),
+                                            jnp.asarray(target * h, dtype))
             ok = bool(ok)
             reached = target if ok else step
         else:
-            theta, key, done, ok = _advance_fixed(
-                problem, depth, regularization, schedule.method,
-                jnp.asarray(h, theta.dtype), theta, key,
+            measure, key, done, ok = _advance_fixed(
+                flow, schedule.method, jnp.asarray(h, dtype), measure, key,
                 jnp.int32(step), jnp.int32(target - step))
             ok = bool(ok)
             reached = step + int(done)
         step = reached
-        loss, stat = (float(v) for v in _diagnostics(problem, depth, theta))
+        values = diagnostics(measure, step)
+        loss = values["loss"]
         if (not ok) or (not math.isfinite(loss)) or loss > threshold:
-            emit(step, theta, key, loss, stat, diverged=True)
+            emit(step, measure, key, values, diverged=True)
             return result("diverged")
-        if emit(step, theta, key, loss, stat):
+        if emit(step, measure, key, values):
             return result("interrupted")
     return result("complete")

@@ -6,13 +6,17 @@ Layout (names are the contract)::
                                config (resolved config, TOML text), status, seed,
                                created_utc, jax_version, backend,
                                initial_loss (E at s = 0), wall_time (seconds so far)
-    /history/s, loss, stationarity, wall_time    (n,)  float64, appended per record
+    /history/s, <the flow's history names>, wall_time
+                                                 (n,)  float64, appended per record
+                                                 (particles: loss, stationarity)
     /snapshots/s                                 (n_snap,)
-    /snapshots/theta                             (n_snap, L, M, k)  run precision
+    /snapshots/<name>                            (n_snap, ...)  run precision; particles:
+                                                 theta (n_snap, L, M, k); grid: rho
     /data/x (N, d_in), /data/y (N, d_out)        run precision
     /final/prediction (N, d_out)                 written when the run completes
-    /state/theta (L, M, k), /state/step (), /state/key (2,) uint32
+    /state/<name>, /state/step (), /state/key (2,) uint32
                                                  what ``--resume`` continues from
+    any further fixed arrays of the run (``arrays``, e.g. the grid's axes)
 
 The file is first written complete but empty under a temporary name in the
 same folder and then renamed into place, so a reader never sees a half-made
@@ -33,7 +37,6 @@ import numpy as np
 
 FORMAT = "wflow-run"
 FORMAT_VERSION = 1
-HISTORY = ("s", "loss", "stationarity", "wall_time")
 
 
 class RunFileError(ValueError):
@@ -50,11 +53,19 @@ class RunWriter:
     def __init__(self, f: h5py.File):
         self.f = f
         self._datasets: dict[str, h5py.Dataset] = {}
+        self.history = tuple(f["history"].keys())
+        self.name = next(n for n in f["state"] if n not in ("step", "key"))
 
     @classmethod
     def create(cls, path: str, *, config_text: str, seed: int, x: np.ndarray, y: np.ndarray,
-               theta0: np.ndarray, key: np.ndarray, attrs: dict) -> RunWriter:
-        """Write a fresh run file at ``path`` (atomically replacing any old one) and open it."""
+               name: str, measure0: np.ndarray, key: np.ndarray, history: tuple[str, ...],
+               arrays: dict | None = None, attrs: dict | None = None) -> RunWriter:
+        """Write a fresh run file at ``path`` (atomically replacing any old one) and open it.
+
+        ``name`` is the snapshot array's name (``theta`` or ``rho``), ``history``
+        the recorded scalars besides s and wall_time, ``arrays`` fixed datasets by
+        path (e.g. ``{"grid/t": ...}``).
+        """
         import jax
 
         from . import __version__
@@ -62,7 +73,7 @@ class RunWriter:
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
         tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-        theta0 = np.asarray(theta0)
+        measure0 = np.asarray(measure0)
         try:
             with h5py.File(tmp, "w") as f:
                 f.attrs["format"] = FORMAT
@@ -75,21 +86,24 @@ class RunWriter:
                 f.attrs["jax_version"] = jax.__version__
                 f.attrs["backend"] = jax.default_backend()
                 f.attrs["wall_time"] = 0.0
-                for name, value in attrs.items():
-                    f.attrs[name] = value
+                for attr, value in (attrs or {}).items():
+                    f.attrs[attr] = value
                 h = f.create_group("history")
-                for name in HISTORY:
-                    h.create_dataset(name, shape=(0,), maxshape=(None,), dtype="f8", chunks=(256,))
+                for column in ("s",) + tuple(history) + ("wall_time",):
+                    h.create_dataset(column, shape=(0,), maxshape=(None,), dtype="f8",
+                                     chunks=(256,))
                 snap = f.create_group("snapshots")
                 snap.create_dataset("s", shape=(0,), maxshape=(None,), dtype="f8", chunks=(16,))
-                snap.create_dataset("theta", shape=(0,) + theta0.shape,
-                                    maxshape=(None,) + theta0.shape, dtype=theta0.dtype,
-                                    chunks=(1,) + theta0.shape)
+                snap.create_dataset(name, shape=(0,) + measure0.shape,
+                                    maxshape=(None,) + measure0.shape, dtype=measure0.dtype,
+                                    chunks=(1,) + measure0.shape)
                 d = f.create_group("data")
                 d.create_dataset("x", data=np.asarray(x))
                 d.create_dataset("y", data=np.asarray(y))
+                for where, value in (arrays or {}).items():
+                    f.create_dataset(where, data=np.asarray(value))
                 st = f.create_group("state")
-                st.create_dataset("theta", data=theta0)
+                st.create_dataset(name, data=measure0)
                 st.create_dataset("step", data=np.int64(0))
                 st.create_dataset("key", data=np.asarray(key, np.uint32))
             os.replace(tmp, path)
@@ -116,26 +130,27 @@ class RunWriter:
         ds.resize(n + 1, axis=0)
         ds[n] = value
 
-    def append_history(self, s: float, loss: float, stationarity: float, wall_time: float) -> None:
-        for name, v in zip(HISTORY, (s, loss, stationarity, wall_time)):
-            self._append(f"history/{name}", v)
-        self.f.attrs["wall_time"] = float(wall_time)
+    def append_history(self, values: dict) -> None:
+        """Append one record: ``values`` maps every history column (s, ..., wall_time) to a float."""
+        for column in self.history:
+            self._append(f"history/{column}", values[column])
+        self.f.attrs["wall_time"] = float(values["wall_time"])
 
-    def append_snapshot(self, s: float, theta: np.ndarray) -> None:
+    def append_snapshot(self, s: float, measure: np.ndarray) -> None:
         self._append("snapshots/s", s)
-        self._append("snapshots/theta", np.asarray(theta))
+        self._append(f"snapshots/{self.name}", np.asarray(measure))
 
-    def save_state(self, theta: np.ndarray, step: int, key: np.ndarray) -> None:
-        self.f["state/theta"][...] = np.asarray(theta)
+    def save_state(self, measure: np.ndarray, step: int, key: np.ndarray) -> None:
+        self.f[f"state/{self.name}"][...] = np.asarray(measure)
         self.f["state/step"][()] = np.int64(step)
         self.f["state/key"][...] = np.asarray(key, np.uint32)
 
     def truncate(self, n_history: int, n_snapshots: int) -> None:
         """Drop records past the state a resumed run continues from."""
-        for name in HISTORY:
-            self.f[f"history/{name}"].resize(n_history, axis=0)
+        for column in self.history:
+            self.f[f"history/{column}"].resize(n_history, axis=0)
         self.f["snapshots/s"].resize(n_snapshots, axis=0)
-        self.f["snapshots/theta"].resize(n_snapshots, axis=0)
+        self.f[f"snapshots/{self.name}"].resize(n_snapshots, axis=0)
         if "final" in self.f:
             del self.f["final"]
 

@@ -23,7 +23,8 @@ import tomllib
 
 import numpy as np
 
-from ._config import ConfigError, build_run, config_warnings, load_config, to_toml
+from ._build import build_run
+from ._config import ConfigError, config_warnings, load_config, to_toml
 from ._io import RunFileError, RunWriter, check_run_file
 
 EXIT_OK, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 2, 3, 130
@@ -130,11 +131,13 @@ def _cmd_run(args) -> int:
                               "(e.g. --set output.overwrite=true) or use --resume to continue it")
     except ConfigError as e:
         return _fail(e)
+    flow = setup.flow
     try:
         writer = RunWriter.create(
             out, config_text=to_toml(config), seed=config["seed"],
             x=np.asarray(setup.problem.x), y=np.asarray(setup.problem.y),
-            theta0=np.asarray(setup.theta0), key=np.asarray(setup.key), attrs={})
+            name=flow.snapshot_name, measure0=flow.snapshot(setup.measure0),
+            key=np.asarray(setup.key), history=flow.history_names, arrays=setup.arrays)
     except OSError as e:
         return _fail(f"output.path = {out!r}: cannot be created ({e.strerror or e})")
     return _execute(args, config, setup, writer, out, state=None, initial_loss=None,
@@ -174,10 +177,11 @@ def _resume(args, config) -> int:
         raise ConfigError(f"{key} = {_fmt_value(now)}: differs from {_fmt_value(then)} stored in "
                           f"{out}; --resume needs the same config (only [output] may differ)")
     setup = build_run(config)
+    name = setup.flow.snapshot_name
     try:
         with h5py.File(out, "r") as f:
             x, y = f["data/x"][()], f["data/y"][()]
-            theta = f["state/theta"][()]
+            stored = f[f"state/{name}"][()]
             step = int(f["state/step"][()])
             key = f["state/key"][()]
             n_hist_file = f["history/s"].shape[0]
@@ -189,9 +193,10 @@ def _resume(args, config) -> int:
             and np.array_equal(y, np.asarray(setup.problem.y))):
         raise ConfigError(f"data: the data built from the config differ from those stored in {out} "
                           "(was the data file changed?); --resume needs the same data")
-    if theta.shape != setup.theta0.shape or theta.dtype != np.asarray(setup.theta0).dtype:
-        raise ConfigError(f"output.path = {out!r}: /state/theta has shape {theta.shape} "
-                          f"({theta.dtype}), the config needs {setup.theta0.shape}")
+    expected = setup.flow.snapshot(setup.measure0)
+    if stored.shape != expected.shape or stored.dtype != expected.dtype:
+        raise ConfigError(f"output.path = {out!r}: /state/{name} has shape {stored.shape} "
+                          f"({stored.dtype}), the config needs {expected.shape} ({expected.dtype})")
     schedule = setup.schedule
     if not 0 <= step <= schedule.n_steps:
         raise ConfigError(f"output.path = {out!r}: /state/step = {step} is outside 0..{schedule.n_steps}")
@@ -210,7 +215,7 @@ def _resume(args, config) -> int:
         raise ConfigError(str(e)) from None
     writer.truncate(n_hist, n_snap)
     writer.set_status("running")
-    state = FlowState(jnp.asarray(theta), step, jnp.asarray(key))
+    state = FlowState(setup.flow.restore(setup.measure0, stored), step, jnp.asarray(key))
     return _execute(args, config, setup, writer, out, state=state,
                     initial_loss=float(initial_loss) if step > 0 else None,
                     wall_offset=float(wall[n_hist - 1]) if n_hist > 0 else 0.0)
@@ -237,7 +242,7 @@ def _execute(args, config, setup, writer: RunWriter, out: str, *, state, initial
             if rec.step == 0 and rec.history:
                 writer.set_attr("initial_loss", float(rec.loss))
             if rec.history:
-                writer.append_history(rec.s, rec.loss, rec.stationarity, rec.wall_time)
+                writer.append_history({"s": rec.s, **rec.values, "wall_time": rec.wall_time})
             if rec.snapshot is not None:
                 writer.append_snapshot(rec.s, rec.snapshot)
                 writer.save_state(rec.snapshot, rec.step, rec.key)
@@ -249,15 +254,16 @@ def _execute(args, config, setup, writer: RunWriter, out: str, *, state, initial
             return stop.requested or (stop_after is not None and n_records >= stop_after)
 
         try:
-            result = integrate(setup.problem, setup.depth, schedule, theta0=setup.theta0,
+            result = integrate(setup.problem, setup.depth, schedule, theta0=setup.measure0,
                                regularization=setup.regularization, key=setup.key, state=state,
                                initial_loss=initial_loss, wall_offset=wall_offset,
                                callback=on_record)
             final = result.state
-            writer.save_state(np.asarray(final.theta), final.step, np.asarray(final.key))
+            flow = setup.flow
+            writer.save_state(flow.snapshot(final.measure), final.step, np.asarray(final.key))
             if result.status == "complete":
-                predict = eqx.filter_jit(lambda p, th: setup.depth.predict(p, th))
-                writer.write_final(np.asarray(predict(setup.problem, final.theta)))
+                predict = eqx.filter_jit(lambda flow, measure: flow.predict(measure))
+                writer.write_final(np.asarray(predict(flow, final.measure)))
             writer.set_status(result.status)
             loss = float(writer.f["history/loss"][-1])
             stationarity = float(writer.f["history/stationarity"][-1])

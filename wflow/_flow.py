@@ -1,0 +1,218 @@
+"""The solver step in training time s: how one kind of measure moves, knowing nothing of the loop.
+
+A ``Flow`` binds the problem, the depth discretization and the regularization
+to one measure representation and offers what the time loop
+(``_integrate.integrate``) needs: one step of size h, an adaptive solve
+between two times (where the representation supports it), the diagnostics
+recorded in the history, and the array a snapshot stores. Two flows exist:
+
+* ``ParticleFlow`` (here): the measure is the particle array Theta (L, M, k),
+  moved by the gradient flow of SPEC §1-2,
+
+      d theta_{l,m} / ds = v_{l,m}(Theta) - lambda(s) theta_{l,m}  [+ sqrt(2 tau) dW/ds],
+
+  with v = -grad_theta V_l(theta_{l,m}) = -(M / w_l) dE/dtheta
+  (``DepthDiscretization.evaluate``).
+* ``GridFlow`` (``_grid.py``): the measure is a density on a theta-grid,
+  moved by a finite-volume scheme for the same PDE.
+
+Methods of the fixed-step flows (``METHODS``):
+
+* ``euler``: explicit Euler, theta += h v (= gradient descent with learning
+  rate L M h for particles); with tau > 0, Euler-Maruyama.
+* ``heun``: explicit trapezoid = SSP Runge-Kutta 2 (2nd order); with tau > 0,
+  stochastic Heun for additive noise (the same Gaussian increment in
+  predictor and corrector).
+* ``ssprk3``: the three-stage, third-order strong-stability-preserving
+  Runge-Kutta method of Shu and Osher (deterministic only).
+* ``adaptive``: diffrax Tsit5 with a PID controller between consecutive record
+  times (particles, deterministic only).
+
+Numerical failure is data: ``step`` returns ``ok = False`` when the step
+produced non-finite values, and the loop stops cleanly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._depth import DepthDiscretization
+from ._problem import Problem
+
+METHODS = ("euler", "heun", "ssprk3", "adaptive")
+L2_SCHEDULES = ("constant", "inverse", "exponential")
+
+
+@dataclass(frozen=True)
+class Regularization:
+    """L2 weight lambda(s) and temperature tau (both default 0).
+
+    lambda(s) = l2 (constant), l2 / (1 + s / l2_decay) (inverse) or
+    l2 exp(-s / l2_decay) (exponential).
+    """
+
+    l2: float = 0.0
+    l2_schedule: str = "constant"
+    l2_decay: float = 1.0
+    temperature: float = 0.0
+
+    def __post_init__(self):
+        if not (math.isfinite(self.l2) and self.l2 >= 0):
+            raise ValueError(f"train.l2 = {self.l2!r}: must be a finite number >= 0")
+        if self.l2_schedule not in L2_SCHEDULES:
+            raise ValueError(
+                f"train.l2_schedule = {self.l2_schedule!r}: allowed are {', '.join(L2_SCHEDULES)}")
+        if not (math.isfinite(self.l2_decay) and self.l2_decay > 0):
+            raise ValueError(f"train.l2_decay = {self.l2_decay!r}: must be a finite number > 0")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"train.temperature = {self.temperature!r}: must be a finite number >= 0")
+
+    def l2_at(self, s):
+        if self.l2_schedule == "constant":
+            return self.l2 * jnp.ones_like(s)
+        if self.l2_schedule == "inverse":
+            return self.l2 / (1.0 + s / self.l2_decay)
+        return self.l2 * jnp.exp(-s / self.l2_decay)
+
+
+def finite(*xs) -> jax.Array:
+    """True when every leaf of every argument is finite."""
+    leaves = jax.tree_util.tree_leaves(xs)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+class Flow(eqx.Module):
+    """What the time loop needs from a measure representation (see the module docstring)."""
+
+    problem: Problem
+    depth: DepthDiscretization
+    regularization: Regularization
+
+    # Names of the scalars ``diagnostics`` returns, in history order; "loss" comes first.
+    history_names: ClassVar[tuple[str, ...]] = ("loss", "stationarity")
+    # Name of the snapshot / state array in a run file (/snapshots/<name>, /state/<name>).
+    snapshot_name: ClassVar[str] = "theta"
+
+    def check(self, measure, method: str) -> None:
+        """Static checks (shapes, supported methods); ValueError with one line."""
+        if method not in METHODS:
+            raise ValueError(f"train.method = {method!r}: allowed are {', '.join(METHODS)}")
+        if self.regularization.temperature > 0 and method not in ("euler", "heun"):
+            raise ValueError(f"train.temperature > 0 needs train.method = 'euler' or 'heun' "
+                             f"(got {method!r}; the other methods are for the deterministic flow)")
+
+    def diagnostics(self, measure, s) -> dict[str, jax.Array]:
+        """The recorded scalars (``history_names``) at one state (jit-able)."""
+        raise NotImplementedError
+
+    def step(self, method: str, measure, key, n, h):
+        """Step number n (from s = n h to (n + 1) h): (new measure, new key, ok) (jit-able).
+
+        ``n`` is the global step index (a traced int32), so a step can depend on
+        it deterministically (e.g. an action every K steps) and resume exactly.
+        """
+        raise NotImplementedError
+
+    def adaptive(self, measure, s0, s1, h0, rtol: float, atol: float):
+        """The measure at s1 from s0 by an adaptive solver: (measure, ok) (jit-able)."""
+        raise NotImplementedError
+
+    def weighted(self, measure):
+        """The measure as weighted particles: (Theta (L, M, k), weights (L, M) or None = 1/M)."""
+        raise NotImplementedError
+
+    def predict(self, measure, x=None) -> jax.Array:
+        """g(z(1; x)) for x (N', d_in) (default: the training inputs) -> (N', d_out)."""
+        Theta, weights = self.weighted(measure)
+        return self.depth.predict(self.problem, Theta, x, weights)
+
+    def snapshot(self, measure) -> np.ndarray:
+        """The array a snapshot and the resumable state store."""
+        return np.asarray(measure)
+
+    def restore(self, like, array):
+        """The measure with the stored ``array`` in place of ``like``'s values."""
+        return jnp.asarray(array, like.dtype)
+
+
+class Measure(eqx.Module):
+    """Base of measure representations other than a plain particle array (e.g. ``GridDensity``).
+
+    A subclass names the ``Flow`` that moves it; ``make_flow`` builds that flow.
+    """
+
+    flow_type: ClassVar[type[Flow]]
+
+
+class ParticleFlow(Flow):
+    """Particles Theta (L, M, k) moved by their velocity (module docstring)."""
+
+    def check(self, measure, method):
+        super().check(measure, method)
+        k = self.problem.feature.k
+        if measure.ndim != 3 or measure.shape[2] != k:
+            raise ValueError(f"theta has shape {measure.shape}: must be (L, M, k) with k = {k}")
+
+    def weighted(self, theta):
+        return theta, None
+
+    def velocity(self, theta, s):
+        """(E, v - lambda(s) theta): the loss and the deterministic drift."""
+        ev = self.depth.evaluate(self.problem, theta)
+        v = ev.velocity
+        if self.regularization.l2 > 0:
+            v = v - self.regularization.l2_at(s).astype(theta.dtype) * theta
+        return ev.loss, v
+
+    def diagnostics(self, theta, s):
+        ev = self.depth.evaluate(self.problem, theta)
+        return {"loss": ev.loss, "stationarity": ev.stationarity}
+
+    def step(self, method, theta, key, n, h):
+        reg = self.regularization
+        s = n * h
+        loss, v = self.velocity(theta, s)
+        if reg.temperature > 0:
+            key, sub = jax.random.split(key)
+            amp = jnp.sqrt(2.0 * reg.temperature * h).astype(theta.dtype)
+            dw = amp * jax.random.normal(sub, theta.shape, theta.dtype)
+        else:
+            dw = jnp.zeros((), theta.dtype)
+        new = theta + h * v + dw
+        if method == "heun":
+            loss1, v1 = self.velocity(new, s + h)
+            return theta + 0.5 * h * (v + v1) + dw, key, finite(loss, v, loss1, v1)
+        if method == "ssprk3":
+            loss1, v1 = self.velocity(new, s + h)
+            u2 = 0.75 * theta + 0.25 * (new + h * v1)
+            loss2, v2 = self.velocity(u2, s + 0.5 * h)
+            new = theta / 3.0 + (2.0 / 3.0) * (u2 + h * v2)
+            return new, key, finite(loss, v, loss1, v1, loss2, v2)
+        return new, key, finite(loss, v)
+
+    def adaptive(self, theta, s0, s1, h0, rtol, atol):
+        term = diffrax.ODETerm(lambda s, th, _: self.velocity(th, s)[1])
+        sol = diffrax.diffeqsolve(
+            term, diffrax.Tsit5(), t0=s0, t1=s1, dt0=h0, y0=theta,
+            stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+            saveat=diffrax.SaveAt(t1=True), max_steps=100_000, throw=False,
+        )
+        new = sol.ys[-1]
+        ok = (sol.result == diffrax.RESULTS.successful) & finite(new)
+        return jnp.where(ok, new, theta), ok
+
+
+def make_flow(problem: Problem, depth: DepthDiscretization, measure,
+              regularization: Regularization = Regularization()) -> Flow:
+    """The flow that moves ``measure``: its ``flow_type`` for a ``Measure``, else particles."""
+    if isinstance(measure, Measure):
+        return measure.flow_type(problem, depth, regularization)
+    return ParticleFlow(problem, depth, regularization)
