@@ -19,9 +19,9 @@ from ._flow import Flow, Regularization, make_flow
 from ._integrate import Schedule
 from ._measures import init_particles
 from ._problem import Problem
-from ._schema import ConfigError
+from ._schema import ConfigError, fmt
 
-__all__ = ["RunSetup", "build_run", "dtype_of"]
+__all__ = ["RunSetup", "build_run", "check_start", "dtype_of"]
 
 
 class RunSetup(NamedTuple):
@@ -47,6 +47,69 @@ def dtype_of(config: dict):
         jax.config.update("jax_enable_x64", True)
         return jnp.float64
     return jnp.float32
+
+
+def _culprit(config: dict, section: str) -> str:
+    """The key that sets the magnitude of the data (section "data") or initial particles."""
+    c = config[section]
+    if section == "data":
+        if c["kind"] == "file":
+            return "data.path"
+        if c["noise"] > 0 and c["kind"] in ("teacher", "sine", "circles"):
+            return "data.noise"
+        return "data.teacher_std" if c["kind"] == "teacher" else "data.kind"
+    if c["kind"] == "file":
+        return "init.path"
+    if c["kind"] == "uniform" and (c["low"] is not None or c["high"] is not None):
+        return "init.low" if c["low"] is not None and np.max(np.abs(c["low"])) > np.max(
+            np.abs(c["high"] if c["high"] is not None else 0.0)) else "init.high"
+    if c["kind"] == "point" or np.max(np.abs(c["mean"])) > np.max(np.abs(c["std"])):
+        return "init.mean"
+    return "init.std"
+
+
+def _check_representable(config: dict, section: str, arrays: dict, dtype) -> None:
+    """Every value finite in float64 and in the run's dtype; else ConfigError naming the key."""
+    limit = float(jnp.finfo(dtype).max)
+    name = jnp.dtype(dtype).name
+    for what, array in arrays.items():
+        a = np.asarray(array)
+        if a.size == 0:
+            continue
+        big = float(np.max(np.abs(a.astype(np.float64))))
+        if not np.isfinite(big) or big > limit:
+            key = _culprit(config, section)
+            value = config[section][key.split(".")[1]]
+            shown = value if isinstance(value, str) else fmt(value)
+            size = "non-finite values" if not np.isfinite(big) else f"values up to {big:.3g}"
+            raise ConfigError(f"{key} = {shown}: gives {what} with {size}, which {name} "
+                              f"(solver.precision) cannot hold (largest {limit:.3g})")
+
+
+def check_start(setup: RunSetup) -> dict:
+    """The diagnostics at the start (E, ...); ConfigError if the loss is not finite there.
+
+    Runs the time loop's own compiled diagnostics (so ``integrate`` reuses them):
+    a non-finite loss at s = 0 means the data or the initial particles make the
+    network's output overflow in the run's precision -- bad input, not a divergence.
+    """
+    import equinox as eqx
+
+    from ._integrate import _diagnostics
+
+    measure = setup.measure0
+    dtype = jax.tree_util.tree_leaves(measure)[0].dtype
+    flow = setup.flow
+    flow = eqx.tree_at(lambda f: f.problem, flow, setup.problem.astype(dtype))
+    values = _diagnostics(flow, measure, jnp.asarray(0.0, dtype))
+    values = {name: float(values[name]) for name in flow.history_names}
+    if not np.isfinite(values["loss"]):
+        raise ConfigError(f"the loss at s = 0 is {values['loss']} in {jnp.dtype(dtype).name}: the "
+                          "data or the initial particles make the network's output overflow; "
+                          "reduce the scale of init.std / init.mean (or init.path) or of the data "
+                          "(data.noise, data.teacher_std, data.path), or use solver.precision = "
+                          '"float64"')
+    return values
 
 
 def build_run(config: dict) -> RunSetup:
@@ -75,6 +138,7 @@ def build_run(config: dict) -> RunSetup:
         if y.shape[1] != data["out_dim"]:
             raise ConfigError(f"data.out_dim = {data['out_dim']}: the data have d_out = "
                               f"{y.shape[1]}")
+        _check_representable(config, "data", {"inputs x": x, "targets y": y}, dtype)
         problem = Problem(feature, jnp.asarray(np.asarray(x, dtype)), jnp.asarray(np.asarray(y, dtype)))
         if solver["depth"] == "layers":
             depth: DepthDiscretization = LayeredDepth()
@@ -83,13 +147,14 @@ def build_run(config: dict) -> RunSetup:
                                     rtol=solver["rtol"], atol=solver["atol"])
         schedule = Schedule(train["time"], train["dt"], train["method"], train["record_every"],
                             train["snapshots"], train["rtol"], train["atol"],
-                            train["divergence_factor"])
+                            train["divergence_factor"], train["on_increase"])
         regularization = Regularization(train["l2"], train["l2_schedule"], train["l2_decay"],
                                         train["temperature"])
         root = jax.random.PRNGKey(seed)
         theta0 = init_particles(init["kind"], jax.random.fold_in(root, 1), solver["L"], solver["M"],
                                 feature.k, mean=init["mean"], std=init["std"], low=init["low"],
                                 high=init["high"], path=init["path"], dtype=dtype)
+        _check_representable(config, "init", {"initial particles": theta0}, dtype)
         key = jax.random.fold_in(root, 2)
     except ConfigError:
         raise

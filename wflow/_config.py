@@ -32,9 +32,10 @@ Schema (defaults in brackets)::
     [train]  time [10.0]; dt [0.01]; method ["euler"] | "heun" | "adaptive"; l2 [0.0];
              l2_schedule ["constant"] | "inverse" | "exponential"; l2_decay [1.0];
              temperature [0.0]; record_every [10]; snapshots [5]; rtol [1e-4];
-             atol [1e-6]; divergence_factor [1e6]
+             atol [1e-6]; divergence_factor [1e6]; on_increase ["warn"] | "stop"
     [output] path ["runs/<config file stem>.h5", relative to the current directory];
-             overwrite [false]
+             overwrite [false]; checkpoint_every [10.0] (seconds between checkpoints, 0 = every
+             record; see _io)
 
 Relative ``data.path`` / ``init.path`` in a config file are taken relative to
 the directory of that file (so a config and its data travel together); given
@@ -58,6 +59,7 @@ from ._data import DATASETS, DataError, make_dataset
 from ._depth import ADJOINTS, DEPTHS, ODE_SOLVERS
 from ._features import FEATURES
 from ._flow import L2_SCHEDULES, METHODS
+from ._integrate import ON_INCREASE
 from ._measures import MEASURES
 from ._schema import (
     ConfigError,
@@ -139,10 +141,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "rtol": float_key(1e-4, 0.0, strict=True),
         "atol": float_key(1e-6, 0.0, strict=True),
         "divergence_factor": float_key(1e6, 1.0, strict=True),
+        "on_increase": choice_key("warn", ON_INCREASE),
     },
     "output": {
         "path": path_key(),
         "overwrite": bool_key(False),
+        "checkpoint_every": float_key(10.0, 0.0),
     },
 }
 # Sub-tables: (section, name) -> keys. Only meaningful for solver.kind = "grid".
