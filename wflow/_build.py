@@ -6,6 +6,7 @@ one-line ``ConfigError``; nothing here writes a file.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -151,9 +152,13 @@ def build_run(config: dict) -> RunSetup:
         regularization = Regularization(train["l2"], train["l2_schedule"], train["l2_decay"],
                                         train["temperature"])
         root = jax.random.PRNGKey(seed)
-        theta0 = init_particles(init["kind"], jax.random.fold_in(root, 1), solver["L"], solver["M"],
-                                feature.k, mean=init["mean"], std=init["std"], low=init["low"],
-                                high=init["high"], path=init["path"], dtype=dtype)
+        with warnings.catch_warnings(), np.errstate(over="ignore", invalid="ignore"):
+            # an overflow in the cast is reported below as one line naming the key
+            warnings.simplefilter("ignore", RuntimeWarning)
+            theta0 = init_particles(init["kind"], jax.random.fold_in(root, 1), solver["L"],
+                                    solver["M"], feature.k, mean=init["mean"], std=init["std"],
+                                    low=init["low"], high=init["high"], path=init["path"],
+                                    dtype=dtype)
         _check_representable(config, "init", {"initial particles": theta0}, dtype)
         key = jax.random.fold_in(root, 2)
     except ConfigError:

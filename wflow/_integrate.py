@@ -287,7 +287,7 @@ def integrate(
                  if initial_loss is not None and initial_loss > 0 else math.inf)
     watched = flow.monotone if schedule.method != "adaptive" else None
     y_max = float(jnp.max(jnp.abs(problem.y))) if watched else 0.0
-    previous = (step, values)
+    previous = (step, values, measure)
     warned = False
 
     for target in schedule.boundaries():
@@ -315,13 +315,13 @@ def integrate(
             return result("diverged")
         warning = None
         if watched and not warned:
-            (step0, before), after = previous, values
+            (step0, before, measure0), after = previous, values
             if after[watched] - before[watched] > increase_tolerance(before[watched], dtype, y_max):
                 warned = True
                 warning = _rise_message(flow, schedule, watched, before[watched], after[watched],
-                                        step0 * h, step * h, measure)
+                                        step0 * h, step * h, measure0)
                 warnings.warn(warning, StabilityWarning, stacklevel=2)
-        previous = (step, values)
+        previous = (step, values, measure)
         if warning is not None and schedule.on_increase == "stop":
             emit(step, measure, key, values, warning=warning)
             return result("unstable")
@@ -344,16 +344,18 @@ def increase_tolerance(value: float, dtype, y_max: float) -> float:
 
 
 def _rise_message(flow, schedule, name, before, after, s0, s1, measure) -> str:
+    """The warning text; the stable step is estimated at ``measure``, the state at s0 (before
+    the rise: after it the iterates may already oscillate far from the flow's path)."""
     what = "loss" if name == "loss" else "regularized energy (/history/energy)"
     text = (f"the {what} rose from {before:.6g} to {after:.6g} between s = {s0:.6g} and "
             f"s = {s1:.6g}, beyond round-off (the exact flow never increases it): ")
     h = schedule.step
-    estimate = flow.stable_step(measure, s1, schedule.method)
+    estimate = flow.stable_step(measure, s0, schedule.method)
     if estimate is not None and estimate[0] < h:
         stable, rho = estimate
         return text + (f"train.dt = {h:.3g} is above the stability limit of {schedule.method} "
                        f"here, dt < {stable:.3g} (= {STABILITY[schedule.method]} / {rho:.4g}, the "
-                       f"largest eigenvalue of the velocity Jacobian at s = {s1:.6g}, by power "
+                       f"largest eigenvalue of the velocity Jacobian at s = {s0:.6g}, by power "
                        f"iteration); use train.dt <= {0.9 * stable:.2g} or "
                        f'train.method = "adaptive"')
     return text + (f"the step train.dt = {h:.3g} is too large for {schedule.method} somewhere "

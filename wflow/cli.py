@@ -52,7 +52,7 @@ from ._io import (
     remove_stale_temporaries,
 )
 from ._preflight import check_resources, parse_size
-from ._signals import Interrupted, Interrupts, current
+from ._signals import Interrupted, Interrupts, current, is_cli_process
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_DIVERGED, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 _EXIT = {"complete": EXIT_OK, "diverged": EXIT_DIVERGED, "unstable": EXIT_DIVERGED,
@@ -491,6 +491,12 @@ def main(argv: list[str] | None = None) -> int:
             name = e.name if isinstance(e, Interrupted) else "SIGINT"
             line = interrupts.finish_line(name)
             print(line, file=sys.stderr)
+            if is_cli_process():
+                # The interrupted work may have left native threads running (an XLA
+                # compilation): a normal interpreter shutdown could crash in them.
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(EXIT_INTERRUPTED)
             return EXIT_INTERRUPTED
         except Exception as e:
             if os.environ.get("WFLOW_TRACEBACK"):
