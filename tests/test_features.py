@@ -159,3 +159,60 @@ def test_unknown_names_raise():
         wflow.make_feature("conv", 2)
     with pytest.raises(ValueError, match="model.sharpness"):
         wflow.get_activation("smooth_relu", 0.0)
+
+
+@pytest.mark.parametrize("kind, d, activation, bias", _feature_cases())
+def test_weighted_field_is_weighted_sum(kind, d, activation, bias, key):
+    """field(Z, Theta, omega)_i = sum_m omega_m f(Z_i; Theta_m); omega = 1/M is the default."""
+    feat = wflow.make_feature(kind, d, activation=activation, bias=bias)
+    kz, kt, kw = jax.random.split(key, 3)
+    Z = jax.random.normal(kz, (7, d))
+    Theta = jax.random.normal(kt, (5, feat.k))
+    omega = jax.random.uniform(kw, (5,))
+
+    @jax.jit
+    def both(Z, Theta, omega):
+        per_particle = jax.vmap(lambda th: jax.vmap(lambda z: feat(z, th))(Z))(Theta)  # (M, N, d)
+        return (feat.field(Z, Theta, omega), jnp.einsum("m,mnd->nd", omega, per_particle),
+                feat.field(Z, Theta, jnp.full((5,), 0.2)), feat.field(Z, Theta))
+
+    got, expected, uniform, default = both(Z, Theta, omega)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(uniform, default, rtol=1e-14, atol=1e-15)
+
+
+@pytest.mark.parametrize("d, activation, bias", _neuron_cases())
+def test_neuron_weighted_vjp_matches_autodiff(d, activation, bias, key):
+    """With weights, the hand-written adjoint's cotangents (Z, Theta and the weights) equal
+    JAX's reverse mode through ``field_value``."""
+    feat = wflow.make_feature("neuron", d, activation=activation, bias=bias)
+    kz, kt, kp, kw = jax.random.split(key, 4)
+    Z = jax.random.normal(kz, (7, d))
+    Theta = jax.random.normal(kt, (5, feat.k))
+    if activation == "relu":  # keep every pre-activation away from the kink
+        Theta = Theta.at[:, 2 * d:].set(jnp.where(Theta[:, 2 * d:] >= 0, 5.0, -5.0))
+    P = jax.random.normal(kp, (7, d))
+    omega = jax.random.uniform(kw, (5,))
+    got = jax.jit(lambda *a: feat.field_vjp(*a))(Z, Theta, P, omega)
+    expected = jax.vjp(feat.field_value, Z, Theta, omega)[1](P)
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("kind, d, activation, bias", _feature_cases())
+def test_probe_is_zero_with_the_first_variation_gradient(kind, d, activation, bias, key):
+    """probe(Z, Q) is exactly 0, its derivative in Z is 0, and in Q it is
+    sum_i grad_q [P_i . f(Z_i; q)] (computed particle by particle)."""
+    feat = wflow.make_feature(kind, d, activation=activation, bias=bias)
+    kz, kq, kp = jax.random.split(key, 3)
+    Z = jax.random.normal(kz, (7, d))
+    Q = jax.random.normal(kq, (4, feat.k))
+    P = jax.random.normal(kp, (7, d))
+    assert np.array_equal(np.asarray(feat.probe(Z, Q)), np.zeros((7, d)))
+    gZ, gQ = jax.grad(lambda Z, Q: jnp.sum(P * feat.probe(Z, Q)), argnums=(0, 1))(Z, Q)
+    assert np.array_equal(np.asarray(gZ), np.zeros((7, d)))
+
+    def pairing(q):  # sum_i P_i . f(Z_i; q)
+        return jnp.sum(P * jax.vmap(lambda z: feat(z, q))(Z))
+
+    np.testing.assert_allclose(gQ, jax.vmap(jax.grad(pairing))(Q), rtol=1e-12, atol=1e-13)
