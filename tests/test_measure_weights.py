@@ -76,7 +76,7 @@ def test_first_variation_gradient_is_the_derivative_of_an_infinitesimal_mass(dep
     q = jax.random.normal(jax.random.PRNGKey(7), (3, k))
     _, G = depth.first_variation_gradient(problem, theta, q)
     for slice_ in (0, 2):
-        def energy(eps, q):
+        def energy(eps, q, slice_=slice_):
             Theta = jnp.concatenate([theta, jnp.broadcast_to(q, (L, 3, k))], axis=1)
             w = jnp.concatenate([jnp.full((L, M), 1.0 / M),
                                  jnp.zeros((L, 3)).at[slice_].set(eps)], axis=1)
