@@ -467,3 +467,71 @@ def test_reorder_config_rules(tmp_path, capsys):
     cfg = write(tmp_path, train='reorder = "sort"\nmethod = "adaptive"')
     assert main(["run", cfg, "-o", str(tmp_path / "r.h5")]) == 2
     assert "train.reorder" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- held-out data
+
+
+@pytest.mark.parametrize("kind", ["teacher", "sine", "circles", "digits"])
+def test_test_set_is_deterministic_and_leaves_the_training_set_alone(kind):
+    args = {"n": 40, "dim": 64 if kind == "digits" else 2, "seed": 3,
+            "feature": wflow.Neuron(d=64 if kind == "digits" else 2), "noise": 0.1}
+    x0, y0 = wflow.make_dataset(kind, **args)
+    x1, y1 = wflow.make_dataset(kind, test_n=25, **args)
+    np.testing.assert_array_equal(x0, x1)
+    np.testing.assert_array_equal(y0, y1)
+    xt, yt = wflow.make_test_set(kind, test_n=25, **args)
+    xt2, yt2 = wflow.make_test_set(kind, test_n=25, **args)
+    np.testing.assert_array_equal(xt, xt2)
+    np.testing.assert_array_equal(yt, yt2)
+    assert xt.shape == (25, x0.shape[1]) and yt.shape == (25, y0.shape[1])
+    if kind != "digits":  # (digits are checked by index below: the pool holds duplicate images)
+        assert not (xt[:, None, :] == x0[None, :, :]).all(axis=2).any()
+    other = wflow.make_test_set(kind, test_n=25, **{**args, "seed": 4})[0]
+    assert not np.array_equal(xt, other)
+
+
+def test_digits_test_set_bounds(tmp_path):
+    with pytest.raises(wflow.DataError, match="data.test_n = 100"):
+        wflow.make_dataset("digits", n=300, test_n=100, classes=(0, 1))  # 360 images
+    # the training and test draws are disjoint slices of one permutation
+    x, _ = wflow.make_dataset("digits", n=200, test_n=160, classes=(0, 1))
+    xt, _ = wflow.make_test_set("digits", n=200, test_n=160, classes=(0, 1))
+    both = np.concatenate([x, xt])
+    allx, _ = wflow.make_dataset("digits", n=360, classes=(0, 1))
+    # the union is the whole pool of the two classes, as a multiset of rows
+    key = lambda a: sorted(map(bytes, np.ascontiguousarray(a)))
+    assert key(both) == key(allx)
+
+
+def test_file_test_set_is_a_seeded_disjoint_split(tmp_path):
+    x = np.arange(30.0)[:, None] * np.ones((1, 2))
+    y = np.where(np.arange(30) % 2 == 0, 1.0, -1.0)
+    path = tmp_path / "d.npz"
+    np.savez(path, x=x, y=y)
+    xa, _ = wflow.make_dataset("file", path=str(path), test_n=7, seed=1)
+    xt, _ = wflow.make_test_set("file", path=str(path), test_n=7, seed=1)
+    assert len(xa) == 23 and len(xt) == 7
+    assert sorted(np.concatenate([xa, xt])[:, 0].tolist()) == list(range(30))
+    assert np.all(np.diff(xa[:, 0]) > 0)  # training rows keep the file's order
+    from wflow._data import is_labelled
+    assert is_labelled("file", y[:, None]) and not is_labelled("file", x[:, :1])
+    # the config resolves data.n = rows - test_n and checks test_n
+    cfg = tmp_path / "f.toml"
+    cfg.write_text(f'[data]\nkind = "file"\npath = "{path}"\ntest_n = 30\n')
+    with pytest.raises(wflow.ConfigError, match="data.test_n = 30"):
+        wflow.load_config(cfg)
+    cfg.write_text(f'[data]\nkind = "file"\npath = "{path}"\ntest_n = 7\n')
+    assert wflow.load_config(cfg)["data"]["n"] == 23
+
+
+def test_symmetric_init_rules(tmp_path, capsys):
+    path = tmp_path / "s.toml"
+    path.write_text(CONFIG.format(train="", compare="").replace("[compare]\n", "")
+                    + "[init]\nsymmetric = true\n")
+    setup = wflow.build_run(wflow.load_config(path))
+    th = np.asarray(setup.measure0)
+    np.testing.assert_array_equal(th[:, M // 2:, :D], -th[:, : M // 2, :D])
+    np.testing.assert_array_equal(th[:, M // 2:, D:], th[:, : M // 2, D:])
+    assert main(["run", str(path), "-o", str(tmp_path / "o.h5"), "--set", "solver.M=7"]) == 2
+    assert "needs an even solver.M" in capsys.readouterr().err
