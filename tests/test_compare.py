@@ -535,3 +535,15 @@ def test_symmetric_init_rules(tmp_path, capsys):
     np.testing.assert_array_equal(th[:, M // 2:, D:], th[:, : M // 2, D:])
     assert main(["run", str(path), "-o", str(tmp_path / "o.h5"), "--set", "solver.M=7"]) == 2
     assert "needs an even solver.M" in capsys.readouterr().err
+
+
+def test_block_movement_ignores_relocation():
+    from wflow._compare import block_movement
+
+    th0 = np.asarray(theta0())
+    perm = np.array([2, 0, 3, 1])
+    assert block_movement(th0[perm], th0) == 0.0
+    moved = th0 + 0.01 * np.random.default_rng(0).normal(size=th0.shape)
+    plain = np.linalg.norm(moved - th0) / np.linalg.norm(th0)
+    assert block_movement(moved, th0) == pytest.approx(plain, rel=1e-12)
+    assert block_movement(moved[perm], th0) == pytest.approx(plain, rel=1e-12)

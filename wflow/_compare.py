@@ -49,7 +49,12 @@ loss E, training accuracy (labelled data), test loss / accuracy (held-out
 data, ``data.test_n``), the relative parameter movement
 |Theta(s) - Theta(0)| / |Theta(0)| (Frobenius norms over all particles;
 absolute when Theta(0) = 0), and the gap to the shallow ensemble
-(``_blocks.ensemble_gap``: RMS output gap and loss gap).
+(``_blocks.ensemble_gap``: RMS output gap and loss gap). With block
+reordering the movement compares every block with its own initial value:
+min over slice permutations pi of |Theta(s) - Theta(0)[pi]| (an assignment
+problem over the L slices, solved exactly by ``scipy.optimize.
+linear_sum_assignment``), so that relocating blocks is not counted as
+movement.
 
 Optional studies of the same config: ``scales`` (the mean-field flow for
 every residual scale alpha: the lazy vs mean-field picture, with the slope of
@@ -273,9 +278,28 @@ def _predict(problem, depth, theta, x):
     return depth.predict(problem, theta, x)
 
 
-def _collect(problem, depth, thetas, theta0) -> dict:
+def _collect(problem, depth, thetas, theta0, reordering: Reordering | None = None) -> dict:
     rows = [_metrics(problem, depth, th, theta0) for th in thetas]
-    return {name: np.asarray([float(r[name]) for r in rows]) for name in metric_names(problem)}
+    out = {name: np.asarray([float(r[name]) for r in rows]) for name in metric_names(problem)}
+    if reordering is not None and reordering.active:
+        out["movement"] = np.asarray([block_movement(th, theta0) for th in thetas])
+    return out
+
+
+def block_movement(theta, theta0) -> float:
+    """min over slice permutations pi of |Theta - Theta0[pi]| / |Theta0| (relocation is free).
+
+    The squared distance separates over slices, so the minimum is the linear
+    assignment problem with cost C[l, l'] = |Theta_l - Theta0_l'|^2.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    a = np.asarray(theta, np.float64).reshape(theta.shape[0], -1)
+    b = np.asarray(theta0, np.float64).reshape(theta0.shape[0], -1)
+    cost = np.sum((a[:, None, :] - b[None, :, :]) ** 2, axis=2)
+    rows, cols = linear_sum_assignment(cost)
+    norm0 = np.linalg.norm(b)
+    return float(np.sqrt(cost[rows, cols].sum()) / (norm0 if norm0 > 0 else 1.0))
 
 
 def meanfield_trajectory(problem: Problem, depth: DepthDiscretization, schedule: Schedule,
@@ -303,7 +327,7 @@ def meanfield_trajectory(problem: Problem, depth: DepthDiscretization, schedule:
                        reordering=reordering, key=key, callback=on_record)
     wall = time.perf_counter() - t0
     theta0 = jnp.asarray(theta0)
-    values = _collect(problem, depth, thetas, theta0)
+    values = _collect(problem, depth, thetas, theta0, reordering)
     steps = np.asarray(steps, np.int64)
     attrs = {"kind": "particle flow (integrate)", "method": schedule.method,
              "time_mapping": "s = step * h, h = train.time / n_steps", "ds_per_step": schedule.step,
@@ -399,7 +423,7 @@ def train_network(problem: Problem, depth: DepthDiscretization, theta0: jax.Arra
         steps.append(step)
         thetas.append(theta)
     time_now = _clock()
-    values = _collect(problem, depth, thetas, theta0)
+    values = _collect(problem, depth, thetas, theta0, reordering)
     if status == "complete" and not np.all(np.isfinite(values["loss"])):
         status = "diverged"
     attrs = {"kind": optimizer.name, "time_mapping": optimizer.time_mapping, "ds_per_step": ds,
@@ -639,17 +663,28 @@ def movement_slope(scales: list) -> float:
 
 
 def reorder_table(result: CompareResult) -> list[tuple[str, dict]]:
-    """Per reorder mode: {metric: (mean, std, n)} of the final values over seeds."""
+    """Per reorder mode: {metric: (mean, std, n)} of the final values over seeds.
+
+    Metrics: loss, accuracy, test_loss, test_accuracy (where defined) and, when
+    "none" is among the modes, ``loss_ratio`` = final loss / final loss of the
+    plain run with the same seed (a paired comparison: same data, same start).
+    std is the population standard deviation over seeds.
+    """
     modes = list(dict.fromkeys(mode for mode, _ in result.reorder))
+    seeds = list(dict.fromkeys(seed for _, seed in result.reorder))
     rows = []
     for mode in modes:
-        trajs = [t for (m, _), t in result.reorder.items() if m == mode]
+        trajs = [result.reorder[(mode, seed)] for seed in seeds]
         stats = {}
         for name in trajs[0].values:
             if name in ("movement", "gap_output", "gap_loss"):
                 continue
             final = np.asarray([t.values[name][-1] for t in trajs])
             stats[name] = (float(np.mean(final)), float(np.std(final)), len(final))
+        if "none" in modes:
+            ratio = np.asarray([t.values["loss"][-1] / result.reorder[("none", seed)].values["loss"][-1]
+                                for t, seed in zip(trajs, seeds, strict=True)])
+            stats["loss_ratio"] = (float(np.mean(ratio)), float(np.std(ratio)), len(ratio))
         rows.append((mode, stats))
     return rows
 

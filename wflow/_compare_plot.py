@@ -9,8 +9,10 @@
 * ``compare_predictions.png`` final predictions against the targets, one panel per run;
 * ``compare_scales.png``      (alpha sweep) loss and movement against s for every alpha and
                               the final movement against alpha (log-log, fitted slope);
-* ``compare_reorder.png``     (reordering study) train / test loss (and accuracy) against s,
-                              mean over seeds with a +-1 std band, per reorder mode.
+* ``compare_reorder.png``     (reordering study) train / test loss (geometric mean over
+                              seeds, band exp(mean log +- std log)) and accuracy (mean +- std)
+                              against s per reorder mode, and the training loss relative to
+                              the plain run of the same seed.
 
 Object-oriented matplotlib only (``Figure``), no pyplot state.
 """
@@ -190,13 +192,19 @@ def _plot_predictions(c: dict, out_dir: str) -> str:
 def _plot_scales(c: dict, out_dir: str) -> str:
     sc = c["scales"]
     alpha, s = sc["alpha"], sc["s"]
-    fig = Figure(figsize=(15, 4.4), layout="constrained")
-    ax_loss, ax_move, ax_fit = fig.subplots(1, 3)
+    test = "test_loss" in sc
+    fig = Figure(figsize=(5 * (3 + test), 4.4), layout="constrained")
+    axes = fig.subplots(1, 3 + test)
+    ax_loss, ax_move, ax_fit = axes[0], axes[-2], axes[-1]
     colors = [f"C{i}" for i in range(len(alpha))]
-    for i, a in enumerate(alpha):
-        ax_loss.plot(s, _positive(sc["loss"][i]), color=colors[i], label=f"alpha = {a:g}")
-        ax_move.plot(s, _positive(sc["movement"][i]), color=colors[i], label=f"alpha = {a:g}")
-    for ax, title in ((ax_loss, "loss $E$"), (ax_move, "relative parameter movement")):
+    panels = [(ax_loss, "loss", "training loss $E$")]
+    if test:
+        panels.append((axes[1], "test_loss", "held-out (test) loss"))
+    panels.append((ax_move, "movement", "relative parameter movement"))
+    for ax, key, _ in panels:
+        for i, a in enumerate(alpha):
+            ax.plot(s, _positive(sc[key][i]), color=colors[i], label=f"alpha = {a:g}")
+    for ax, _, title in panels:
         ax.set_yscale("log")
         ax.set_xlabel("training time $s$ (gradient flow of $E/\\alpha^2$)")
         ax.set_title(title)
@@ -224,23 +232,47 @@ def _plot_reorder(c: dict, out_dir: str) -> str:
     r = c["reorder"]
     modes = [_text(m) for m in r["modes"]]
     keys = [k for k in ("loss", "test_loss", "accuracy", "test_accuracy") if k in r]
-    fig = Figure(figsize=(4.6 * len(keys), 4.2), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(keys)))
-    for ax, key in zip(axes, keys, strict=True):
+    paired = "none" in modes and len(modes) > 1
+    fig = Figure(figsize=(4.6 * (len(keys) + paired), 4.2), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(keys) + paired))
+    if paired:
+        # each seed against its own plain run (same data, same initial particles)
+        ax = axes[-1]
+        base = r["loss"][modes.index("none")]
         for i, mode in enumerate(modes):
-            v = r[key][i]  # (n_seeds, n_eval)
-            mean, std = np.nanmean(v, axis=0), np.nanstd(v, axis=0)
+            if mode == "none":
+                continue
+            ratio = r["loss"][i] / base
+            mean, std = np.nanmean(ratio, axis=0), np.nanstd(ratio, axis=0)
             ax.plot(r["s"], mean, color=f"C{i}", label=f"reorder = {mode}")
             ax.fill_between(r["s"], mean - std, mean + std, color=f"C{i}", alpha=0.2)
-        if "loss" in key:
+        ax.axhline(1.0, color=f"C{modes.index('none')}", lw=1.0)
+        ax.set_title("training loss / loss without reordering\n(same seed)", fontsize=10)
+        ax.set_xlabel("training time $s$")
+        ax.grid(True, alpha=0.35)
+        ax.legend(fontsize=8)
+    for ax, key in zip(axes, keys, strict=False):
+        log = "loss" in key
+        for i, mode in enumerate(modes):
+            v = r[key][i]  # (n_seeds, n_eval)
+            if log:  # geometric mean, band exp(mean(log) +- std(log))
+                lv = np.log(_positive(v))
+                mean, std = np.nanmean(lv, axis=0), np.nanstd(lv, axis=0)
+                lo, mid, hi = np.exp(mean - std), np.exp(mean), np.exp(mean + std)
+            else:
+                mid, std = np.nanmean(v, axis=0), np.nanstd(v, axis=0)
+                lo, hi = mid - std, mid + std
+            ax.plot(r["s"], mid, color=f"C{i}", label=f"reorder = {mode}")
+            ax.fill_between(r["s"], lo, hi, color=f"C{i}", alpha=0.2)
+        if log:
             ax.set_yscale("log")
-        ax.set_title(key.replace("_", " "))
+        ax.set_title(key.replace("_", " ") + (" (geometric mean)" if log else ""))
         ax.set_xlabel("training time $s$")
         ax.grid(True, alpha=0.35)
     axes[0].legend(fontsize=8)
     n_seeds = len(r["seeds"])
     fig.suptitle(f"{c['name']}: block reordering every {int(r['attrs']['every'])} steps, "
-                 f"mean +- std over {n_seeds} seed(s)", fontsize=11)
+                 f"{n_seeds} seed(s), bands: +-1 std", fontsize=11)
     return _save(fig, out_dir, "compare_reorder.png")
 
 
