@@ -413,6 +413,7 @@ def test_bad_compare_keys_exit_2_one_line(tmp_path, capsys, compare, message):
     err = capsys.readouterr().err
     assert rc == 2
     assert err.count("\n") == 1 and err.startswith("wflow: error: ") and message in err, err
+    assert err[len("wflow: error: ")] not in "'\"", err  # the message itself, not its repr
     assert not out.exists() and not (tmp_path / "cmp_plots").exists()
 
 
@@ -547,3 +548,16 @@ def test_block_movement_ignores_relocation():
     plain = np.linalg.norm(moved - th0) / np.linalg.norm(th0)
     assert block_movement(moved, th0) == pytest.approx(plain, rel=1e-12)
     assert block_movement(moved[perm], th0) == pytest.approx(plain, rel=1e-12)
+
+
+def test_compare_diverged_meanfield_exit_3(tmp_path, capsys):
+    """Euler steps far beyond stability: the flow diverges (exit 3), Adam (s = step lr) does not."""
+    path = tmp_path / "d.toml"
+    path.write_text(CONFIG.format(train="", compare='records = 4\noptimizers = ["adam"]')
+                    .replace("dt = 0.05", "dt = 20.0").replace("time = 2.0", "time = 200.0"))
+    out = tmp_path / "d.h5"
+    rc = main(["compare", str(path), "-o", str(out), "-q", "--no-plots"])
+    assert rc == 3, capsys.readouterr().err
+    with h5py.File(out, "r") as f:
+        assert f["meanfield"].attrs["status"] == "diverged"
+        assert f["adam"].attrs["status"] == "complete"

@@ -39,7 +39,8 @@ def add_compare_parser(sub) -> None:
 
 def _fail(message) -> int:
     lines = str(message).strip().splitlines()
-    print(f"wflow: error: {lines[0] if lines else message!r}", file=sys.stderr)
+    line = lines[0] if lines else repr(message)
+    print(f"wflow: error: {line}", file=sys.stderr)
     return EXIT_USAGE
 
 

@@ -73,13 +73,12 @@ def _positive(v: np.ndarray) -> np.ndarray:
 
 def _label_run(name: str, run: dict) -> str:
     a = run["attrs"]
+    diverged = ", diverged" if a.get("status") != "complete" else ""
     if name == "meanfield":
-        return f"mean-field flow ({a.get('method', '')})"
+        return f"mean-field flow ({a.get('method', '')}{diverged})"
     lr = a.get("learning_rate")
     extra = f", lr = {lr:.3g}" if lr is not None else ""
-    if a.get("status") != "complete":
-        extra += ", diverged"
-    return f"{name}{extra}"
+    return f"{name}{extra}{diverged}"
 
 
 def _save(fig: Figure, out_dir: str, filename: str) -> str:
@@ -110,7 +109,7 @@ def _plot_loss(c: dict, out_dir: str) -> str:
     first = c["runs"]["meanfield"]
     panels = ["loss"] + [k for k in ("test_loss",) if k in first]
     accuracy = "accuracy" in first
-    fig = Figure(figsize=(5.2 * (len(panels) + accuracy), 4.4), layout="constrained")
+    fig = Figure(figsize=(max(8.0, 5.2 * (len(panels) + accuracy)), 4.6), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(panels) + accuracy))
     titles = {"loss": "training loss $E$", "test_loss": "held-out (test) loss"}
     for ax, key in zip(axes, panels, strict=False):
@@ -127,8 +126,8 @@ def _plot_loss(c: dict, out_dir: str) -> str:
                         **{**_style(name), "label": None})
         ax.set_title("accuracy (solid: train, dashed: test)")
         ax.set_ylim(min(0.4, ax.get_ylim()[0]), 1.02)
-    fig.suptitle(f"{c['name']}: finite networks (optax) against the mean-field flow; "
-                 "time mappings in the file's attributes", fontsize=11)
+    fig.suptitle(f"{c['name']}: finite networks (optax) against the mean-field flow\n"
+                 "(s: each optimizer's mapped time, see the time_mapping attributes)", fontsize=11)
     return _save(fig, out_dir, "compare_loss.png")
 
 
