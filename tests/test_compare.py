@@ -243,9 +243,10 @@ def test_alpha_parameter_movement_slope_is_minus_one():
 # ----------------------------------------------------------------------------- shallow ensemble
 
 
-@pytest.mark.parametrize("depth", [wflow.LayeredDepth(),
-                                   wflow.ContinuousDepth(rtol=1e-12, atol=1e-14)],
-                         ids=["layers", "continuous"])
+@pytest.mark.parametrize("depth", [
+    wflow.LayeredDepth(),
+    pytest.param(wflow.ContinuousDepth(rtol=1e-12, atol=1e-14), marks=pytest.mark.slow)],
+    ids=["layers", "continuous"])
 def test_shallow_ensemble_gap_scales_as_alpha_squared(depth):
     th = theta0()
     alphas = np.array([0.01, 0.02, 0.04, 0.08])

@@ -410,7 +410,7 @@ def train_network(problem: Problem, depth: DepthDiscretization, theta0: jax.Arra
     state = _transform(optimizer, l2, L, M).init(theta0)
     eval_steps = evaluation_steps(n, records)
     steps, thetas, step, status = [], [], 0, "complete"
-    t0 = time_now = _clock()
+    t0 = _clock()
     for target in eval_steps:
         target = int(target)
         if target > step:
