@@ -10,14 +10,32 @@ rho. The public surface:
                    ``init_particles``
 * solver step:     ``ParticleFlow`` (a ``Flow``: one step in training time s), ``Regularization``
 * time loop:       ``integrate`` with ``Schedule`` -> ``FlowResult``
+* comparisons:     ``train_network`` (optax ``SGD``, ``Momentum``, ``Adam``, ``Minibatch``),
+                   ``meanfield_trajectory``, ``run_compare``, ``write_compare``, ``plot_compare``
+* blocks (Lu et al. 2020): ``shallow_ensemble``, ``ensemble_gap``, ``Reordering``
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
 from ._activations import ACTIVATIONS, Activation, get_activation
+from ._blocks import REORDERS, EnsembleGap, Reordering, block_fields, ensemble_gap, shallow_ensemble
 from ._build import build_run
+from ._compare import (
+    OPTIMIZERS,
+    SGD,
+    Adam,
+    CompareResult,
+    Minibatch,
+    Momentum,
+    Trajectory,
+    meanfield_trajectory,
+    run_compare,
+    train_network,
+    write_compare,
+)
+from ._compare_plot import plot_compare
 from ._config import ConfigError, load_config
-from ._data import DATASETS, DataError, make_dataset
+from ._data import DATASETS, DataError, make_dataset, make_test_set
 from ._depth import ADJOINTS, DEPTHS, ContinuousDepth, DepthDiscretization, Evaluation, LayeredDepth
 from ._features import FEATURES, FeatureMap, Linear, Neuron, make_feature
 from ._flow import METHODS, Flow, Measure, ParticleFlow, Regularization, make_flow
@@ -38,11 +56,17 @@ __all__ = [
     "FEATURES",
     "MEASURES",
     "METHODS",
+    "OPTIMIZERS",
+    "REORDERS",
+    "SGD",
     "Activation",
+    "Adam",
+    "CompareResult",
     "ConfigError",
     "ContinuousDepth",
     "DataError",
     "DepthDiscretization",
+    "EnsembleGap",
     "Evaluation",
     "FeatureMap",
     "Flow",
@@ -51,14 +75,20 @@ __all__ = [
     "LayeredDepth",
     "Linear",
     "Measure",
+    "Minibatch",
+    "Momentum",
     "Neuron",
     "ParticleFlow",
     "Problem",
     "Record",
     "Regularization",
+    "Reordering",
     "Schedule",
+    "Trajectory",
     "__version__",
+    "block_fields",
     "build_run",
+    "ensemble_gap",
     "get_activation",
     "init_particles",
     "integrate",
@@ -66,4 +96,11 @@ __all__ = [
     "make_dataset",
     "make_feature",
     "make_flow",
+    "make_test_set",
+    "meanfield_trajectory",
+    "plot_compare",
+    "run_compare",
+    "shallow_ensemble",
+    "train_network",
+    "write_compare",
 ]

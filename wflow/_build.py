@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._data import DataError, make_dataset
+from ._blocks import Reordering
+from ._data import DataError, is_labelled, make_dataset, make_test_set
 from ._depth import ContinuousDepth, DepthDiscretization, LayeredDepth
 from ._features import make_feature
 from ._flow import Flow, Regularization, make_flow
@@ -34,11 +35,13 @@ class RunSetup(NamedTuple):
     measure0: Any  # particles Theta (L, M, k) in the run's precision, or a GridDensity
     key: jax.Array  # Langevin key fold_in(PRNGKey(seed), 2)
     arrays: dict  # fixed arrays the run file stores besides data and snapshots (grid axes)
+    reordering: Reordering = Reordering()  # block reordering (train.reorder)
 
     @property
     def flow(self) -> Flow:
         """The solver step that moves ``measure0`` (particles or grid)."""
-        return make_flow(self.problem, self.depth, self.measure0, self.regularization)
+        return make_flow(self.problem, self.depth, self.measure0, self.regularization,
+                         self.reordering)
 
 
 def dtype_of(config: dict):
@@ -63,19 +66,27 @@ def build_run(config: dict) -> RunSetup:
     try:
         feature = make_feature(model["feature"], model["dim"], model["activation"], model["bias"],
                                model["sharpness"])
-        x, y = make_dataset(
-            data["kind"], n=data["n"], dim=data["dim"], seed=seed, feature=feature,
-            out_dim=data["out_dim"], noise=data["noise"], path=data["path"],
-            teacher_width=data["teacher_width"], teacher_depth=data["teacher_depth"],
-            teacher_std=data["teacher_std"],
-            classes=None if data["classes"] is None else tuple(data["classes"]),
-        )
+        data_args = {
+            "n": data["n"], "dim": data["dim"], "seed": seed, "feature": feature,
+            "out_dim": data["out_dim"], "noise": data["noise"], "path": data["path"],
+            "teacher_width": data["teacher_width"], "teacher_depth": data["teacher_depth"],
+            "teacher_std": data["teacher_std"],
+            "classes": None if data["classes"] is None else tuple(data["classes"]),
+        }
+        x, y = make_dataset(data["kind"], test_n=data["test_n"], **data_args)
         if x.shape[1] != data["dim"]:
             raise ConfigError(f"data.dim = {data['dim']}: the data have d_in = {x.shape[1]}")
         if y.shape[1] != data["out_dim"]:
             raise ConfigError(f"data.out_dim = {data['out_dim']}: the data have d_out = "
                               f"{y.shape[1]}")
-        problem = Problem(feature, jnp.asarray(np.asarray(x, dtype)), jnp.asarray(np.asarray(y, dtype)))
+        arrays = {}
+        x_test = y_test = None
+        if data["test_n"] > 0:
+            xt, yt = make_test_set(data["kind"], test_n=data["test_n"], **data_args)
+            arrays = {"data/x_test": np.asarray(xt, dtype), "data/y_test": np.asarray(yt, dtype)}
+            x_test, y_test = (jnp.asarray(a) for a in arrays.values())
+        problem = Problem(feature, jnp.asarray(np.asarray(x, dtype)), jnp.asarray(np.asarray(y, dtype)),
+                          model["scale"], x_test, y_test, is_labelled(data["kind"], y))
         if solver["depth"] == "layers":
             depth: DepthDiscretization = LayeredDepth()
         else:
@@ -89,10 +100,12 @@ def build_run(config: dict) -> RunSetup:
         root = jax.random.PRNGKey(seed)
         theta0 = init_particles(init["kind"], jax.random.fold_in(root, 1), solver["L"], solver["M"],
                                 feature.k, mean=init["mean"], std=init["std"], low=init["low"],
-                                high=init["high"], path=init["path"], dtype=dtype)
+                                high=init["high"], path=init["path"], dtype=dtype,
+                                reflection=feature.reflection if init["symmetric"] else None)
         key = jax.random.fold_in(root, 2)
+        reordering = Reordering(train["reorder"], train["reorder_every"], seed)
     except ConfigError:
         raise
     except (DataError, ValueError) as e:
         raise ConfigError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
-    return RunSetup(problem, depth, schedule, regularization, theta0, key, {})
+    return RunSetup(problem, depth, schedule, regularization, theta0, key, arrays, reordering)

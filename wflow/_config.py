@@ -19,11 +19,12 @@ Schema (defaults in brackets)::
              n [256]; dim [2] (d_in; 2 for circles, 64 for digits, read from the file);
              out_dim [1] (teacher only); noise [0.0]; path (kind = "file");
              teacher_width [4]; teacher_depth [4]; teacher_std [1.0];
-             classes (digits only) [0..9]
+             classes (digits only) [0..9]; test_n [0] (held-out samples)
     [model]  feature ["neuron"] | "linear"; activation ["tanh"]; bias [true];
-             dim (state d) [d_in]; sharpness [10.0] (smooth_relu)
+             dim (state d) [d_in]; sharpness [10.0] (smooth_relu); scale [1.0] (alpha)
     [init]   kind ["gaussian"] | "uniform" | "point" | "file"; mean [0.0]; std [1.0]
-             (scalars or lists of k values); low, high (uniform); path (kind = "file")
+             (scalars or lists of k values); low, high (uniform); path (kind = "file");
+             symmetric [false] (pairs theta, R theta: zero field at s = 0; M even)
     [solver] kind ["particles"] | "grid" (not implemented in this version);
              depth ["layers"] | "continuous"; L [16]; M [64]; adjoint ["checkpoint"] |
              "backsolve"; ode_solver ["tsit5"]; rtol [1e-5]; atol [1e-7];
@@ -32,9 +33,18 @@ Schema (defaults in brackets)::
     [train]  time [10.0]; dt [0.01]; method ["euler"] | "heun" | "adaptive"; l2 [0.0];
              l2_schedule ["constant"] | "inverse" | "exponential"; l2_decay [1.0];
              temperature [0.0]; record_every [10]; snapshots [5]; rtol [1e-4];
-             atol [1e-6]; divergence_factor [1e6]
+             atol [1e-6]; divergence_factor [1e6];
+             reorder ["none"] | "random" | "sort"; reorder_every [10] (block reordering)
     [output] path ["runs/<config file stem>.h5", relative to the current directory];
              overwrite [false]
+
+Verb sections (``VERB_SECTIONS``): validated when present, absent from the
+resolved config otherwise, accepted by every verb (so ``wflow run`` runs the
+mean-field part of a comparison config):
+
+    [compare] optimizers; records; scales; reorder; seeds;
+              [compare.sgd] [compare.momentum] [compare.adam] [compare.minibatch]
+              (keys and defaults in ``_compare``)
 
 Relative ``data.path`` / ``init.path`` in a config file are taken relative to
 the directory of that file (so a config and its data travel together); given
@@ -54,6 +64,8 @@ from typing import Any
 import numpy as np
 
 from ._activations import ACTIVATIONS
+from ._blocks import REORDERS
+from ._compare import COMPARE_KEYS, OPTIMIZER_KEYS
 from ._data import DATASETS, DataError, make_dataset
 from ._depth import ADJOINTS, DEPTHS, ODE_SOLVERS
 from ._features import FEATURES
@@ -99,6 +111,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "teacher_depth": int_key(4, 1),
         "teacher_std": float_key(1.0, 0.0),
         "classes": digits_key(),
+        "test_n": int_key(0, 0),
     },
     "model": {
         "feature": choice_key("neuron", FEATURES),
@@ -106,6 +119,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "bias": bool_key(True),
         "dim": int_key(None, 1),
         "sharpness": float_key(10.0, 0.0, strict=True),
+        "scale": float_key(1.0, 0.0, strict=True),
     },
     "init": {
         "kind": choice_key("gaussian", MEASURES),
@@ -114,6 +128,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "low": numbers_key(None),
         "high": numbers_key(None),
         "path": path_key(),
+        "symmetric": bool_key(False),
     },
     "solver": {
         "kind": choice_key("particles", SOLVER_KINDS),
@@ -139,11 +154,17 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "rtol": float_key(1e-4, 0.0, strict=True),
         "atol": float_key(1e-6, 0.0, strict=True),
         "divergence_factor": float_key(1e6, 1.0, strict=True),
+        "reorder": choice_key("none", REORDERS),
+        "reorder_every": int_key(10, 1),
     },
     "output": {
         "path": path_key(),
         "overwrite": bool_key(False),
     },
+}
+# Sections of a verb: validated when present, absent from the resolved config otherwise.
+VERB_SECTIONS: dict[str, dict[str, Key]] = {
+    "compare": COMPARE_KEYS,
 }
 # Sub-tables: (section, name) -> keys. Only meaningful for solver.kind = "grid".
 SUBTABLES: dict[tuple[str, str], dict[str, Key]] = {
@@ -153,6 +174,7 @@ SUBTABLES: dict[tuple[str, str], dict[str, Key]] = {
         "scheme": choice_key("muscl", GRID_SCHEMES),
         "cfl": float_key(0.5, 0.0, strict=True, hi=1.0),
     },
+    **{("compare", name): keys for name, keys in OPTIMIZER_KEYS.items()},
 }
 TOP_KEYS = {"seed": int_key(0, 0, 2**32 - 1)}
 PATH_KEYS = (("data", "path"), ("init", "path"))
@@ -169,7 +191,7 @@ def _apply_override(raw: dict, parts: list[str], value: Any) -> None:
         raw[parts[0]] = value
         return
     section = parts[0]
-    if section not in SCHEMA:
+    if section not in SCHEMA and section not in VERB_SECTIONS:
         raise _unknown_section(section, value, full)
     table = raw.setdefault(section, {})
     if not isinstance(table, dict):
@@ -184,22 +206,24 @@ def _apply_override(raw: dict, parts: list[str], value: Any) -> None:
                            f"in [{section}.{parts[1]}]")
         sub[parts[2]] = value
         return
-    if len(parts) != 2 or parts[1] not in SCHEMA[section]:
+    if len(parts) != 2 or parts[1] not in {**SCHEMA, **VERB_SECTIONS}[section]:
         raise unknown_key(full, value, _section_options(section), f"in [{section}]")
     table[parts[1]] = value
 
 
 def _section_options(section: str) -> list[str]:
-    return list(SCHEMA[section]) + [f"[{section}.{n}]" for (s, n) in SUBTABLES if s == section]
+    return (list({**SCHEMA, **VERB_SECTIONS}[section])
+            + [f"[{section}.{n}]" for (s, n) in SUBTABLES if s == section])
 
 
 def _unknown_section(name: str, value: Any, full: str | None = None) -> ConfigError:
-    options = list(TOP_KEYS) + list(SCHEMA)
+    sections = list(SCHEMA) + list(VERB_SECTIONS)
+    options = list(TOP_KEYS) + sections
     close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
     hint = ""
     if close:
-        hint = f" (did you mean {'[' + close[0] + ']' if close[0] in SCHEMA else close[0]}?)"
-    allowed = ", ".join(list(TOP_KEYS) + [f"[{s}]" for s in SCHEMA])
+        hint = f" (did you mean {'[' + close[0] + ']' if close[0] in sections else close[0]}?)"
+    allowed = ", ".join(list(TOP_KEYS) + [f"[{s}]" for s in sections])
     if full is not None:
         shown = f"{full} = {fmt(value)}"
     elif isinstance(value, dict):
@@ -224,7 +248,7 @@ def _per_coord_len(key: str, value, k: int) -> None:
 
 def _resolve(raw: dict, stem: str) -> dict:
     for name, value in raw.items():
-        if name not in TOP_KEYS and name not in SCHEMA:
+        if name not in TOP_KEYS and name not in SCHEMA and name not in VERB_SECTIONS:
             raise _unknown_section(name, value)
     cfg: dict[str, Any] = {}
     given: dict[str, set] = {}
@@ -232,6 +256,10 @@ def _resolve(raw: dict, stem: str) -> dict:
     for section, keys in SCHEMA.items():
         subs = {n: v for (s, n), v in SUBTABLES.items() if s == section}
         cfg[section], given[section] = check_table(section, raw.get(section, {}), keys, subs)
+    for section, keys in VERB_SECTIONS.items():
+        if section in raw:
+            subs = {n: v for (s, n), v in SUBTABLES.items() if s == section}
+            cfg[section], given[section] = check_table(section, raw[section], keys, subs)
 
     data, model, init, solver, train, output = (cfg[s] for s in SCHEMA)
 
@@ -251,10 +279,16 @@ def _resolve(raw: dict, stem: str) -> dict:
         if "dim" in given["data"] and data["dim"] != d_in:
             raise ConfigError(f"data.dim = {data['dim']}: the file data.path has x of shape "
                               f"{x.shape}, so d_in = {d_in} (leave data.dim out for file data)")
-        if "n" in given["data"] and data["n"] != n_file:
-            raise ConfigError(f"data.n = {data['n']}: the file data.path holds {n_file} samples "
-                              "(leave data.n out for file data)")
-        data["dim"], data["n"] = d_in, n_file
+        if data["test_n"] >= n_file:
+            raise ConfigError(f"data.test_n = {data['test_n']}: the file data.path holds "
+                              f"{n_file} samples; at least one must be left for training")
+        n_train = n_file - data["test_n"]
+        if "n" in given["data"] and data["n"] != n_train:
+            held = f" minus data.test_n = {data['test_n']}" if data["test_n"] else ""
+            raise ConfigError(f"data.n = {data['n']}: the file data.path holds {n_file} samples"
+                              f"{held}, i.e. {n_train} for training (leave data.n out for file "
+                              "data)")
+        data["dim"], data["n"] = d_in, n_train
     else:
         if data["path"] is not None:
             raise ConfigError(f"data.path = {fmt(data['path'])}: only used with "
@@ -300,6 +334,13 @@ def _resolve(raw: dict, stem: str) -> dict:
         if np.any(hi < lo):
             raise ConfigError(f"init.high = {fmt(init['high'])}: must be >= init.low = "
                               f"{fmt(init['low'])} in every coordinate")
+    if init["symmetric"]:
+        if init["kind"] == "file":
+            raise ConfigError('init.symmetric = true: not used with init.kind = "file" (the file '
+                              "gives every particle)")
+        if solver["M"] % 2:
+            raise ConfigError(f"init.symmetric = true: needs an even solver.M (pairs theta, "
+                              f"R theta); solver.M is {solver['M']}")
     for name in ("low", "high"):
         if init[name] is not None and init["kind"] != "uniform":
             raise ConfigError(f"init.{name} = {fmt(init[name])}: only used with "
@@ -331,6 +372,20 @@ def _resolve(raw: dict, stem: str) -> dict:
     if train["temperature"] > 0 and train["method"] == "adaptive":
         raise ConfigError(f"train.temperature = {train['temperature']!r}: needs train.method = "
                           '"euler" or "heun" (adaptive integration is deterministic only)')
+    study = cfg.get("compare", {}).get("reorder", [])
+    if train["reorder"] == "none" and "reorder_every" in given["train"] and not study:
+        raise ConfigError(f"train.reorder_every = {train['reorder_every']}: only used with "
+                          'train.reorder = "random" or "sort" (or a [compare] reorder study); '
+                          'train.reorder is "none"')
+    if train["reorder"] != "none" and train["method"] == "adaptive":
+        raise ConfigError(f"train.reorder = {fmt(train['reorder'])}: needs fixed steps "
+                          '(train.method = "euler", "heun" or "ssprk3"), not "adaptive"')
+    if "compare" in cfg:
+        for name in OPTIMIZER_KEYS:
+            if name in cfg["compare"]:
+                sub = cfg["compare"][name]
+                for key, spec in OPTIMIZER_KEYS[name].items():
+                    sub.setdefault(key, spec.default)
     n_steps = train["time"] / train["dt"]
     if n_steps > MAX_STEPS:
         raise ConfigError(f"train.dt = {train['dt']!r}: train.time / train.dt = {n_steps:.3g} steps; "

@@ -32,6 +32,7 @@ import functools
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._activations import Activation, get_activation
 
@@ -64,6 +65,15 @@ class FeatureMap(eqx.Module):
 
     def __call__(self, z: jax.Array, theta: jax.Array) -> jax.Array:
         """f(z; theta) for one state z (d,) and one particle theta (k,)."""
+        raise NotImplementedError
+
+    @property
+    def reflection(self) -> np.ndarray:
+        """Signs R (k,) of the odd reflection: f(z; R * theta) = -f(z; theta) for every z.
+
+        Pairs (theta, R theta) have zero field: the symmetrized initialization
+        (``init.symmetric``) that starts the network at the identity map.
+        """
         raise NotImplementedError
 
     def field(self, Z: jax.Array, Theta: jax.Array, weights: jax.Array | None = None) -> jax.Array:
@@ -138,6 +148,11 @@ class Neuron(FeatureMap):
     @property
     def k(self) -> int:
         return 2 * self.d + (1 if self.bias else 0)
+
+    @property
+    def reflection(self) -> np.ndarray:
+        """u -> -u (w and b unchanged)."""
+        return np.concatenate([-np.ones(self.d), np.ones(self.k - self.d)])
 
     def split(self, Theta: jax.Array):
         """(..., k) -> u (..., d), w (..., d), b (...) (zeros without bias)."""
@@ -241,6 +256,11 @@ class Linear(FeatureMap):
     @property
     def k(self) -> int:
         return self.d * self.d
+
+    @property
+    def reflection(self) -> np.ndarray:
+        """theta -> -theta."""
+        return -np.ones(self.k)
 
     def __call__(self, z, theta):
         return _mm(theta.reshape(self.d, self.d), z)

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ._blocks import Reordering
 from ._depth import DepthDiscretization
 from ._flow import METHODS, Flow, Measure, Regularization, make_flow
 from ._problem import Problem
@@ -171,6 +172,7 @@ def integrate(
     *,
     theta0=None,
     regularization: Regularization | None = None,
+    reordering: Reordering | None = None,
     key: jax.Array | None = None,
     state: FlowState | None = None,
     initial_loss: float | None = None,
@@ -185,6 +187,8 @@ def integrate(
         theta0: the initial measure: particles Theta (L, M, k) (the dtype sets
             the precision) or a ``GridDensity``.
         regularization: L2 weight schedule and temperature (default: none).
+        reordering: block reordering of the depth slices every K steps (particles
+            only; default: none; ``_blocks.Reordering``).
         key: PRNG key for the Langevin noise (default ``PRNGKey(0)``).
         state: a ``FlowState`` to resume from instead of ``theta0``; records at
             steps <= state.step are not repeated.
@@ -203,7 +207,8 @@ def integrate(
             theta0 = jnp.asarray(theta0)
         state = FlowState(theta0, 0, jax.random.PRNGKey(0) if key is None else key)
     measure, step, key = state
-    flow = make_flow(problem, depth, measure, regularization or Regularization())
+    flow = make_flow(problem, depth, measure, regularization or Regularization(),
+                     reordering or Reordering())
     flow.check(measure, schedule.method)
     dtype = jax.tree_util.tree_leaves(measure)[0].dtype
     flow = eqx.tree_at(lambda f: f.problem, flow, problem.astype(dtype))

@@ -2,7 +2,8 @@
 
 Reads a ``wflow-run`` HDF5 file and writes PNGs into ``out_dir``:
 
-* ``loss.png``        loss E(s) and stationarity residual
+* ``loss.png``        loss E(s) (and the held-out loss when the run has one) and
+                      stationarity residual
                       R(s) = int int |grad_theta V|^2 rho dtheta dt against training
                       time s, log y scale (non-positive / non-finite values are masked,
                       and a panel with no positive value says so instead of staying empty);
@@ -68,6 +69,7 @@ class _Run:
     x: np.ndarray | None           # (N, d_in)
     y: np.ndarray | None           # (N, d_out)
     prediction: np.ndarray | None  # (N, d_out)
+    test_loss: np.ndarray | None = None  # (n,) held-out loss (data.test_n > 0)
 
     def get(self, section: str, key: str, default=None):
         value = self.config.get(section, {})
@@ -141,6 +143,8 @@ def _read(run_path: str) -> _Run:
                 x=arr("data/x"),
                 y=arr("data/y"),
                 prediction=arr("final/prediction"),
+                test_loss=(None if arr("history/test_loss") is None
+                           else arr("history/test_loss")[:n].astype(float)),
             )
         except (OSError, KeyError) as err:  # truncated / corrupted datasets
             raise ValueError(f"{run_path}: unreadable wflow run file ({err})") from None
@@ -300,6 +304,14 @@ def _plot_loss(run: _Run, out_dir: str) -> str:
                r"$\int\!\!\int |\nabla_\theta V|^2\,\rho\;d\theta\,dt$", "tab:orange",
                "stationarity residual")
     ax_loss.set_title("training loss")
+    if run.test_loss is not None and ax_loss.get_yscale() == "log":
+        test = np.where(np.isfinite(run.test_loss) & (run.test_loss > 0), run.test_loss, np.nan)
+        if np.isfinite(test).any():
+            ax_loss.plot(run.s, test, color="tab:green", ls="--", label="held-out (test) loss")
+            both = np.concatenate([test[np.isfinite(test)], run.loss[run.loss > 0]])
+            ax_loss.set_ylim(both.min() / 10 ** 0.5, both.max() * 10 ** 0.5)
+            ax_loss.legend(loc="lower left", fontsize=9)
+            ax_loss.set_title("training and held-out loss")
     ax_res.set_title("stationarity residual ($= -dE/ds$ without regularization)")
     if not len(run.s):
         final = "no records"

@@ -7,9 +7,40 @@
 
 ``p`` is scaled so that p = N * dE/dz: it is O(1) whatever N is, and the first
 variation is V(theta, t) = (1/N) sum_i p(t; x_i) . f(z(t; x_i); theta).
+
+Residual scale alpha (``scale``, config ``model.scale``, default 1), after
+Chizat, Oyallon and Bach, "On lazy training in differentiable programming"
+(NeurIPS 2019): the network is
+
+    z_{l+1} = z_l + (alpha / L) F_l(z_l)        (continuous depth: dz/dt = alpha F(z, t))
+
+and training follows the gradient flow of the rescaled objective
+
+    E_alpha(rho) = E(rho) / alpha^2,
+
+i.e. particle velocities are -grad_theta V_alpha = -(1/alpha^2) grad_theta V,
+V the first variation of the data fit E of the alpha-network, and s is the
+time of that flow. In this convention the network's outputs move at an
+alpha-independent rate (d g / ds = -K r with the alpha-independent tangent
+kernel K at leading order) while the parameters move by O(1/alpha): alpha = 1
+is the mean-field flow, alpha -> infinity the lazy (linearized) regime.
+The field is scaled where the depth discretizations form it
+(``_depth._slice_field``), the 1/alpha^2 where velocities are formed
+(``DepthDiscretization.evaluate`` / ``first_variation_gradient``, through
+``objective_weight``). The recorded loss is always the data fit E (so losses
+are comparable across alpha); along the flow dE/ds = -alpha^2 R with R the
+recorded stationarity residual. At alpha = 1 no multiplication is done at
+all: results are bit-identical to a problem without the field.
+
+Held-out data: optional ``x_test`` (N_test, d_in), ``y_test`` (N_test, d_out).
+``classification`` marks labelled targets (+-1 in one column, or one-hot
+rows): ``accuracy`` is then the fraction of sign (one column) or argmax
+(several columns) agreements.
 """
 
 from __future__ import annotations
+
+import math
 
 import equinox as eqx
 import jax
@@ -19,13 +50,35 @@ from ._features import FeatureMap
 
 
 class Problem(eqx.Module):
-    """Data (x (N, d_in), y (N, d_out)) and a feature map acting on R^d."""
+    """Data (x (N, d_in), y (N, d_out)) and a feature map acting on R^d.
+
+    Optional: the residual scale alpha (``scale``, default 1; module docstring),
+    a held-out set (``x_test``, ``y_test``) and ``classification`` (labelled
+    targets, so that accuracies are defined).
+    """
 
     feature: FeatureMap
     x: jax.Array
     y: jax.Array
+    scale: float = eqx.field(static=True, default=1.0)
+    x_test: jax.Array | None = None
+    y_test: jax.Array | None = None
+    classification: bool = eqx.field(static=True, default=False)
 
     def __check_init__(self):
+        if not (isinstance(self.scale, (int, float)) and math.isfinite(self.scale)
+                and self.scale > 0):
+            raise ValueError(f"model.scale = {self.scale!r}: must be a finite number > 0")
+        if (self.x_test is None) != (self.y_test is None):
+            raise ValueError("data: give both x_test and y_test, or neither")
+        if self.x_test is not None and (
+                self.x_test.ndim != 2 or self.y_test.ndim != 2
+                or self.x_test.shape[0] != self.y_test.shape[0]
+                or self.x_test.shape[1] != self.x.shape[1]
+                or self.y_test.shape[1] != self.y.shape[1]):
+            raise ValueError(
+                f"data: x_test, y_test have shapes {self.x_test.shape}, {self.y_test.shape}; "
+                f"they must be (N_test, {self.x.shape[1]}) and (N_test, {self.y.shape[1]})")
         if self.x.ndim != 2 or self.y.ndim != 2:
             raise ValueError(
                 f"data: x must be (N, d_in) and y (N, d_out); got shapes {self.x.shape}, {self.y.shape}"
@@ -67,14 +120,39 @@ class Problem(eqx.Module):
         """(N, d) -> (N, d_out): the first d_out coordinates."""
         return z[:, : self.d_out]
 
+    @property
+    def objective_weight(self) -> float:
+        """1 / alpha^2: the flow descends E_alpha = E / alpha^2 (module docstring)."""
+        return 1.0 / (self.scale * self.scale)
+
+    @property
+    def has_test(self) -> bool:
+        return self.x_test is not None
+
     def loss(self, z1: jax.Array) -> jax.Array:
         """E = (1/2N) sum_i |g(z1_i) - y_i|^2."""
-        r = self.readout(z1) - self.y
+        return self.fit(self.readout(z1), self.y)
+
+    @staticmethod
+    def fit(prediction: jax.Array, y: jax.Array) -> jax.Array:
+        """(1/2N) sum_i |prediction_i - y_i|^2 for (N, d_out) arrays: the loss of any prediction."""
+        r = prediction - y
         return 0.5 * jnp.mean(jnp.sum(r * r, axis=1))
+
+    @staticmethod
+    def accuracy(prediction: jax.Array, y: jax.Array) -> jax.Array:
+        """Fraction of correct labels: sign agreement (d_out = 1, labels +-1) or argmax agreement."""
+        if y.shape[1] == 1:
+            hit = jnp.sign(prediction[:, 0]) == jnp.sign(y[:, 0])
+        else:
+            hit = jnp.argmax(prediction, axis=1) == jnp.argmax(y, axis=1)
+        return jnp.mean(hit.astype(prediction.dtype))
 
     def terminal_adjoint(self, z1: jax.Array) -> jax.Array:
         """p(1) = N dE/dz(1) = zero-padded residual g(z1) - y, shape (N, d)."""
         return jnp.pad(self.readout(z1) - self.y, ((0, 0), (0, self.d - self.d_out)))
 
     def astype(self, dtype) -> Problem:
-        return Problem(self.feature, self.x.astype(dtype), self.y.astype(dtype))
+        cast = lambda a: None if a is None else a.astype(dtype)
+        return Problem(self.feature, self.x.astype(dtype), self.y.astype(dtype), self.scale,
+                       cast(self.x_test), cast(self.y_test), self.classification)

@@ -255,7 +255,8 @@ def _execute(args, config, setup, writer: RunWriter, out: str, *, state, initial
 
         try:
             result = integrate(setup.problem, setup.depth, schedule, theta0=setup.measure0,
-                               regularization=setup.regularization, key=setup.key, state=state,
+                               regularization=setup.regularization, reordering=setup.reordering,
+                               key=setup.key, state=state,
                                initial_loss=initial_loss, wall_offset=wall_offset,
                                callback=on_record)
             final = result.state
@@ -350,7 +351,7 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="wflow", description="Mean-field ResNets: Wasserstein gradient flows of the "
                 "parameter density, simulated with JAX.")
     p.add_argument("--version", action="version", version=f"wflow {__version__}")
-    sub = p.add_subparsers(dest="verb", metavar="{run,plot,info}")
+    sub = p.add_subparsers(dest="verb", metavar="{run,plot,compare,info}")
 
     r = sub.add_parser("run", help="run a config, write an HDF5 run file",
                        description="Validate CONFIG, run the gradient flow, write OUT.h5. "
@@ -375,6 +376,10 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("-o", "--output", metavar="DIR",
                     help="output folder (default: <RUN stem>_plots beside RUN.h5)")
     pl.set_defaults(func=_cmd_plot)
+
+    from ._compare_cli import add_compare_parser
+
+    add_compare_parser(sub)
 
     i = sub.add_parser("info", help="versions, backend, devices, precision")
     i.set_defaults(func=_cmd_info)
