@@ -1,14 +1,16 @@
 """wflow: deep residual networks in their mean-field / continuum limit.
 
-Depth is an ODE z(t; x), the parameters are a density rho(theta, t) (here:
-particles Theta (L, M, k)), and training is the Wasserstein gradient flow of
+Depth is an ODE z(t; x), the parameters are a density rho(theta, t) (particles
+Theta (L, M, k) or a density on a theta-grid), and training is the Wasserstein gradient flow of
 rho. The public surface:
 
 * problem:         ``Problem``, ``Neuron``, ``Linear``, ``make_feature``, ``get_activation``,
                    ``make_dataset``
 * discretization:  ``LayeredDepth`` (the finite ResNet), ``ContinuousDepth`` (diffrax),
-                   ``init_particles``
-* solver step:     ``ParticleFlow`` (a ``Flow``: one step in training time s), ``Regularization``
+                   ``init_particles``; the grid: ``Grid``, ``FiniteVolume``, ``GridDensity``,
+                   ``init_density``, ``positivity_limit``
+* solver step:     ``ParticleFlow`` and ``GridFlow`` (``Flow``s: one step in training time s),
+                   ``Regularization``
 * time loop:       ``integrate`` with ``Schedule`` -> ``FlowResult``
 """
 
@@ -21,6 +23,7 @@ from ._data import DATASETS, DataError, make_dataset
 from ._depth import ADJOINTS, DEPTHS, ContinuousDepth, DepthDiscretization, Evaluation, LayeredDepth
 from ._features import FEATURES, FeatureMap, Linear, Neuron, make_feature
 from ._flow import METHODS, Flow, Measure, ParticleFlow, Regularization, make_flow
+from ._grid import FiniteVolume, Grid, GridDensity, GridFlow, init_density, positivity_limit
 from ._integrate import FlowResult, FlowState, Record, Schedule, integrate
 from ._measures import MEASURES, init_particles
 from ._problem import Problem
@@ -45,9 +48,13 @@ __all__ = [
     "DepthDiscretization",
     "Evaluation",
     "FeatureMap",
+    "FiniteVolume",
     "Flow",
     "FlowResult",
     "FlowState",
+    "Grid",
+    "GridDensity",
+    "GridFlow",
     "LayeredDepth",
     "Linear",
     "Measure",
@@ -60,10 +67,12 @@ __all__ = [
     "__version__",
     "build_run",
     "get_activation",
+    "init_density",
     "init_particles",
     "integrate",
     "load_config",
     "make_dataset",
     "make_feature",
     "make_flow",
+    "positivity_limit",
 ]

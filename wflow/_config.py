@@ -24,11 +24,13 @@ Schema (defaults in brackets)::
              dim (state d) [d_in]; sharpness [10.0] (smooth_relu)
     [init]   kind ["gaussian"] | "uniform" | "point" | "file"; mean [0.0]; std [1.0]
              (scalars or lists of k values); low, high (uniform); path (kind = "file")
-    [solver] kind ["particles"] | "grid" (not implemented in this version);
+    [solver] kind ["particles"] | "grid" (Eulerian finite volumes, k <= 3; rules in _grid.py);
              depth ["layers"] | "continuous"; L [16]; M [64]; adjoint ["checkpoint"] |
              "backsolve"; ode_solver ["tsit5"]; rtol [1e-5]; atol [1e-7];
              precision ["float32"] | "float64"
-             [solver.grid] cells [32]; bounds [[-3.0, 3.0]]; scheme ["muscl"]; cfl [0.5]
+             [solver.grid] (kind = "grid" only) cells [32]; bounds [[-3.0, 3.0]];
+             scheme ["muscl"] | "upwind"; limiter ["vanleer"] | "minmod" (muscl only);
+             cfl [0.4]
     [train]  time [10.0]; dt [0.01]; method ["euler"] | "heun" | "adaptive"; l2 [0.0];
              l2_schedule ["constant"] | "inverse" | "exponential"; l2_decay [1.0];
              temperature [0.0]; record_every [10]; snapshots [5]; rtol [1e-4];
@@ -58,6 +60,7 @@ from ._data import DATASETS, DataError, make_dataset
 from ._depth import ADJOINTS, DEPTHS, ODE_SOLVERS
 from ._features import FEATURES
 from ._flow import L2_SCHEDULES, METHODS
+from ._grid import DEFAULT_CFL, LIMITERS, SCHEMES, resolve_grid_config
 from ._measures import MEASURES
 from ._schema import (
     ConfigError,
@@ -82,7 +85,6 @@ from ._schema import (
 __all__ = ["ConfigError", "config_warnings", "load_config", "to_toml"]
 
 
-GRID_SCHEMES = ("upwind", "muscl")
 PRECISIONS = ("float32", "float64")
 SOLVER_KINDS = ("particles", "grid")
 
@@ -150,8 +152,9 @@ SUBTABLES: dict[tuple[str, str], dict[str, Key]] = {
     ("solver", "grid"): {
         "cells": cells_key(32),
         "bounds": bounds_key([-3.0, 3.0]),
-        "scheme": choice_key("muscl", GRID_SCHEMES),
-        "cfl": float_key(0.5, 0.0, strict=True, hi=1.0),
+        "scheme": choice_key("muscl", SCHEMES),
+        "limiter": choice_key("vanleer", LIMITERS),
+        "cfl": float_key(DEFAULT_CFL, 0.0, strict=True),
     },
 }
 TOP_KEYS = {"seed": int_key(0, 0, 2**32 - 1)}
@@ -305,6 +308,9 @@ def _resolve(raw: dict, stem: str) -> dict:
             raise ConfigError(f"init.{name} = {fmt(init[name])}: only used with "
                               f'init.kind = "uniform" (init.kind is {fmt(init["kind"])})')
     if init["kind"] == "file":
+        if init["path"] is None and solver["kind"] == "grid":
+            raise ConfigError('init.path is missing: init.kind = "file" needs a .npz or .h5 file '
+                              "with an array rho of shape (n_t, *cells) for the grid solver")
         if init["path"] is None:
             raise ConfigError('init.path is missing: init.kind = "file" needs a .npz or .h5 file '
                               f"with an array theta of shape (L, M, k) = "
@@ -315,17 +321,15 @@ def _resolve(raw: dict, stem: str) -> dict:
                           f'init.kind = "file" (init.kind is {fmt(init["kind"])})')
 
     # --- solver
+    grid_keys = SUBTABLES[("solver", "grid")]
     if solver["kind"] == "grid":
-        if k > 3:
-            raise ConfigError(f'solver.kind = "grid": the grid solver needs k <= 3 parameters per '
-                              f"particle, this model has k = {k} (model.feature = "
-                              f"{fmt(model['feature'])}, model.dim = {d})")
-        raise ConfigError('solver.kind = "grid": the grid solver is not implemented in this '
-                          'version; allowed is "particles"')
-    if "grid" in solver:
-        grid = solver["grid"]
-        for name, spec in SUBTABLES[("solver", "grid")].items():
-            grid.setdefault(name, spec.default)
+        raw_grid = raw.get("solver", {}).get("grid", {})
+        solver.setdefault("grid", {name: spec.default for name, spec in grid_keys.items()})
+        resolve_grid_config(solver, init, train, k=k, given_solver=given["solver"],
+                            given_grid=set(raw_grid))
+    elif "grid" in solver:
+        raise ConfigError(f"solver.grid = {fmt(raw['solver']['grid'])}: only used with "
+                          f'solver.kind = "grid" (solver.kind is {fmt(solver["kind"])})')
 
     # --- train
     if train["temperature"] > 0 and train["method"] == "adaptive":
