@@ -60,7 +60,7 @@ from ._data import DATASETS, DataError, make_dataset
 from ._depth import ADJOINTS, DEPTHS, ODE_SOLVERS
 from ._features import FEATURES
 from ._flow import L2_SCHEDULES, METHODS
-from ._grid import DEFAULT_CFL, LIMITERS, SCHEMES, resolve_grid_config
+from ._grid import DEFAULT_CFL, LIMITERS, SCHEMES, grid_config_warnings, resolve_grid_config
 from ._measures import MEASURES
 from ._schema import (
     ConfigError,
@@ -390,5 +390,5 @@ def config_warnings(config: dict) -> list[str]:
     if config["model"]["feature"] == "neuron" and config["model"]["activation"] == "relu":
         out.append('model.activation = "relu" is outside the mean-field theory (it is not '
                    'smooth); results may not converge; "smooth_relu" is the smooth version')
-    return out
+    return out + grid_config_warnings(config)
 

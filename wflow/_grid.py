@@ -734,6 +734,23 @@ def resolve_grid_config(solver: dict, init: dict, train: dict, *, k: int, given_
             raise ConfigError(str(e)) from None
 
 
+def grid_config_warnings(config: dict) -> list[str]:
+    """One-line warnings about valid but questionable grid settings (``config_warnings``)."""
+    solver, init = config["solver"], config["init"]
+    if solver["kind"] != "grid" or init["kind"] != "point":
+        return []
+    g = solver["grid"]
+    k = len(g["cells"])
+    grid = Grid.box(g["cells"], g["bounds"], k)
+    mean = _per_coord(init["mean"], k, "init.mean")
+    centre = np.array([grid.axes[a][i] for a, i in enumerate(grid.cell_of(mean))])
+    if np.all(np.abs(centre - mean) <= 1e-12 * np.asarray(grid.widths)):
+        return []
+    return [(f"init.mean = {fmt(init['mean'])} is not a cell centre: the point mass sits in the "
+            f"cell centred at {fmt([float(c) for c in centre])}; choose solver.grid.cells and "
+            "bounds with a centre there (e.g. an odd number of cells in a box symmetric about it)")]
+
+
 def wall_mass_warning(values: dict, s: float) -> str | None:
     """The CLI's one-line warning when a record's wall_mass exceeds WALL_MASS_WARNING, else None."""
     wall = values.get("wall_mass")
