@@ -111,7 +111,9 @@ def test_closed_form_rigid_translation_and_energy(depth):
     rho = np.asarray(res.state.measure.rho)
     means = rho @ grid.axes[0] * grid.volume
     np.testing.assert_allclose(means, m_exact[-1], atol=1e-4)
-    np.testing.assert_allclose(rho[0], rho[1], rtol=1e-12, atol=0)  # the slices move alike
+    # the slices move alike: to round-off (layered), to the ODE solver's accuracy (continuous,
+    # whose node weights differ per slice; measured 3e-9 relative)
+    np.testing.assert_allclose(rho[0], rho[1], rtol=1e-12 if layered else 1e-7, atol=0)
     assert _l1_error_to_shifted(grid, rho, m_exact[-1]) <= 1.5e-2
     E_exact = _exact_loss(X2, m_exact, layered)
     np.testing.assert_allclose(res.history["loss"], E_exact, rtol=1e-3)
@@ -439,8 +441,9 @@ def _loss_curve_gap(M_values, seeds, grid_cells, S=2.0, dt_particles=0.01):
         grid = wflow.Grid.box(n, [-4.5, 4.5], 2)
         rho0 = wflow.init_density("gaussian", grid, L, std=std, dtype=jnp.float64)
         res = wflow.integrate(problem, depth, wflow.Schedule(time=S, dt=record * dt_particles,
-                                                             method="heun"), theta0=rho0)
-        grids[n] = res.history["loss"][::1]
+                                                             method="heun", record_every=1),
+                              theta0=rho0)
+        grids[n] = res.history["loss"]
     gaps = {n: np.zeros((len(M_values), len(seeds))) for n in grid_cells}
     for i, M in enumerate(M_values):
         for j, seed in enumerate(seeds):
@@ -456,16 +459,22 @@ def _loss_curve_gap(M_values, seeds, grid_cells, S=2.0, dt_particles=0.01):
 
 @pytest.mark.slow
 def test_grid_and_particles_agree_at_the_monte_carlo_rate():
-    """max_s |E_grid - E_particles| / E(0) against M = 256 .. 16384 (8 seeds, the same rho_ini
-    N(0, 0.7^2 I) on a 128^2 MUSCL grid): fitted slope -1/2 +- 0.15 (Monte Carlo error of the
-    particles; the grid's own error is far below it); at M = 16384 a coarse 24^2 grid is
-    farther from the particles than the 128^2 one (the gap shrinks under refinement)."""
+    """max_s |E_grid - E_particles| / E(0) for particles sampled from the same rho_ini
+    N(0, 0.7^2 I) (k = 2, d = 1, 8 seeds per M):
+
+    * on a fine 128^2 MUSCL grid (own error ~2e-4) the gap is the particles' Monte Carlo
+      error: fitted slope -1/2 +- 0.15 over M = 256 .. 16384 (measured -0.52);
+    * on a coarse 8^2 grid (own error 6.4e-2 against the 128^2 one) the gap stops shrinking
+      with M: it hits the grid's own error;
+    * at M = 16384 it shrinks under grid refinement (8^2 -> 16^2 -> 128^2 cells).
+    """
     Ms = [256, 1024, 4096, 16384]
-    gaps = _loss_curve_gap(Ms, seeds=range(8), grid_cells=(128, 24))
-    mean = gaps[128].mean(axis=1)
-    slope = np.polyfit(np.log(Ms), np.log(mean), 1)[0]
-    assert slope == pytest.approx(-0.5, abs=0.15), (slope, mean)
-    assert gaps[24][-1].mean() > 2 * gaps[128][-1].mean(), (gaps[24][-1], gaps[128][-1])
+    gaps = _loss_curve_gap(Ms, seeds=range(8), grid_cells=(128, 16, 8))
+    fine, mid, coarse = (gaps[n].mean(axis=1) for n in (128, 16, 8))
+    slope = np.polyfit(np.log(Ms), np.log(fine), 1)[0]
+    assert slope == pytest.approx(-0.5, abs=0.15), (slope, fine)
+    assert coarse[-1] > 0.8 * coarse[-2], coarse  # saturated: no M^-1/2 decay left
+    assert coarse[-1] > mid[-1] and coarse[-1] > 2 * fine[-1], (coarse, mid, fine)
 
 
 # ---------------------------------------------------------------------------------------

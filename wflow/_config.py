@@ -28,7 +28,7 @@ Schema (defaults in brackets)::
              depth ["layers"] | "continuous"; L [16]; M [64]; adjoint ["checkpoint"] |
              "backsolve"; ode_solver ["tsit5"]; rtol [1e-5]; atol [1e-7];
              precision ["float32"] | "float64"
-             [solver.grid] (kind = "grid" only) cells [32]; bounds [[-3.0, 3.0]];
+             [solver.grid] (kind = "grid" only) cells [32]; bounds [[-4.0, 4.0]];
              scheme ["muscl"] | "upwind"; limiter ["vanleer"] | "minmod" (muscl only);
              cfl [0.4]
     [train]  time [10.0]; dt [0.01]; method ["euler"] | "heun" | "adaptive"; l2 [0.0];
@@ -151,7 +151,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
 SUBTABLES: dict[tuple[str, str], dict[str, Key]] = {
     ("solver", "grid"): {
         "cells": cells_key(32),
-        "bounds": bounds_key([-3.0, 3.0]),
+        "bounds": bounds_key([-4.0, 4.0]),
         "scheme": choice_key("muscl", SCHEMES),
         "limiter": choice_key("vanleer", LIMITERS),
         "cfl": float_key(DEFAULT_CFL, 0.0, strict=True),
