@@ -152,10 +152,19 @@ def bench_size(k, cells, n_t, n_data, repeats, warmup, parts=True) -> dict:
         t_vel, _ = _timed(velocities, (rho,), repeats, warmup)
         t_flux, _ = _timed(flux_update, (rho, v), repeats, warmup)
         t_rate, _ = _timed(rate, (v,), repeats, warmup)
+        parts_total = 2 * (t_vel + t_flux + t_rate)
         out.update({"face_velocities_s": t_vel, "tendency_s": t_flux, "max_rate_s": t_rate,
-                    "share_forward_adjoint": 2 * t_vel / t_sub,
-                    "share_flux_update": 2 * t_flux / t_sub,
-                    "share_rate": 2 * t_rate / t_sub})
+                    "share_forward_adjoint": 2 * t_vel / parts_total,
+                    "share_flux_update": 2 * t_flux / parts_total,
+                    "share_rate": 2 * t_rate / parts_total,
+                    "substep_over_parts": t_sub / parts_total})
+    # the particle kernel alone: one slice's field F(z) = sum_c omega_c f(z; theta_c) over the
+    # cells, per (data point, cell) pair; its cost per pair should not depend on the cells
+    Z = flow.problem.embed(flow.problem.x)
+    Theta, w = flow.weighted(density)
+    field = jax.jit(lambda Z, th, om: flow.problem.feature.field(Z, th, om))
+    t_field, _ = _timed(field, (Z, Theta[0], w[0]), repeats, warmup)
+    out.update({"field_s": t_field, "field_ns_per_pair": t_field / (n_data * grid.n_cells) * 1e9})
     return out
 
 
@@ -178,7 +187,8 @@ def main(argv=None) -> int:
           f"k = 3 bias), layered depth, teacher N = {args.n}, MUSCL van Leer, heun substeps")
     results = {"machine": info, "args": vars(args), "sizes": [], "scaling": {}}
 
-    print("\n## one substep (2 stages: 2 forward/adjoint + 2 flux updates)")
+    print("\n## one substep (2 stages: 2 forward/adjoint + 2 flux updates); shares of the parts "
+          "timed one by one")
     head = (f"{'k':>2} {'grid':>10} {'n_t':>4} {'cells*n_t':>10} {'compile':>8} {'substep':>9} "
             f"{'cell-upd/s':>11} {'fwd/adj':>8} {'flux':>6} {'rate':>6} {'mass err':>9} "
             f"{'min rho':>8}")
@@ -201,9 +211,14 @@ def main(argv=None) -> int:
             t = np.array([r["substep_median_s"] for r in rows])
             slope = float(np.polyfit(np.log(n), np.log(t), 1)[0])
             results["scaling"][str(k)] = {"n_t": n_t, "rows": rows, "slope": slope}
-            times = ", ".join(f"{c}^{k}: {r['substep_median_s'] * 1e3:.1f} ms"
-                              for c, r in zip(cells_list, rows))
-            print(f"k = {k}, n_t = {n_t}: {times}   slope {slope:.2f}", flush=True)
+            field_slope = float(np.polyfit(np.log(n), np.log([r["field_s"] for r in rows]), 1)[0])
+            results["scaling"][str(k)]["field_slope"] = field_slope
+            print(f"k = {k}, n_t = {n_t}:   substep slope {slope:.2f}   "
+                  f"(one slice's forward field kernel alone: slope {field_slope:.2f})")
+            for c, r in zip(cells_list, rows):
+                print(f"    {c:>4}^{k} = {r['cells']:>7} cells: substep {r['substep_median_s'] * 1e3:9.1f}"
+                      f" ms   field kernel {r['field_ns_per_pair']:6.2f} ns per (x_i, cell) pair",
+                      flush=True)
     print("\n# timings are noisy on a shared machine: compare ratios and slopes, not absolutes")
     if args.json:
         with open(args.json, "w") as fh:

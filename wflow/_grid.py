@@ -35,9 +35,9 @@ d rho_j / ds = -sum_a (F_{j+1/2} - F_{j-1/2}) / h_a. The face states are
 * ``muscl``: rho^L = rho_j + sigma_j / 2, rho^R = rho_{j+1} - sigma_{j+1} / 2
   with the limited slope sigma_j = phi(rho_j - rho_{j-1}, rho_{j+1} - rho_j),
   ``minmod`` phi(a, b) = minmod(a, b) or ``vanleer`` phi(a, b) = 2ab / (a + b)
-  for ab > 0 (else 0); sigma = 0 in the two cells next to each wall (second
-  order in the interior, first order at the walls, where a well-sized box
-  has no mass).
+  for ab > 0 (else 0); sigma = 0 in the first and last cell of every axis
+  (second order in the interior, first order next to the walls, where a
+  well-sized box has no mass). Both limited states lie in [0, 2 rho_j].
 
 Mass: the update is in flux form, so every slice's mass changes only by
 round-off (the interior fluxes cancel in pairs, the wall fluxes are 0).
@@ -50,7 +50,8 @@ is one of the SSP Runge-Kutta methods (``euler``, ``heun`` = SSP-RK2,
 with the velocity of its own stage. Its size is
 
     dt = remaining / ceil(remaining R(u) / cfl),
-    R(u) = max_cells [ sum_a (v+_{j+1/2} + v-_{j-1/2}|) / h_a + 2 tau sum_a 1 / h_a^2 ],
+    R(u) = max_cells [ sum_a (max(v_{j+1/2}, 0) + max(-v_{j-1/2}, 0)) / h_a
+                       + 2 tau sum_a 1 / h_a^2 ],
 
 R the largest rate at which any cell can lose mass (advective outflow through
 its faces plus the diffusive bound). A forward-Euler step keeps rho >= 0 when
@@ -102,7 +103,12 @@ def positivity_limit(scheme: str, limiter: str | None = None) -> float:
     """Largest cfl for which every SSP stage keeps rho >= 0 (module docstring)."""
     if scheme == "upwind":
         return 1.0
-    return {"minmod": 2.0 / 3.0, "vanleer": 0.5}[limiter]
+    limits = {"minmod": 2.0 / 3.0, "vanleer": 0.5}
+    if scheme != "muscl" or limiter not in limits:
+        raise ValueError(f"no positivity limit for scheme = {scheme!r} with limiter = "
+                         f"{limiter!r}: schemes are {', '.join(SCHEMES)}, MUSCL limiters "
+                         f"{', '.join(LIMITERS)}")
+    return limits[limiter]
 
 
 # ----------------------------------------------------------------------------- geometry
