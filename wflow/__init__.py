@@ -1,14 +1,16 @@
 """wflow: deep residual networks in their mean-field / continuum limit.
 
-Depth is an ODE z(t; x), the parameters are a density rho(theta, t) (here:
-particles Theta (L, M, k)), and training is the Wasserstein gradient flow of
+Depth is an ODE z(t; x), the parameters are a density rho(theta, t) (particles
+Theta (L, M, k) or a density on a theta-grid), and training is the Wasserstein gradient flow of
 rho. The public surface:
 
 * problem:         ``Problem``, ``Neuron``, ``Linear``, ``make_feature``, ``get_activation``,
                    ``make_dataset``
 * discretization:  ``LayeredDepth`` (the finite ResNet), ``ContinuousDepth`` (diffrax),
-                   ``init_particles``
-* solver step:     ``ParticleFlow`` (a ``Flow``: one step in training time s), ``Regularization``
+                   ``init_particles``; the grid: ``Grid``, ``FiniteVolume``, ``GridDensity``,
+                   ``init_density``, ``positivity_limit``
+* solver step:     ``ParticleFlow`` and ``GridFlow`` (``Flow``s: one step in training time s),
+                   ``Regularization``
 * time loop:       ``integrate`` with ``Schedule`` -> ``FlowResult``
 * comparisons:     ``train_network`` (optax ``SGD``, ``Momentum``, ``Adam``, ``Minibatch``),
                    ``meanfield_trajectory``, ``run_compare``, ``write_compare``, ``plot_compare``
@@ -39,6 +41,7 @@ from ._data import DATASETS, DataError, make_dataset, make_test_set
 from ._depth import ADJOINTS, DEPTHS, ContinuousDepth, DepthDiscretization, Evaluation, LayeredDepth
 from ._features import FEATURES, FeatureMap, Linear, Neuron, make_feature
 from ._flow import METHODS, Flow, Measure, ParticleFlow, Regularization, make_flow
+from ._grid import FiniteVolume, Grid, GridDensity, GridFlow, init_density, positivity_limit
 from ._integrate import FlowResult, FlowState, Record, Schedule, integrate
 from ._measures import MEASURES, init_particles
 from ._problem import Problem
@@ -69,9 +72,13 @@ __all__ = [
     "EnsembleGap",
     "Evaluation",
     "FeatureMap",
+    "FiniteVolume",
     "Flow",
     "FlowResult",
     "FlowState",
+    "Grid",
+    "GridDensity",
+    "GridFlow",
     "LayeredDepth",
     "Linear",
     "Measure",
@@ -90,6 +97,7 @@ __all__ = [
     "build_run",
     "ensemble_gap",
     "get_activation",
+    "init_density",
     "init_particles",
     "integrate",
     "load_config",
@@ -99,6 +107,7 @@ __all__ = [
     "make_test_set",
     "meanfield_trajectory",
     "plot_compare",
+    "positivity_limit",
     "run_compare",
     "shallow_ensemble",
     "train_network",

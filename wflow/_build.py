@@ -17,6 +17,7 @@ from ._data import DataError, is_labelled, make_dataset, make_test_set
 from ._depth import ContinuousDepth, DepthDiscretization, LayeredDepth
 from ._features import make_feature
 from ._flow import Flow, Regularization, make_flow
+from ._grid import FiniteVolume, Grid, grid_arrays, init_density
 from ._integrate import Schedule
 from ._measures import init_particles
 from ._problem import Problem
@@ -53,7 +54,10 @@ def dtype_of(config: dict):
 
 
 def build_run(config: dict) -> RunSetup:
-    """Build problem, depth, schedule, regularization, initial particles and key.
+    """Build problem, depth, schedule, regularization, initial measure and key.
+
+    The initial measure is particles Theta (L, M, k) or, for solver.kind = "grid",
+    a ``GridDensity`` (then ``arrays`` holds /grid/t and /grid/axis_a).
 
     Reads the data / init files and checks their shapes; every failure is a
     ``ConfigError``. ``solver.precision = "float64"`` switches on JAX's x64
@@ -98,10 +102,20 @@ def build_run(config: dict) -> RunSetup:
         regularization = Regularization(train["l2"], train["l2_schedule"], train["l2_decay"],
                                         train["temperature"])
         root = jax.random.PRNGKey(seed)
-        theta0 = init_particles(init["kind"], jax.random.fold_in(root, 1), solver["L"], solver["M"],
-                                feature.k, mean=init["mean"], std=init["std"], low=init["low"],
-                                high=init["high"], path=init["path"], dtype=dtype,
-                                reflection=feature.reflection if init["symmetric"] else None)
+        if solver["kind"] == "grid":
+            g = solver["grid"]
+            grid = Grid.box(g["cells"], g["bounds"], feature.k)
+            theta0 = init_density(init["kind"], grid, solver["L"], mean=init["mean"],
+                                  std=init["std"], low=init["low"], high=init["high"],
+                                  path=init["path"], dtype=dtype,
+                                  fv=FiniteVolume(g["scheme"], g["limiter"], g["cfl"]))
+            arrays.update(grid_arrays(grid, depth.times(solver["L"])))
+        else:
+            theta0 = init_particles(init["kind"], jax.random.fold_in(root, 1), solver["L"],
+                                    solver["M"], feature.k, mean=init["mean"], std=init["std"],
+                                    low=init["low"], high=init["high"], path=init["path"],
+                                    dtype=dtype,
+                                    reflection=feature.reflection if init["symmetric"] else None)
         key = jax.random.fold_in(root, 2)
         reordering = Reordering(train["reorder"], train["reorder_every"], seed)
     except ConfigError:

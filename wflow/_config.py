@@ -25,11 +25,13 @@ Schema (defaults in brackets)::
     [init]   kind ["gaussian"] | "uniform" | "point" | "file"; mean [0.0]; std [1.0]
              (scalars or lists of k values); low, high (uniform); path (kind = "file");
              symmetric [false] (pairs theta, R theta: zero field at s = 0; M even)
-    [solver] kind ["particles"] | "grid" (not implemented in this version);
+    [solver] kind ["particles"] | "grid" (Eulerian finite volumes, k <= 3; rules in _grid.py);
              depth ["layers"] | "continuous"; L [16]; M [64]; adjoint ["checkpoint"] |
              "backsolve"; ode_solver ["tsit5"]; rtol [1e-5]; atol [1e-7];
              precision ["float32"] | "float64"
-             [solver.grid] cells [32]; bounds [[-3.0, 3.0]]; scheme ["muscl"]; cfl [0.5]
+             [solver.grid] (kind = "grid" only) cells [32]; bounds [[-4.0, 4.0]];
+             scheme ["muscl"] | "upwind"; limiter ["vanleer"] | "minmod" (muscl only);
+             cfl [0.4]
     [train]  time [10.0]; dt [0.01]; method ["euler"] | "heun" | "adaptive"; l2 [0.0];
              l2_schedule ["constant"] | "inverse" | "exponential"; l2_decay [1.0];
              temperature [0.0]; record_every [10]; snapshots [5]; rtol [1e-4];
@@ -70,6 +72,7 @@ from ._data import DATASETS, DataError, make_dataset
 from ._depth import ADJOINTS, DEPTHS, ODE_SOLVERS
 from ._features import FEATURES
 from ._flow import L2_SCHEDULES, METHODS
+from ._grid import DEFAULT_CFL, LIMITERS, SCHEMES, grid_config_warnings, resolve_grid_config
 from ._measures import MEASURES
 from ._schema import (
     ConfigError,
@@ -94,7 +97,6 @@ from ._schema import (
 __all__ = ["ConfigError", "config_warnings", "load_config", "to_toml"]
 
 
-GRID_SCHEMES = ("upwind", "muscl")
 PRECISIONS = ("float32", "float64")
 SOLVER_KINDS = ("particles", "grid")
 
@@ -170,9 +172,10 @@ VERB_SECTIONS: dict[str, dict[str, Key]] = {
 SUBTABLES: dict[tuple[str, str], dict[str, Key]] = {
     ("solver", "grid"): {
         "cells": cells_key(32),
-        "bounds": bounds_key([-3.0, 3.0]),
-        "scheme": choice_key("muscl", GRID_SCHEMES),
-        "cfl": float_key(0.5, 0.0, strict=True, hi=1.0),
+        "bounds": bounds_key([-4.0, 4.0]),
+        "scheme": choice_key("muscl", SCHEMES),
+        "limiter": choice_key("vanleer", LIMITERS),
+        "cfl": float_key(DEFAULT_CFL, 0.0, strict=True),
     },
     **{("compare", name): keys for name, keys in OPTIMIZER_KEYS.items()},
 }
@@ -335,6 +338,9 @@ def _resolve(raw: dict, stem: str) -> dict:
             raise ConfigError(f"init.high = {fmt(init['high'])}: must be >= init.low = "
                               f"{fmt(init['low'])} in every coordinate")
     if init["symmetric"]:
+        if solver["kind"] == "grid":
+            raise ConfigError('init.symmetric = true: particles only (solver.kind is "grid"; '
+                              "a density symmetric under theta -> R theta is set through init.mean)")
         if init["kind"] == "file":
             raise ConfigError('init.symmetric = true: not used with init.kind = "file" (the file '
                               "gives every particle)")
@@ -346,6 +352,9 @@ def _resolve(raw: dict, stem: str) -> dict:
             raise ConfigError(f"init.{name} = {fmt(init[name])}: only used with "
                               f'init.kind = "uniform" (init.kind is {fmt(init["kind"])})')
     if init["kind"] == "file":
+        if init["path"] is None and solver["kind"] == "grid":
+            raise ConfigError('init.path is missing: init.kind = "file" needs a .npz or .h5 file '
+                              "with an array rho of shape (n_t, *cells) for the grid solver")
         if init["path"] is None:
             raise ConfigError('init.path is missing: init.kind = "file" needs a .npz or .h5 file '
                               f"with an array theta of shape (L, M, k) = "
@@ -356,17 +365,15 @@ def _resolve(raw: dict, stem: str) -> dict:
                           f'init.kind = "file" (init.kind is {fmt(init["kind"])})')
 
     # --- solver
+    grid_keys = SUBTABLES[("solver", "grid")]
     if solver["kind"] == "grid":
-        if k > 3:
-            raise ConfigError(f'solver.kind = "grid": the grid solver needs k <= 3 parameters per '
-                              f"particle, this model has k = {k} (model.feature = "
-                              f"{fmt(model['feature'])}, model.dim = {d})")
-        raise ConfigError('solver.kind = "grid": the grid solver is not implemented in this '
-                          'version; allowed is "particles"')
-    if "grid" in solver:
-        grid = solver["grid"]
-        for name, spec in SUBTABLES[("solver", "grid")].items():
-            grid.setdefault(name, spec.default)
+        raw_grid = raw.get("solver", {}).get("grid", {})
+        solver.setdefault("grid", {name: spec.default for name, spec in grid_keys.items()})
+        resolve_grid_config(solver, init, train, k=k, given_solver=given["solver"],
+                            given_grid=set(raw_grid))
+    elif "grid" in solver:
+        raise ConfigError(f"solver.grid = {fmt(raw['solver']['grid'])}: only used with "
+                          f'solver.kind = "grid" (solver.kind is {fmt(solver["kind"])})')
 
     # --- train
     if train["temperature"] > 0 and train["method"] == "adaptive":
@@ -377,6 +384,9 @@ def _resolve(raw: dict, stem: str) -> dict:
         raise ConfigError(f"train.reorder_every = {train['reorder_every']}: only used with "
                           'train.reorder = "random" or "sort" (or a [compare] reorder study); '
                           'train.reorder is "none"')
+    if train["reorder"] != "none" and solver["kind"] == "grid":
+        raise ConfigError(f"train.reorder = {fmt(train['reorder'])}: block reordering is for "
+                          'particles (solver.kind is "grid"); allowed with the grid is "none"')
     if train["reorder"] != "none" and train["method"] == "adaptive":
         raise ConfigError(f"train.reorder = {fmt(train['reorder'])}: needs fixed steps "
                           '(train.method = "euler", "heun" or "ssprk3"), not "adaptive"')
@@ -441,5 +451,5 @@ def config_warnings(config: dict) -> list[str]:
     if config["model"]["feature"] == "neuron" and config["model"]["activation"] == "relu":
         out.append('model.activation = "relu" is outside the mean-field theory (it is not '
                    'smooth); results may not converge; "smooth_relu" is the smooth version')
-    return out
+    return out + grid_config_warnings(config)
 

@@ -215,13 +215,13 @@ def digits_key(default=None) -> Key:
     return Key(default, check)
 
 
-def cells_key(default) -> Key:
-    allowed = "must be an integer >= 2 or a list of 1 to 3 such integers (one per axis)"
+def cells_key(default, lo: int = 3) -> Key:
+    allowed = f"must be an integer >= {lo} or a list of 1 to 3 such integers (one per axis)"
 
     def check(key, v):
-        if is_int(v) and v >= 2:
+        if is_int(v) and v >= lo:
             return int(v)
-        if isinstance(v, list) and 1 <= len(v) <= 3 and all(is_int(c) and c >= 2 for c in v):
+        if isinstance(v, list) and 1 <= len(v) <= 3 and all(is_int(c) and c >= lo for c in v):
             return [int(c) for c in v]
         raise bad(key, v, allowed)
 

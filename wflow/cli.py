@@ -226,11 +226,13 @@ def _execute(args, config, setup, writer: RunWriter, out: str, *, state, initial
     import equinox as eqx
     from tqdm import tqdm
 
+    from ._grid import wall_mass_warning
     from ._integrate import integrate
 
     schedule = setup.schedule
     stop_after = args.stop_after_records
     n_records = 0
+    warned_wall = "wall_mass_warning" in writer.f.attrs  # once per run, resumed or not
     bar = tqdm(total=schedule.n_steps, initial=0 if state is None else state.step, unit="step",
                disable=args.quiet, file=sys.stderr, dynamic_ncols=True, leave=True,
                desc=os.path.basename(out))
@@ -238,7 +240,7 @@ def _execute(args, config, setup, writer: RunWriter, out: str, *, state, initial
     with _StopRequest() as stop:
 
         def on_record(rec) -> bool:
-            nonlocal n_records
+            nonlocal n_records, warned_wall
             if rec.step == 0 and rec.history:
                 writer.set_attr("initial_loss", float(rec.loss))
             if rec.history:
@@ -247,6 +249,10 @@ def _execute(args, config, setup, writer: RunWriter, out: str, *, state, initial
                 writer.append_snapshot(rec.s, rec.snapshot)
                 writer.save_state(rec.snapshot, rec.step, rec.key)
             writer.flush()
+            if not warned_wall and (text := wall_mass_warning(rec.values, rec.s)) is not None:
+                warned_wall = True
+                writer.set_attr("wall_mass_warning", text)
+                tqdm.write(f"wflow: warning: {text}", file=sys.stderr)
             bar.update(rec.step - bar.n)
             bar.set_postfix_str(f"s={rec.s:.4g} loss={rec.loss:.3e} "
                                 f"stationarity={rec.stationarity:.3e}")
