@@ -27,7 +27,9 @@ Schema (defaults in brackets)::
     [solver] kind ["particles"] | "grid" (not implemented in this version);
              depth ["layers"] | "continuous"; L [16]; M [64]; adjoint ["checkpoint"] |
              "backsolve"; ode_solver ["tsit5"]; rtol [1e-5]; atol [1e-7];
-             precision ["float32"] | "float64"
+             precision ["float32"] | "float64"; devices [all visible devices of the
+             default backend]; shard ["auto"] | "data" | "particles"; tile [2^24]
+             (largest (N, M) block of one field call, elements; see _sharding.py, _features.py)
              [solver.grid] cells [32]; bounds [[-3.0, 3.0]]; scheme ["muscl"]; cfl [0.5]
     [train]  time [10.0]; dt [0.01]; method ["euler"] | "heun" | "adaptive"; l2 [0.0];
              l2_schedule ["constant"] | "inverse" | "exponential"; l2_decay [1.0];
@@ -56,7 +58,7 @@ import numpy as np
 from ._activations import ACTIVATIONS
 from ._data import DATASETS, DataError, make_dataset
 from ._depth import ADJOINTS, DEPTHS, ODE_SOLVERS
-from ._features import FEATURES
+from ._features import FEATURES, TILE
 from ._flow import L2_SCHEDULES, METHODS
 from ._measures import MEASURES
 from ._schema import (
@@ -78,6 +80,7 @@ from ._schema import (
     to_toml,
     unknown_key,
 )
+from ._sharding import SHARD_MODES
 
 __all__ = ["ConfigError", "config_warnings", "load_config", "to_toml"]
 
@@ -125,6 +128,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "rtol": float_key(1e-5, 0.0, strict=True),
         "atol": float_key(1e-7, 0.0, strict=True),
         "precision": choice_key("float32", PRECISIONS),
+        "devices": int_key(None, 1),
+        "shard": choice_key("auto", SHARD_MODES),
+        "tile": int_key(TILE, 1),
     },
     "train": {
         "time": float_key(10.0, 0.0, strict=True),
