@@ -180,3 +180,37 @@ def test_cli_resume_of_a_split_run(tmp_path):
             np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
             ref = c[name][()]
             assert np.max(np.abs(a[name][()] - ref)) / np.max(np.abs(ref)) < TOL, name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shard", ["data", "particles"])
+def test_cli_multi_process_run(tmp_path, shard):
+    """Two processes x 2 CPU devices (gloo collectives, explicit coordinator variables).
+
+    Only process 0 writes the file; it equals the single-process run to 1e-12.
+    """
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    cfg = _config(tmp_path, shard=shard)
+    multi, one = str(tmp_path / "multi.h5"), str(tmp_path / "one.h5")
+    procs = []
+    for rank in range(2):
+        env = _env(devices=2)
+        env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+                   JAX_PROCESS_ID=str(rank), JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
+        procs.append(subprocess.Popen([sys.executable, "-m", "wflow.cli", "run", cfg, "-o", multi],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    outs = [p.communicate(timeout=900) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert "status=complete" in outs[0][0] and "status=complete" not in outs[1][0]
+    assert "step/s" not in outs[1][1]  # no progress bar on process 1
+    assert _wflow(["run", cfg, "-o", one, "-q", "--set", "solver.devices=1"], devices=1).returncode == 0
+    with h5py.File(multi) as a, h5py.File(one) as c:
+        assert a.attrs["devices"] == 4 and a.attrs["shard"] == shard
+        for name in ("history/loss", "snapshots/theta", "final/prediction"):
+            ref = c[name][()]
+            assert np.max(np.abs(a[name][()] - ref)) / np.max(np.abs(ref)) < TOL, name
