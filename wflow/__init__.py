@@ -10,6 +10,8 @@ rho. The public surface:
                    ``init_particles``
 * solver step:     ``ParticleFlow`` (a ``Flow``: one step in training time s), ``Regularization``
 * time loop:       ``integrate`` with ``Schedule`` -> ``FlowResult``
+* many devices:    ``ShardedDepth`` (a depth split over a device mesh), ``make_mesh``,
+                   ``shard_depth``
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -24,6 +26,7 @@ from ._flow import METHODS, Flow, Measure, ParticleFlow, Regularization, make_fl
 from ._integrate import FlowResult, FlowState, Record, Schedule, integrate
 from ._measures import MEASURES, init_particles
 from ._problem import Problem
+from ._sharding import SHARD_MODES, ShardedDepth, make_mesh, shard_depth
 
 try:
     __version__ = version("wflow-meanfield")
@@ -38,6 +41,7 @@ __all__ = [
     "FEATURES",
     "MEASURES",
     "METHODS",
+    "SHARD_MODES",
     "Activation",
     "ConfigError",
     "ContinuousDepth",
@@ -57,6 +61,7 @@ __all__ = [
     "Record",
     "Regularization",
     "Schedule",
+    "ShardedDepth",
     "__version__",
     "build_run",
     "get_activation",
@@ -66,4 +71,6 @@ __all__ = [
     "make_dataset",
     "make_feature",
     "make_flow",
+    "make_mesh",
+    "shard_depth",
 ]

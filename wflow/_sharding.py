@@ -85,6 +85,21 @@ from ._depth import ContinuousDepth, DepthDiscretization
 from ._features import FeatureMap
 from ._problem import Problem
 
+__all__ = [
+    "LATENCY_ELEMENTS",
+    "SHARD_MODES",
+    "ShardedDepth",
+    "ShardingError",
+    "choose_mode",
+    "describe",
+    "initialize_distributed",
+    "is_main_process",
+    "make_mesh",
+    "shard_depth",
+    "sync_processes",
+    "to_host",
+]
+
 SHARD_MODES = ("auto", "data", "particles")
 AXIS = "shard"
 # One collective costs about as much as moving this many elements (~10 us at ~25 GB/s
@@ -102,21 +117,26 @@ class ShardingError(ValueError):
 def initialize_distributed() -> bool:
     """``jax.distributed.initialize()`` when a multi-process environment is present.
 
-    Recognized: SLURM with more than one task (``SLURM_NTASKS``), Open MPI
-    (``OMPI_COMM_WORLD_SIZE`` > 1), or an explicit coordinator
-    (``JAX_COORDINATOR_ADDRESS`` with ``JAX_NUM_PROCESSES`` and
-    ``JAX_PROCESS_ID``). JAX then finds the coordinator, the process count and
-    this process's id itself (explicit variables are passed through). Must run
-    before anything touches a JAX backend. Returns True when initialized.
+    Recognized: a SLURM job step with more than one task (``srun``: ``SLURM_PROCID``
+    set and ``SLURM_STEP_NUM_TASKS`` > 1; a plain command inside a multi-task
+    allocation is one process), Open MPI (``OMPI_COMM_WORLD_SIZE`` > 1), or an
+    explicit coordinator (``JAX_COORDINATOR_ADDRESS`` with ``JAX_NUM_PROCESSES``
+    and ``JAX_PROCESS_ID``). JAX then finds the coordinator, the process count
+    and this process's id itself (explicit variables are passed through).
+    ``WFLOW_NO_DISTRIBUTED=1`` turns the detection off. Must run before anything
+    touches a JAX backend. Returns True when initialized.
     """
     env = os.environ
+    if env.get("WFLOW_NO_DISTRIBUTED", "") not in ("", "0"):
+        return False
     explicit = env.get("JAX_COORDINATOR_ADDRESS")
     if explicit:
         jax.distributed.initialize(coordinator_address=explicit,
                                    num_processes=int(env["JAX_NUM_PROCESSES"]),
                                    process_id=int(env["JAX_PROCESS_ID"]))
         return True
-    if int(env.get("SLURM_NTASKS", "1")) > 1 or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+    slurm = "SLURM_PROCID" in env and int(env.get("SLURM_STEP_NUM_TASKS", "1")) > 1
+    if slurm or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
         jax.distributed.initialize()
         return True
     return False
@@ -494,19 +514,3 @@ def to_host(measure) -> np.ndarray:
 
         return np.asarray(multihost_utils.process_allgather(measure, tiled=True))
     return np.asarray(measure)
-
-
-__all__ = [
-    "LATENCY_ELEMENTS",
-    "SHARD_MODES",
-    "ShardedDepth",
-    "ShardingError",
-    "choose_mode",
-    "describe",
-    "initialize_distributed",
-    "is_main_process",
-    "make_mesh",
-    "shard_depth",
-    "sync_processes",
-    "to_host",
-]
