@@ -45,6 +45,10 @@ CPU devices share the same cores: they show correctness and overhead only.
     python benchmarks/bench_scaling.py --quick                  # < 2 min on 2 cores
     python benchmarks/bench_scaling.py                          # full (~30 min on 2 cores)
     python benchmarks/bench_scaling.py --device cuda --json gpu.json   # GPU (JAX and torch)
+
+On a GPU (``--device cuda``) the sweeps start at N = M = 4096, L = 32 (below
+that a step is a few kernel launches) and the strong-scaling size is 16384,2,32,16384
+by default; device counts above the visible GPUs are skipped.
 """
 
 from __future__ import annotations
@@ -74,6 +78,15 @@ FULL = {"base": {"N": 512, "d": 2, "L": 32, "M": 512},
         "M": [128, 256, 512, 1024, 2048, 4096, 8192, 16384],
         "L": [4, 8, 16, 32, 64, 128, 256, 512],
         "d": [2, 4, 8, 16, 32, 64, 128]}
+# On a GPU the small sizes only measure launch overhead: larger sweeps (--device cuda).
+GPU_QUICK = {"base": {"N": 4096, "d": 2, "L": 32, "M": 4096},
+             "N": [1024, 4096, 16384, 65536], "M": [1024, 4096, 16384, 65536],
+             "L": [8, 32, 128, 512], "d": [2, 8, 32, 128]}
+GPU_FULL = {"base": {"N": 4096, "d": 2, "L": 32, "M": 4096},
+            "N": [1024, 2048, 4096, 8192, 16384, 32768, 65536],
+            "M": [1024, 2048, 4096, 8192, 16384, 32768, 65536],
+            "L": [8, 16, 32, 64, 128, 256, 512],
+            "d": [2, 4, 8, 16, 32, 64, 128]}
 GOAL = {"N": 8192, "d": 64, "L": 64, "M": 8192}
 GOAL_SHARE = 0.40
 GPU_PEAK_TFLOPS = (("H200", 67.0), ("H100 PCIe", 51.0), ("H100", 67.0), ("A100", 19.5))
@@ -274,7 +287,8 @@ def devices_child(args):
     import wflow
     from wflow._sharding import ShardedDepth, make_mesh
 
-    counts = [int(n) for n in args.devices.split(",")]
+    visible = len(jax.devices())
+    counts = [n for n in (int(v) for v in args.devices.split(",")) if n <= visible]
     base = {"N": args.scaling_size[0], "d": args.scaling_size[1], "L": args.scaling_size[2],
             "M": args.scaling_size[3]}
     depth = wflow.LayeredDepth()
@@ -327,6 +341,7 @@ def run_devices(args) -> dict | None:
         print("device scaling: the subprocess failed (see above); skipped")
         return None
     res = json.loads(lines[-1][len("RESULT "):])
+    counts = sorted({r["n"] for r in res["runs"]})
     print(f"\nweak / strong scaling over {res['visible']} {res['backend']} devices "
           f"(layered step; strong: size {args.scaling_size}; weak: N (data) or M (particles) "
           f"= its value x n / {max(counts)})")
@@ -461,7 +476,10 @@ def main(argv=None):
     ap.add_argument("--devices-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.scaling_size is None:
-        args.scaling_size = (1024, 2, 16, 1024) if args.quick else (4096, 2, 32, 4096)
+        if args.device == "cuda":
+            args.scaling_size = (16384, 2, 32, 16384)
+        else:
+            args.scaling_size = (1024, 2, 16, 1024) if args.quick else (4096, 2, 32, 4096)
     if args.devices_child:
         devices_child(args)
         return
@@ -500,7 +518,10 @@ def main(argv=None):
     print("step = loss + dE/dTheta + Euler update, float32; FLOPs = 12 N M d L per step; "
           "times are medians")
 
-    plan = QUICK if args.quick else FULL
+    if args.device == "cuda":
+        plan = GPU_QUICK if args.quick else GPU_FULL
+    else:
+        plan = QUICK if args.quick else FULL
     result = {"machine": info, "peak": peak, "peak_source": how, "mode": "quick" if args.quick
               else "full", **run_sweeps(plan, args)}
 
