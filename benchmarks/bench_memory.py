@@ -28,7 +28,7 @@ memory_analysis reported; it is executed only if its temp size is at most
     python benchmarks/bench_memory.py --size 8192,64,64,8192 --skip-naive --tile 4194304
 
 Memory at scale: the kernel works on (N, M) blocks of at most ``--tile``
-elements (wflow's ``solver.tile``, default 2^24), so the step needs the
+elements (wflow's ``solver.tile``, default 2^18 on CPUs, 2^24 on GPUs), so the step needs the
 O(N L d + L M k) floor -- the inputs x, y, the stored layer inputs z_l
 (N L d), Theta, its gradient/velocity and the updated Theta (3 L M k) --
 plus a few tiles, whatever N M is. The report prints the floor and the
@@ -258,9 +258,9 @@ def main(argv=None):
     for r in results:
         report(r)
     w = results[0]
-    from wflow._features import TILE
+    from wflow._features import TILE, TILE_CPU
 
-    tile = TILE if args.tile is None else args.tile
+    tile = args.tile or (TILE_CPU if results[0]["backend"] == "cpu" else TILE)
     print(f"\nfloor O(N L d + L M k): {fmt(w['floor_bytes'])} (x, y, stored states, Theta, "
           f"gradient, update; float32); tile {tile} elements = {fmt(4 * tile)}")
     x = w["xla"]

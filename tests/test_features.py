@@ -200,6 +200,11 @@ def test_blocked_field_adjoint_and_probe_equal_the_unblocked_ones(d, N, M, tile,
 
 
 def test_blocks_respect_the_tile():
+    from wflow._features import default_tile
+
+    assert default_tile("cpu") == 2**18 and default_tile("gpu") == 2**24
+    assert wflow.Neuron(d=2).blocks(1024, 1024) == wflow.Neuron(d=2, tile=default_tile()).blocks(
+        1024, 1024)
     feat = wflow.Neuron(d=2, tile=2**24)
     assert feat.blocks(4096, 4096) == (1, 4096, 1, 4096)  # exactly one tile: not split
     assert feat.blocks(8192, 16384) == (8, 1024, 1, 16384)
@@ -226,7 +231,7 @@ def test_blocked_step_holds_no_buffer_larger_than_the_tile():
         args = (S((N, d), jnp.float64), S((N, 1), jnp.float64), S((L, M, 2 * d + 1), jnp.float64))
         return jax.jit(step).lower(*args).compile().memory_analysis().temp_size_in_bytes
 
-    blocked, whole = temp(wflow.Neuron(d=d, tile=tile)), temp(wflow.Neuron(d=d))
+    blocked, whole = temp(wflow.Neuron(d=d, tile=tile)), temp(wflow.Neuron(d=d, tile=N * M))
     floor = 8 * (N * L * d + 3 * L * M * (2 * d + 1))
     assert blocked < floor + 8 * 8 * tile
     assert whole > 8 * N * M > 10 * blocked

@@ -28,7 +28,7 @@ Schema (defaults in brackets)::
              depth ["layers"] | "continuous"; L [16]; M [64]; adjoint ["checkpoint"] |
              "backsolve"; ode_solver ["tsit5"]; rtol [1e-5]; atol [1e-7];
              precision ["float32"] | "float64"; devices [all visible devices of the
-             default backend]; shard ["auto"] | "data" | "particles"; tile [2^24]
+             default backend]; shard ["auto"] | "data" | "particles"; tile [2^18 on CPUs, 2^24 else]
              (largest (N, M) block of one field call, elements; see _sharding.py, _features.py)
              [solver.grid] cells [32]; bounds [[-3.0, 3.0]]; scheme ["muscl"]; cfl [0.5]
     [train]  time [10.0]; dt [0.01]; method ["euler"] | "heun" | "adaptive"; l2 [0.0];
@@ -58,7 +58,7 @@ import numpy as np
 from ._activations import ACTIVATIONS
 from ._data import DATASETS, DataError, make_dataset
 from ._depth import ADJOINTS, DEPTHS, ODE_SOLVERS
-from ._features import FEATURES, TILE
+from ._features import FEATURES
 from ._flow import L2_SCHEDULES, METHODS
 from ._measures import MEASURES
 from ._schema import (
@@ -130,7 +130,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "precision": choice_key("float32", PRECISIONS),
         "devices": int_key(None, 1),
         "shard": choice_key("auto", SHARD_MODES),
-        "tile": int_key(TILE, 1),
+        "tile": int_key(None, 1),
     },
     "train": {
         "time": float_key(10.0, 0.0, strict=True),

@@ -25,7 +25,10 @@ chunks of M_c, N_c M_c <= tile, looped with ``lax.scan`` (forward and
 adjoint, with weights and probes). The field and its adjoint are sums over
 blocks, so the result is the same up to rounding; padding rows/particles
 are zeros (u = 0 and p = 0 contribute exactly nothing). Below the tile
-(the default 2^24 elements = 64 MiB in float32) nothing changes.
+nothing changes. Default tile (``default_tile``): 2^18 elements (1 MiB in
+float32) on CPUs, where blocks that stay in cache made large steps 1.5-3x
+faster (benchmarks/README.md), and 2^24 (64 MiB) on accelerators, where each
+block is a few kernel launches and bigger is better.
 
 ``probe(Z, Q)`` is the first variation's gradient as a differentiable
 primitive: it adds nothing to the field (its value is exactly zero) but its
@@ -57,9 +60,18 @@ from ._activations import Activation, get_activation
 #   of 1-8 poorly, while its GEMV runs at memory bandwidth.
 _SMALL_D = 8
 
-# Default largest (N, M) block of one field call, in elements (64 MiB in float32):
-# larger problems are processed in blocks (``Neuron.tile``).
+# Default largest (N, M) block of one field call, in elements: larger problems are
+# processed in blocks (``Neuron.tile``). CPU: 1 MiB per float32 buffer, so a block's
+# intermediates stay in cache (measured 1.5-3x faster steps at N M >= 4e6 on a 2-core
+# AMD EPYC, no change below; benchmarks/README.md). Accelerators: 64 MiB, fewer launches.
+TILE_CPU = 2**18
 TILE = 2**24
+
+
+def default_tile(backend: str | None = None) -> int:
+    """The default ``tile`` for a JAX backend (default: JAX's default backend)."""
+    backend = jax.default_backend() if backend is None else backend
+    return TILE_CPU if backend == "cpu" else TILE
 
 # Full float32 accuracy in every product: on GPUs JAX's default matmul
 # precision for float32 is TF32 (10-bit mantissa), which put the gradients
@@ -140,14 +152,15 @@ class Neuron(FeatureMap):
     activation: str = eqx.field(static=True, default="tanh")
     bias: bool = eqx.field(static=True, default=True)
     sharpness: float = eqx.field(static=True, default=10.0)
-    # Largest (N, M) block of intermediates, in elements (module docstring).
-    tile: int = eqx.field(static=True, default=TILE)
+    # Largest (N, M) block of intermediates, in elements; None: ``default_tile()``
+    # of the backend in use when the kernel is traced (module docstring).
+    tile: int | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
         get_activation(self.activation, self.sharpness)  # raises on unknown names
         if self.d < 1:
             raise ValueError(f"model.dim = {self.d}: must be >= 1")
-        if not (isinstance(self.tile, int) and self.tile >= 1):
+        if not (self.tile is None or (isinstance(self.tile, int) and self.tile >= 1)):
             raise ValueError(f"solver.tile = {self.tile!r}: must be an integer >= 1 (elements)")
 
     def blocks(self, N: int, M: int) -> tuple[int, int, int, int]:
@@ -156,9 +169,10 @@ class Neuron(FeatureMap):
         M_c = min(M, tile) particles and N_c = ceil(N / n_N) rows with n_N the
         fewest chunks such that N_c M_c <= tile; (1, N, 1, M) when N M <= tile.
         """
-        Mc = min(M, self.tile)
+        tile = default_tile() if self.tile is None else self.tile
+        Mc = min(M, tile)
         nM = -(-M // Mc)
-        rows = max(1, self.tile // Mc)
+        rows = max(1, tile // Mc)
         nN = -(-N // rows)
         return nN, -(-N // nN), nM, Mc
 
@@ -360,12 +374,12 @@ def _split(a: jax.Array, n: int, c: int) -> jax.Array:
 
 def make_feature(
     kind: str, d: int, activation: str = "tanh", bias: bool = True, sharpness: float = 10.0,
-    tile: int = TILE,
+    tile: int | None = None,
 ) -> FeatureMap:
     """Build a feature map by name (``"neuron"`` or ``"linear"``).
 
-    ``tile`` bounds the (N, M) intermediates of ``Neuron`` (elements); ``Linear``
-    has none (its field contracts Theta first).
+    ``tile`` bounds the (N, M) intermediates of ``Neuron`` (elements; None: the
+    backend's ``default_tile``); ``Linear`` has none (its field contracts Theta first).
     """
     if kind == "neuron":
         return Neuron(d=d, activation=activation, bias=bias, sharpness=sharpness, tile=tile)
