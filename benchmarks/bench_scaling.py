@@ -183,6 +183,12 @@ def bench_point(size: dict, which: set, args) -> dict:
         if name not in which:
             continue
         t0 = time.perf_counter()
+        if compiled:
+            import torch
+
+            # A fresh dynamo cache per size: recompilations of the same code object count
+            # against torch's recompile limit, beyond which it silently runs eager.
+            torch._dynamo.reset()
         model = B.TorchResNet(x, y, Theta0, args.device, compile=compiled)
         losses[name] = model.loss()
         model.step(lr)  # first call compiles (torch.compile), untimed
