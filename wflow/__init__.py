@@ -15,6 +15,8 @@ rho. The public surface:
 * comparisons:     ``train_network`` (optax ``SGD``, ``Momentum``, ``Adam``, ``Minibatch``),
                    ``meanfield_trajectory``, ``run_compare``, ``write_compare``, ``plot_compare``
 * blocks (Lu et al. 2020): ``shallow_ensemble``, ``ensemble_gap``, ``Reordering``
+* many devices:    ``ShardedDepth`` (a depth split over a device mesh), ``make_mesh``,
+                   ``shard_depth``
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -45,6 +47,7 @@ from ._grid import FiniteVolume, Grid, GridDensity, GridFlow, init_density, posi
 from ._integrate import FlowResult, FlowState, Record, Schedule, integrate
 from ._measures import MEASURES, init_particles
 from ._problem import Problem
+from ._sharding import SHARD_MODES, ShardedDepth, make_mesh, shard_depth
 
 try:
     __version__ = version("wflow-meanfield")
@@ -62,6 +65,7 @@ __all__ = [
     "OPTIMIZERS",
     "REORDERS",
     "SGD",
+    "SHARD_MODES",
     "Activation",
     "Adam",
     "CompareResult",
@@ -91,6 +95,7 @@ __all__ = [
     "Regularization",
     "Reordering",
     "Schedule",
+    "ShardedDepth",
     "Trajectory",
     "__version__",
     "block_fields",
@@ -104,12 +109,14 @@ __all__ = [
     "make_dataset",
     "make_feature",
     "make_flow",
+    "make_mesh",
     "make_test_set",
     "meanfield_trajectory",
     "plot_compare",
     "positivity_limit",
     "run_compare",
     "shallow_ensemble",
+    "shard_depth",
     "train_network",
     "write_compare",
 ]

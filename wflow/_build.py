@@ -22,6 +22,7 @@ from ._integrate import Schedule
 from ._measures import init_particles
 from ._problem import Problem
 from ._schema import ConfigError
+from ._sharding import shard_depth
 
 __all__ = ["RunSetup", "build_run", "dtype_of"]
 
@@ -69,7 +70,7 @@ def build_run(config: dict) -> RunSetup:
                                                               "train"))
     try:
         feature = make_feature(model["feature"], model["dim"], model["activation"], model["bias"],
-                               model["sharpness"])
+                               model["sharpness"], tile=solver["tile"])
         data_args = {
             "n": data["n"], "dim": data["dim"], "seed": seed, "feature": feature,
             "out_dim": data["out_dim"], "noise": data["noise"], "path": data["path"],
@@ -118,6 +119,11 @@ def build_run(config: dict) -> RunSetup:
                                     reflection=feature.reflection if init["symmetric"] else None)
         key = jax.random.fold_in(root, 2)
         reordering = Reordering(train["reorder"], train["reorder_every"], seed)
+        # Many devices: split the data or the particles (one device: depth unchanged).
+        Theta, _ = make_flow(problem, depth, theta0, regularization).weighted(theta0)
+        depth = shard_depth(depth, devices=solver["devices"], shard=solver["shard"],
+                            N=problem.n, M=Theta.shape[1], L=Theta.shape[0], d=feature.d,
+                            k=feature.k)
     except ConfigError:
         raise
     except (DataError, ValueError) as e:

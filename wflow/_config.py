@@ -28,7 +28,9 @@ Schema (defaults in brackets)::
     [solver] kind ["particles"] | "grid" (Eulerian finite volumes, k <= 3; rules in _grid.py);
              depth ["layers"] | "continuous"; L [16]; M [64]; adjoint ["checkpoint"] |
              "backsolve"; ode_solver ["tsit5"]; rtol [1e-5]; atol [1e-7];
-             precision ["float32"] | "float64"
+             precision ["float32"] | "float64"; devices [all visible devices of the
+             default backend]; shard ["auto"] | "data" | "particles"; tile [2^18 on CPUs, 2^24 else]
+             (largest (N, M) block of one field call, elements; see _sharding.py, _features.py)
              [solver.grid] (kind = "grid" only) cells [32]; bounds [[-4.0, 4.0]];
              scheme ["muscl"] | "upwind"; limiter ["vanleer"] | "minmod" (muscl only);
              cfl [0.4]
@@ -93,6 +95,7 @@ from ._schema import (
     to_toml,
     unknown_key,
 )
+from ._sharding import SHARD_MODES
 
 __all__ = ["ConfigError", "config_warnings", "load_config", "to_toml"]
 
@@ -142,6 +145,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "rtol": float_key(1e-5, 0.0, strict=True),
         "atol": float_key(1e-7, 0.0, strict=True),
         "precision": choice_key("float32", PRECISIONS),
+        "devices": int_key(None, 1),
+        "shard": choice_key("auto", SHARD_MODES),
+        "tile": int_key(None, 1),
     },
     "train": {
         "time": float_key(10.0, 0.0, strict=True),

@@ -128,7 +128,8 @@ def teacher_targets(x, feature, *, width: int, depth: int, std: float, out_dim: 
     enable_x64 = getattr(jax, "enable_x64", None)
     if enable_x64 is None:  # jax < 0.6
         from jax.experimental import enable_x64
-    with enable_x64(True), jax.default_device(jax.devices("cpu")[0]):
+    # local_devices: in a multi-process run jax.devices()[0] belongs to process 0.
+    with enable_x64(True), jax.default_device(jax.local_devices(backend="cpu")[0]):
         f64 = jnp.float64
         problem = Problem(feature, jnp.asarray(x, f64), jnp.asarray(dummy_y, f64))
         y = LayeredDepth().predict(problem, jnp.asarray(theta, f64))

@@ -49,6 +49,7 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import optimistix as optx
 from jax import lax
 
 from ._problem import Problem
@@ -86,6 +87,14 @@ class DepthDiscretization(eqx.Module):
     def final_state(self, problem: Problem, Theta: jax.Array, x: jax.Array,
                     weights: jax.Array | None = None, probes: jax.Array | None = None) -> jax.Array:
         raise NotImplementedError
+
+    def place(self, problem: Problem, measure):
+        """(problem, measure) laid out on the devices this discretization runs on.
+
+        Identity here (one device, JAX's default placement); the multi-device
+        wrapper ``_sharding.ShardedDepth`` splits the data or the particles.
+        """
+        return problem, measure
 
     def loss_and_grad(self, problem: Problem, Theta: jax.Array, weights: jax.Array | None = None):
         """E and dE/dTheta (L, M, k)."""
@@ -254,10 +263,20 @@ class ContinuousDepth(DepthDiscretization):
         a = jnp.clip(s - j, 0.0, 1.0).astype(z.dtype)
         return (1 - a) * slice_field(j) + a * slice_field(j + 1)
 
+    def norm(self, y) -> jax.Array:
+        """The step-size controller's error norm: diffrax's default RMS norm over all of ``y``.
+
+        ``y`` is the state z (N, d) on the forward solve, BacksolveAdjoint's
+        augmented state (z, a_z, a_args, a_terms) on its backward solve. A hook:
+        the multi-device wrapper (``_sharding``) takes the RMS over every
+        device's part, so that all devices, and a single one, take the same steps.
+        """
+        return optx.rms_norm(y)
+
     def final_state(self, problem, Theta, x, weights=None, probes=None):
         L = Theta.shape[0]
         term = diffrax.ODETerm(lambda t, z, args: self.field(problem, args[0], t, z, *args[1:]))
-        controller = diffrax.PIDController(rtol=self.rtol, atol=self.atol)
+        controller = diffrax.PIDController(rtol=self.rtol, atol=self.atol, norm=self.norm)
         # Depth times in the state's dtype: Python floats would make diffrax promote a
         # float32 state to float64 whenever jax_enable_x64 is on.
         t0, t1 = jnp.zeros((), x.dtype), jnp.ones((), x.dtype)

@@ -57,6 +57,7 @@ import numpy as np
 from ._blocks import Reordering
 from ._depth import DepthDiscretization
 from ._problem import Problem
+from ._sharding import to_host
 
 METHODS = ("euler", "heun", "ssprk3", "adaptive")
 L2_SCHEDULES = ("constant", "inverse", "exponential")
@@ -173,8 +174,8 @@ class Flow(eqx.Module):
         return self.depth.predict(self.problem, Theta, x, weights)
 
     def snapshot(self, measure) -> np.ndarray:
-        """The array a snapshot and the resumable state store."""
-        return np.asarray(measure)
+        """The array a snapshot and the resumable state store (gathered from every device)."""
+        return to_host(measure)
 
     def restore(self, like, array):
         """The measure with the stored ``array`` in place of ``like``'s values."""

@@ -207,6 +207,7 @@ def integrate(
             theta0 = jnp.asarray(theta0)
         state = FlowState(theta0, 0, jax.random.PRNGKey(0) if key is None else key)
     measure, step, key = state
+    problem, measure = depth.place(problem, measure)  # one device: as is; many: split
     flow = make_flow(problem, depth, measure, regularization or Regularization(),
                      reordering or Reordering())
     flow.check(measure, schedule.method)

@@ -26,6 +26,7 @@ import numpy as np
 from ._build import build_run
 from ._config import ConfigError, config_warnings, load_config, to_toml
 from ._io import RunFileError, RunWriter, check_run_file
+from ._sharding import describe, initialize_distributed, is_main_process, sync_processes
 
 EXIT_OK, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 2, 3, 130
 _EXIT = {"complete": EXIT_OK, "diverged": EXIT_DIVERGED, "interrupted": EXIT_INTERRUPTED}
@@ -112,10 +113,21 @@ def _fmt_value(v) -> str:
     return to_toml({"v": v})[4:].strip()
 
 
+class _NullWriter:
+    """The run file of processes other than 0 in a multi-process run: nothing is written."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
 def _cmd_run(args) -> int:
     overrides = list(args.set or [])
     if args.output is not None:
         overrides.append(("output.path", args.output))
+    try:
+        initialize_distributed()  # multi-process environments (SLURM, Open MPI, coordinator)
+    except (RuntimeError, ValueError, KeyError) as e:
+        return _fail(f"jax.distributed.initialize failed: {e}")
     try:
         config = load_config(args.config, overrides)
         for warning in config_warnings(config):
@@ -132,14 +144,19 @@ def _cmd_run(args) -> int:
     except ConfigError as e:
         return _fail(e)
     flow = setup.flow
-    try:
-        writer = RunWriter.create(
-            out, config_text=to_toml(config), seed=config["seed"],
-            x=np.asarray(setup.problem.x), y=np.asarray(setup.problem.y),
-            name=flow.snapshot_name, measure0=flow.snapshot(setup.measure0),
-            key=np.asarray(setup.key), history=flow.history_names, arrays=setup.arrays)
-    except OSError as e:
-        return _fail(f"output.path = {out!r}: cannot be created ({e.strerror or e})")
+    sync_processes("wflow-run-checked")  # every process checked before process 0 writes
+    if not is_main_process():
+        writer = _NullWriter()
+    else:
+        try:
+            writer = RunWriter.create(
+                out, config_text=to_toml(config), seed=config["seed"],
+                x=np.asarray(setup.problem.x), y=np.asarray(setup.problem.y),
+                name=flow.snapshot_name, measure0=flow.snapshot(setup.measure0),
+                key=np.asarray(setup.key), history=flow.history_names, arrays=setup.arrays,
+                attrs=describe(setup.depth))
+        except OSError as e:
+            return _fail(f"output.path = {out!r}: cannot be created ({e.strerror or e})")
     return _execute(args, config, setup, writer, out, state=None, initial_loss=None,
                     wall_offset=0.0)
 
@@ -209,10 +226,14 @@ def _resume(args, config) -> int:
     initial_loss = attrs.get("initial_loss")
     if step > 0 and initial_loss is None:
         raise ConfigError(f"output.path = {out!r}: no initial_loss attribute; it cannot be resumed")
-    try:
-        writer = RunWriter.reopen(out)
-    except RunFileError as e:
-        raise ConfigError(str(e)) from None
+    sync_processes("wflow-resume-read")  # every process read the file before process 0 writes
+    if not is_main_process():
+        writer = _NullWriter()
+    else:
+        try:
+            writer = RunWriter.reopen(out)
+        except RunFileError as e:
+            raise ConfigError(str(e)) from None
     writer.truncate(n_hist, n_snap)
     writer.set_status("running")
     state = FlowState(setup.flow.restore(setup.measure0, stored), step, jnp.asarray(key))
@@ -233,8 +254,13 @@ def _execute(args, config, setup, writer: RunWriter, out: str, *, state, initial
     stop_after = args.stop_after_records
     n_records = 0
     warned_wall = "wall_mass_warning" in writer.f.attrs  # once per run, resumed or not
+    main = is_main_process()  # only process 0 writes and shows progress
+    layout = describe(setup.depth)
+    if layout["devices"] > 1 and main and not args.quiet:
+        print(f"wflow: {layout['devices']} devices, solver.shard = \"{layout['shard']}\"",
+              file=sys.stderr)
     bar = tqdm(total=schedule.n_steps, initial=0 if state is None else state.step, unit="step",
-               disable=args.quiet, file=sys.stderr, dynamic_ncols=True, leave=True,
+               disable=args.quiet or not main, file=sys.stderr, dynamic_ncols=True, leave=True,
                desc=os.path.basename(out))
 
     with _StopRequest() as stop:
@@ -272,6 +298,8 @@ def _execute(args, config, setup, writer: RunWriter, out: str, *, state, initial
                 predict = eqx.filter_jit(lambda flow, measure: flow.predict(measure))
                 writer.write_final(np.asarray(predict(flow, final.measure)))
             writer.set_status(result.status)
+            if not main:
+                return _EXIT[result.status]
             loss = float(writer.f["history/loss"][-1])
             stationarity = float(writer.f["history/stationarity"][-1])
             wall = float(writer.f["history/wall_time"][-1])
@@ -283,7 +311,7 @@ def _execute(args, config, setup, writer: RunWriter, out: str, *, state, initial
             return EXIT_INTERRUPTED
         finally:
             bar.close()
-            if writer.f.id.valid:
+            if main and writer.f.id.valid:
                 writer.close()
 
     s = final.step * schedule.step
