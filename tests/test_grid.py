@@ -166,7 +166,7 @@ def _neuron_problem(bias=False, n=16, teacher_std=3.0, seed=0, dtype=jnp.float64
 
 @pytest.mark.parametrize("bias, depth", [
     pytest.param(False, wflow.LayeredDepth(), id="k2-layers"),
-    pytest.param(True, wflow.LayeredDepth(), id="k3-layers"),
+    pytest.param(True, wflow.LayeredDepth(), id="k3-layers", marks=pytest.mark.slow),
     pytest.param(False, wflow.ContinuousDepth(rtol=1e-10, atol=1e-12), id="k2-continuous",
                  marks=pytest.mark.slow),
 ])
@@ -755,7 +755,8 @@ def test_wall_mass_warning_once_and_recorded(tmp_path, capsys):
     assert rc == 0 and "wflow: warning:" not in err
 
 
-@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize("k", [pytest.param(1, marks=pytest.mark.slow), 2,
+                               pytest.param(3, marks=pytest.mark.slow)])
 def test_plot_grid_runs(tmp_path, capsys, k):
     """wflow plot on real grid run files of every dimension: loss (with wall mass), density and
     predictions figures."""
