@@ -266,9 +266,11 @@ def main(argv=None):
     x = w["xla"]
     if "error" not in x:
         held = x["argument_size_in_bytes"] + x["output_size_in_bytes"] + x["temp_size_in_bytes"]
+        states = 4 * N * L * size[1]
         print(f"the step's buffers (XLA arguments + outputs + temp): {fmt(held)} = "
-              f"{held / w['floor_bytes']:.2f} x the floor; temp alone {fmt(x['temp_size_in_bytes'])}"
-              f" = {x['temp_size_in_bytes'] / (4 * tile):.1f} tiles")
+              f"{held / w['floor_bytes']:.2f} x the floor; temp {fmt(x['temp_size_in_bytes'])} = "
+              f"stored states N L d {fmt(states)} + {fmt(x['temp_size_in_bytes'] - states)} "
+              f"(blocks and per-layer vectors; tile {fmt(4 * tile)})")
     peak = w.get("device_peak_bytes_in_use") if w["backend"] != "cpu" else w["peak_maxrss"]
     what = "device peak_bytes_in_use" if w["backend"] != "cpu" else "peak RSS"
     if size == DEFAULT_SIZE:
