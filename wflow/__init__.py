@@ -10,6 +10,8 @@ rho. The public surface:
                    ``init_particles``
 * solver step:     ``ParticleFlow`` (a ``Flow``: one step in training time s), ``Regularization``
 * time loop:       ``integrate`` with ``Schedule`` -> ``FlowResult``
+* studies:         ``wflow.study`` (limit sweeps, zero-loss runs, fits, study files);
+                   ``random_embedding``, ``random_readout`` (fixed random maps, ``Problem``)
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -23,7 +25,7 @@ from ._features import FEATURES, FeatureMap, Linear, Neuron, make_feature
 from ._flow import METHODS, Flow, Measure, ParticleFlow, Regularization, make_flow
 from ._integrate import FlowResult, FlowState, Record, Schedule, integrate
 from ._measures import MEASURES, init_particles
-from ._problem import Problem
+from ._problem import Problem, random_embedding, random_readout
 
 try:
     __version__ = version("wflow-meanfield")
@@ -66,4 +68,6 @@ __all__ = [
     "make_dataset",
     "make_feature",
     "make_flow",
+    "random_embedding",
+    "random_readout",
 ]

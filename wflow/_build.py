@@ -18,10 +18,10 @@ from ._features import make_feature
 from ._flow import Flow, Regularization, make_flow
 from ._integrate import Schedule
 from ._measures import init_particles
-from ._problem import Problem
+from ._problem import Problem, random_embedding, random_readout
 from ._schema import ConfigError
 
-__all__ = ["RunSetup", "build_run", "dtype_of"]
+__all__ = ["RunSetup", "build_run", "dtype_of", "random_maps"]
 
 
 class RunSetup(NamedTuple):
@@ -75,7 +75,8 @@ def build_run(config: dict) -> RunSetup:
         if y.shape[1] != data["out_dim"]:
             raise ConfigError(f"data.out_dim = {data['out_dim']}: the data have d_out = "
                               f"{y.shape[1]}")
-        problem = Problem(feature, jnp.asarray(np.asarray(x, dtype)), jnp.asarray(np.asarray(y, dtype)))
+        problem = Problem(feature, jnp.asarray(np.asarray(x, dtype)), jnp.asarray(np.asarray(y, dtype)),
+                          *random_maps(model, seed, x.shape[1], y.shape[1], dtype))
         if solver["depth"] == "layers":
             depth: DepthDiscretization = LayeredDepth()
         else:
@@ -95,4 +96,23 @@ def build_run(config: dict) -> RunSetup:
         raise
     except (DataError, ValueError) as e:
         raise ConfigError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
-    return RunSetup(problem, depth, schedule, regularization, theta0, key, {})
+    arrays = {}
+    if problem.embedding is not None:
+        arrays["model/embedding"] = np.asarray(problem.embedding)
+    if problem.readout_matrix is not None:
+        arrays["model/readout"] = np.asarray(problem.readout_matrix)
+    return RunSetup(problem, depth, schedule, regularization, theta0, key, arrays)
+
+
+def random_maps(model: dict, seed: int, d_in: int, d_out: int, dtype, stream: int = 0,
+                dim: int | None = None):
+    """(A, C): the fixed random embedding and readout a ``[model]`` table asks for (None = pad /
+    coordinates), as arrays of ``dtype``; ``dim`` overrides ``model.dim``, ``stream`` picks the
+    repetition (``_problem.random_embedding``)."""
+    d = model["dim"] if dim is None else dim
+    A = C = None
+    if model["embedding"] == "random":
+        A = jnp.asarray(random_embedding(seed, d, d_in, stream), dtype)
+    if model["readout"] == "random":
+        C = jnp.asarray(random_readout(seed, d, d_out, stream), dtype)
+    return A, C
