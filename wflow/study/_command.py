@@ -190,7 +190,8 @@ def limit_table(data: dict) -> str:
             c = coef[t]
             ce = cerr[t] if cerr is not None else np.full_like(c, np.nan)
             names = "abc"
-            parts = ", ".join(f"{names[i]} = {_sci(c[i], ce[i])}" for i in range(len(c)))
+            parts = ", ".join(f"{names[i]} = {_sci(c[i], ce[i])}" if math.isfinite(c[i])
+                              else f"{names[i]}: not swept" for i in range(len(c)))
             lines.append(f"  fit err ~ {model}: {parts}, R^2 = {f('model_r2')[t]:.3f} "
                          f"({int(f('model_n')[t])} points)")
     return "\n".join(lines)

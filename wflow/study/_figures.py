@@ -82,8 +82,9 @@ def _limit(data: dict, out_dir: str) -> list[str]:
 
     def model_of(metric, Lv, Mv, Dv):
         coef = data[f"fit/{metric}/model"][t]
-        if not np.all(np.isfinite(coef)):
+        if not np.any(np.isfinite(coef)):
             return None
+        coef = np.where(np.isfinite(coef), coef, 0.0)  # a term not swept is left out
         return model_terms(Lv, Mv, Dv if dims is not None else None) @ coef
 
     D_all = dims.astype(float) if dims is not None else np.asarray([np.nan])

@@ -22,6 +22,7 @@ Limit study (``kind = "limit"``; the grid axes are (n_L, n_M) or, with
     /done                (grid..., S)         uint8, 1 = computed (the checkpoint)
     /reference/loss      (S, T) for "particles", (grid..., S, T) for "continuous"
     /reference/prediction, /reference/state   ("particles": (S, T, N, d_out), (S, T, N, D_ref))
+    /reference/done      (S,)                 "particles": uint8, 1 = reference run computed
     /fit/<metric>/rms, rms_err   (grid..., T)  RMS over seeds and its bootstrap std
     /fit/<metric>/slope_L, slope_L_err  (T, n_M[, n_D])   log-log slope against L
     /fit/<metric>/slope_M, slope_M_err  (T, n_L[, n_D])   against M

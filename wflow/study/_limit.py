@@ -31,9 +31,10 @@ References (``study.reference``):
   L and M, up to the reference's own error. Its random maps are the
   repetition's (nested in D), its particles are independent of the sweep's.
 
-Repetition r of shape (L, M, D) draws its particles from
-fold_in^5(PRNGKey(seed), 1, r, L, M, D) (the reference: fold_in(..., r) then
-0x5EF, L_ref, M_ref, D_ref) and its random maps from stream r
+Repetition r of shape (L, M, D) draws its particles from NumPy's PCG64 seeded
+by SeedSequence([seed, 1, r, 0, L, M, D]) (the reference: tag 0x5EF instead of
+0; with shared sampling L -> 0: every depth of the sweep discretizes the same
+measure, ``_particles``) and its random maps from stream r
 (``_problem.random_embedding``); the data are the config's, the same for all.
 
 Speed: runs of equal compiled shape are trained together as one ``Ensemble``
@@ -52,18 +53,17 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._build import dtype_of, random_maps
+from .._build import dtype_of
 from .._data import DataError, make_dataset
 from .._depth import ContinuousDepth, LayeredDepth
 from .._features import make_feature
 from .._flow import Regularization
 from .._integrate import Schedule, integrate
-from .._measures import init_particles
-from .._problem import Problem
+from .._measures import _per_coord
+from .._problem import Problem, random_embedding, random_readout
 from .._schema import ConfigError
 from ._ensemble import Ensemble
 from ._keys import time_steps
@@ -278,19 +278,37 @@ def _split(setup, members, L, M, D, budget, reference=False) -> list[Block]:
 
 
 def _particles(setup: LimitSetup, member: Member, reference: bool) -> np.ndarray:
-    """Member's initial particles (L, M, k(D)) in the study's dtype (module docstring)."""
-    init = setup.config["init"]
-    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(setup.config["seed"]), 1),
-                             member.rep)
-    if reference:
-        key = jax.random.fold_in(key, _REFERENCE_TAG)
-    for n in (member.L, member.M, member.D):
-        key = jax.random.fold_in(key, n)
+    """Member's initial particles (L, M, k(D)) in the study's dtype (module docstring).
+
+    Drawn with NumPy (PCG64 seeded by SeedSequence([seed, 1, r, tag, L, M, D]), tag =
+    0x5EF for the reference, else 0; with shared sampling L is replaced by 0, so that every
+    depth of the sweep uses the same M particles), not with ``jax.random``: a JAX sampler compiles once
+    per array shape, which for hundreds of shapes costs more than the runs. The law is
+    ``init_particles``': gaussian mean + std xi, uniform low + (high - low) u (default box
+    mean +- sqrt(3) std), point: every particle at mean.
+    """
+    init, dt = setup.config["init"], np.dtype(setup.dtype)
+    tag = _REFERENCE_TAG if reference else 0
+    shared = setup.study["sampling"] == "shared"
+    rng = np.random.default_rng(np.random.SeedSequence(
+        [setup.config["seed"], 1, member.rep, tag, 0 if shared else member.L, member.M, member.D]))
     k = setup.k(member.D)
-    slices = 1 if setup.study["sampling"] == "shared" else member.L
-    theta = init_particles(init["kind"], key, slices, member.M, k, mean=init["mean"],
-                           std=init["std"], low=init["low"], high=init["high"], dtype=setup.dtype)
-    return np.broadcast_to(np.asarray(theta), (member.L, member.M, k))
+    shape = (1 if shared else member.L, member.M, k)
+    mean = _per_coord(init["mean"], k, "init.mean").astype(dt)
+    std = _per_coord(init["std"], k, "init.std").astype(dt)
+    if init["kind"] == "gaussian":
+        theta = rng.standard_normal(shape, dtype=dt)
+        theta *= std
+        theta += mean
+    elif init["kind"] == "uniform":
+        lo = mean - np.sqrt(3.0) * std if init["low"] is None else _per_coord(init["low"], k, "init.low")
+        hi = mean + np.sqrt(3.0) * std if init["high"] is None else _per_coord(init["high"], k, "init.high")
+        theta = rng.random(shape, dtype=dt)
+        theta *= (hi - lo).astype(dt)
+        theta += lo.astype(dt)
+    else:  # point
+        theta = np.broadcast_to(mean, shape)
+    return np.broadcast_to(theta, (member.L, member.M, k))
 
 
 def _pad_particles(setup: LimitSetup, theta: np.ndarray, D: int, Mp: int, Dp: int) -> np.ndarray:
@@ -323,11 +341,12 @@ def make_ensemble(setup: LimitSetup, block: Block) -> tuple[Problem, Ensemble]:
         w = np.zeros((m.L, Mp), dt)
         w[:, :m.M] = 1.0 / m.M
         weights.append(w)
-        A, C = random_maps(model, seed, d_in, d_out, np.float64, stream=m.rep, dim=m.D)
-        if A is not None:
-            embs.append(np.pad(np.asarray(A), ((0, Dp - m.D), (0, 0))))
-        if C is not None:
-            ros.append(np.pad(np.asarray(C), ((0, 0), (0, Dp - m.D))))
+        if model["embedding"] == "random":
+            A = random_embedding(seed, m.D, d_in, stream=m.rep)
+            embs.append(np.pad(A, ((0, Dp - m.D), (0, 0))))
+        if model["readout"] == "random":
+            C = random_readout(seed, m.D, d_out, stream=m.rep)
+            ros.append(np.pad(C, ((0, 0), (0, Dp - m.D))))
     theta = jnp.asarray(np.stack(thetas, axis=1) if len(thetas) > 1 else thetas[0][:, None], dt)
     del thetas
     W = None

@@ -38,7 +38,8 @@ class LimitState:
         self.errors = {m: np.full(self.grid + (S, T), np.nan) for m in st["metrics"]}
         self.loss = np.full(self.grid + (S, T), np.nan)
         self.done = np.zeros(self.grid + (S,), np.uint8)
-        self.ref = None  # "particles": BlockResult-like dict of (S, T, ...) arrays
+        self.ref = None  # "particles": dict of (S, T, ...) arrays, filled by reference blocks
+        self.ref_done = np.zeros((S,), np.uint8)
         if st["reference"] == "continuous":
             self.ref_loss = np.full(self.grid + (S, T), np.nan)
         self.wall = 0.0
@@ -63,6 +64,7 @@ class LimitState:
         elif self.ref is not None:
             for name, value in self.ref.items():
                 out[f"reference/{name}"] = value
+            out["reference/done"] = self.ref_done
         for name, value in self.fits.items():
             out[f"fit/{name}"] = value
         return out
@@ -75,6 +77,7 @@ class LimitState:
             self.ref_loss = data["reference/loss"]
         elif "reference/loss" in data:
             self.ref = {k: data[f"reference/{k}"] for k in ("loss", "prediction", "state")}
+            self.ref_done = data["reference/done"]
         self.wall = float(data["attrs"].get("wall_time", 0.0))
 
 
@@ -131,7 +134,7 @@ def run_limit(config: dict, study: dict, path: str, *, resume: bool = False,
 
     def is_done(block):
         if block.reference:
-            return state.ref is not None
+            return all(state.ref_done[m.rep] for m in block.members)
         return all(state.done[state.cell(m) + (m.rep,)] for m in block.members)
 
     todo = [i for i, b in enumerate(blocks) if not is_done(b)]
@@ -162,7 +165,14 @@ def run_limit(config: dict, study: dict, path: str, *, resume: bool = False,
                 if res is None:
                     status = "interrupted"
                     break
-                state.ref = {"loss": res.loss, "prediction": res.prediction, "state": res.state}
+                if state.ref is None:
+                    S = st["seeds"]
+                    state.ref = {k: np.full((S,) + v.shape[1:], np.nan)
+                                 for k, v in res._asdict().items()}
+                for j, m in enumerate(block.members):
+                    for k, v in res._asdict().items():
+                        state.ref[k][m.rep] = v[j]
+                    state.ref_done[m.rep] = 1
             else:
                 half = 1.0 / (1.0 + ref_cost) if st["reference"] == "continuous" else 1.0
                 res = run_block(setup, block, setup.depth, key, progress_of(0.0, half),
@@ -237,6 +247,8 @@ def fit_limit(setup: LimitSetup, state: LimitState) -> dict:
     dims = st["dims"]
     grids = np.meshgrid(L, M, *([np.asarray(dims, np.float64)] if dims else []), indexing="ij")
     terms = model_terms(grids[0].ravel(), grids[1].ravel(), grids[2].ravel() if dims else None)
+    # a term whose variable is not swept is a constant: it is left out (its coefficient is NaN)
+    use = np.array([len(L) > 1, True] + ([len(dims) > 1] if dims else []))
     boot = bootstrap_indices(st["seeds"], st["bootstrap"], setup.config["seed"])
     out = {}
     for metric, errors in state.errors.items():
@@ -248,8 +260,10 @@ def fit_limit(setup: LimitSetup, state: LimitState) -> dict:
             res = {"slope_L": slope(L, rms, axis=1), "slope_M": slope(M, rms, axis=2)}
             if dims:
                 res["slope_D"] = slope(np.asarray(dims, np.float64), rms, axis=3)
-            fits = [fit_model(terms, rms[t].ravel()) for t in range(rms.shape[0])]
-            res["model"] = np.stack([f.coef for f in fits])
+            fits = [fit_model(terms[:, use], rms[t].ravel()) for t in range(rms.shape[0])]
+            coef = np.full((len(fits), terms.shape[1]), np.nan)
+            coef[:, use] = np.stack([f.coef for f in fits])
+            res["model"] = coef
             res["model_r2"] = np.asarray([f.r2 for f in fits])
             res["model_n"] = np.asarray([f.n for f in fits])
             return res
