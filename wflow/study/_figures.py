@@ -104,7 +104,7 @@ def _limit(data: dict, out_dir: str) -> list[str]:
                 fitv = model_of(metric, Lf, np.full_like(Lf, m), np.full_like(Lf, D_all[iD]))
                 if fitv is not None:
                     ax.plot(Lf, fitv, "--", color=cols[j], lw=1)
-            _loglog(ax, "L (layers)", METRIC_LABEL[metric])
+            _loglog(ax, "L (layers)", METRIC_LABEL[metric], L)
             ax.set_title(f"{metric}: against L{dlabel}", fontsize=10)
             ax.legend(fontsize=7, ncol=2)
         fig.suptitle(f"{title}; dashed: fit {model}", fontsize=9)
@@ -123,7 +123,7 @@ def _limit(data: dict, out_dir: str) -> list[str]:
                 fitv = model_of(metric, np.full_like(Mf, l), Mf, np.full_like(Mf, D_all[iD]))
                 if fitv is not None:
                     ax.plot(Mf, fitv, "--", color=cols[i], lw=1)
-            _loglog(ax, "M (neurons per layer)", METRIC_LABEL[metric])
+            _loglog(ax, "M (neurons per layer)", METRIC_LABEL[metric], M)
             ax.set_title(f"{metric}: against M{dlabel}", fontsize=10)
             ax.legend(fontsize=7, ncol=2)
         fig.suptitle(f"{title}; dashed: fit {model}", fontsize=9)
@@ -144,7 +144,7 @@ def _limit(data: dict, out_dir: str) -> list[str]:
                 fitv = model_of(metric, np.full_like(Df, L[iL]), np.full_like(Df, M[j]), Df)
                 if fitv is not None:
                     ax.plot(Df, fitv, "--", color=cols[c], lw=1)
-            _loglog(ax, "D (state dimension)", METRIC_LABEL[metric])
+            _loglog(ax, "D (state dimension)", METRIC_LABEL[metric], D_all)
             ax.set_title(f"{metric}: against D, L = {int(L[iL])}", fontsize=10)
             ax.legend(fontsize=7, ncol=2)
         fig.suptitle(f"{title}; dashed: fit {model}", fontsize=9)
@@ -174,9 +174,14 @@ def _limit(data: dict, out_dir: str) -> list[str]:
     return paths
 
 
-def _loglog(ax, xlabel, ylabel):
+def _loglog(ax, xlabel, ylabel, xs=None):
+    from matplotlib.ticker import NullFormatter
+
     ax.set_xscale("log")
     ax.set_yscale("log")
+    if xs is not None and len(xs) <= 10:  # label the swept values themselves
+        ax.set_xticks(xs, [f"{v:g}" for v in xs])
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
