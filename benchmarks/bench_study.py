@@ -63,6 +63,7 @@ def main() -> int:
     size.add_argument("--full", action="store_true", help="M, D over all 20 values (their size)")
     p.add_argument("--memory", type=float, default=7.0, help="study.memory in GiB (default 7)")
     p.add_argument("--json", metavar="PATH")
+    p.add_argument("--keep", metavar="STUDY.h5", help="keep the study file here (else a temp file)")
     args = p.parse_args()
 
     import jax
@@ -97,12 +98,13 @@ def main() -> int:
     print(f"sweep: L = 50, M and D over {len(values)} values in [1, {top}], 5 seeds, 14 steps, "
           f"reference M = D = {top}: {len(values) ** 2} shapes")
     with tempfile.TemporaryDirectory() as tmp:
+        path = args.keep or os.path.join(tmp, "study.h5")
         t0 = time.perf_counter()
-        status = _sweep.run_limit(config, study, os.path.join(tmp, "study.h5"), progress=True)
+        status = _sweep.run_limit(config, study, path, progress=True)
         total = time.perf_counter() - t0
         from wflow.study import read_study
 
-        data = read_study(os.path.join(tmp, "study.h5"))
+        data = read_study(path)
     steps = 14
     print(f"\nstatus {status}; {len(blocks)} blocks (= compiled shapes x batches)")
     print(f"{'block (L, M_pad, D_pad) x runs':<36s} {'seconds':>8s}")

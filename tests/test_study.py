@@ -385,3 +385,24 @@ def test_zero_loss_resume(tmp_path, capsys):
     for key in A:
         if key != "attrs" and "wall_time" not in key:
             np.testing.assert_array_equal(A[key], B[key], err_msg=key)
+
+
+def test_generic_measure_path_matches_the_ensemble(tmp_path):
+    """``measure_values`` (the path a grid reference takes) gives a run's ensemble values."""
+    from wflow.study._keys import resolve_limit
+    from wflow.study._limit import build_limit, make_ensemble, measure_values, plan, run_block
+
+    config = wflow.load_config(write(tmp_path, STUDY))
+    setup = build_limit(config, resolve_limit(config))
+    block = next(b for b in plan(setup) if not b.reference)
+    key = jax.random.PRNGKey(0)
+    ens = run_block(setup, block, setup.depth, key)
+    problem, ensemble = make_ensemble(setup, block)
+    j = 0
+    m = block.members[j]
+    theta = ensemble.theta[:, j]
+    if ensemble.weights is not None:  # a padded member: drop its zero-weight particles
+        theta = theta[:, : m.M]
+    one = measure_values(setup, problem, setup.depth, theta, key)
+    np.testing.assert_allclose(one.loss[0], ens.loss[j], rtol=1e-5)
+    np.testing.assert_allclose(one.prediction[0], ens.prediction[j], rtol=1e-4, atol=1e-6)

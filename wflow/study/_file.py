@@ -36,7 +36,9 @@ Zero-loss study (``kind = "zero-loss"``), one group per initial measure::
     /runs/<init>/history/s, loss, stationarity, sup_grad_v, grad_v_origin,
                  tail_mass, wall_time   (n,)
     /runs/<init>/snapshots/s (n_snap,), /runs/<init>/snapshots/theta (n_snap, L, M, k)
-    /runs/<init>/state/theta, step, key    the resumable state;  attrs status, initial_loss
+    /runs/<init>/state/theta, step, key, initial_loss, status
+                                           the resumable state; status "running",
+                                           "complete", "diverged" or "interrupted"
     /box/query (Q, k)                      the query points of sup |grad V|
     /data/x, /data/y
 """

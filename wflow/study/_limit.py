@@ -68,7 +68,8 @@ from .._schema import ConfigError
 from ._ensemble import Ensemble
 from ._keys import time_steps
 
-__all__ = ["Block", "LimitSetup", "Member", "block_errors", "build_limit", "plan", "run_block"]
+__all__ = ["Block", "LimitSetup", "Member", "block_errors", "build_limit", "measure_values", "plan",
+           "run_block"]
 
 # Cost model of the planner, measured on a 2-core CPU (benchmarks/README.md):
 # seconds per unit L * M * D * N of one member-step, and seconds to compile one
@@ -418,6 +419,51 @@ def run_block(setup: LimitSetup, block: Block, depth, key, on_progress=None,
     if result.status == "interrupted" and stopped:
         return None
     return BlockResult(loss, pred, state)
+
+
+def measure_values(setup: LimitSetup, problem: Problem, depth, measure0, key) -> BlockResult:
+    """Values of one run of *any* measure representation at the study times: (1, n_t, ...).
+
+    The generic reference path: ``integrate`` is stopped at each study time by its callback
+    (status "interrupted", a resumable ``FlowState``), the measure is read as weighted
+    particles (``Flow.weighted``: particles, or grid cells as weighted points) and one forward
+    pass gives E, g(z(1; x)) and z(1; x); then the flow continues from that state. A grid
+    reference is this function with ``measure0 = GridDensity(...)`` (one per repetition) and
+    ``depth`` the grid's depth discretization.
+    """
+    from .._flow import make_flow
+
+    nt, N = len(setup.steps), setup.x.shape[0]
+    loss, pred = np.full((1, nt), np.nan), np.full((1, nt, N, setup.y.shape[1]), np.nan)
+    state_out = np.full((1, nt, N, problem.d), np.nan)
+    flow = make_flow(problem, depth, measure0, setup.regularization)
+    forward = eqx.filter_jit(_measure_forward)
+    state, initial = None, None
+    for target in sorted(set(setup.steps)):
+        if target > 0 and (state is None or state.step < target):
+            result = integrate(problem, depth, setup.schedule, theta0=measure0, state=state,
+                               regularization=setup.regularization, key=key,
+                               initial_loss=initial,
+                               callback=lambda rec, target=target: rec.step >= target)
+            if initial is None and result.history["loss"].size:
+                initial = float(result.history["loss"][0])
+            if result.status == "diverged":
+                break
+            state = result.state
+        measure = measure0 if state is None else state.measure
+        values = forward(flow, measure)
+        for j, n in enumerate(setup.steps):
+            if n == target:
+                loss[0, j] = float(values[0])
+                pred[0, j], state_out[0, j] = np.asarray(values[1]), np.asarray(values[2])
+    return BlockResult(loss, pred, state_out)
+
+
+def _measure_forward(flow, measure):
+    Theta, weights = flow.weighted(measure)
+    problem = flow.problem
+    z1 = flow.depth.final_state(problem, Theta, problem.embed(problem.x), weights)
+    return problem.loss(z1), problem.readout(z1), z1
 
 
 def block_errors(setup: LimitSetup, block: Block, run: BlockResult, ref: BlockResult,

@@ -160,6 +160,10 @@ def run_limit(config: dict, study: dict, path: str, *, resume: bool = False,
             progress_of = _Progress(bar, desc, done_frac, weights[i] / total)
 
             if block.reference:
+                # reference = "grid" (once the grid solver is merged): one block per repetition,
+                # res = measure_values(setup, problem, depth, GridDensity(...), key) -- the
+                # generic path of _limit.measure_values, which reads any measure as weighted
+                # particles; everything below stays as it is.
                 res = run_block(setup, block, setup.reference_depth(), key, progress_of(0.0, 1.0),
                                 should_stop)
                 if res is None:
