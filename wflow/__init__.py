@@ -17,6 +17,8 @@ rho. The public surface:
 * blocks (Lu et al. 2020): ``shallow_ensemble``, ``ensemble_gap``, ``Reordering``
 * many devices:    ``ShardedDepth`` (a depth split over a device mesh), ``make_mesh``,
                    ``shard_depth``
+* studies:         ``wflow.study`` (limit sweeps, zero-loss runs, fits, study files);
+                   ``random_embedding``, ``random_readout`` (fixed random maps, ``Problem``)
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -46,7 +48,7 @@ from ._flow import METHODS, Flow, Measure, ParticleFlow, Regularization, make_fl
 from ._grid import FiniteVolume, Grid, GridDensity, GridFlow, init_density, positivity_limit
 from ._integrate import FlowResult, FlowState, Record, Schedule, integrate
 from ._measures import MEASURES, init_particles
-from ._problem import Problem
+from ._problem import Problem, random_embedding, random_readout
 from ._sharding import SHARD_MODES, ShardedDepth, make_mesh, shard_depth
 
 try:
@@ -114,6 +116,8 @@ __all__ = [
     "meanfield_trajectory",
     "plot_compare",
     "positivity_limit",
+    "random_embedding",
+    "random_readout",
     "run_compare",
     "shallow_ensemble",
     "shard_depth",

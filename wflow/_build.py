@@ -20,11 +20,11 @@ from ._flow import Flow, Regularization, make_flow
 from ._grid import FiniteVolume, Grid, grid_arrays, init_density
 from ._integrate import Schedule
 from ._measures import init_particles
-from ._problem import Problem
+from ._problem import Problem, random_embedding, random_readout
 from ._schema import ConfigError
 from ._sharding import shard_depth
 
-__all__ = ["RunSetup", "build_run", "dtype_of"]
+__all__ = ["RunSetup", "build_run", "dtype_of", "random_maps"]
 
 
 class RunSetup(NamedTuple):
@@ -91,7 +91,10 @@ def build_run(config: dict) -> RunSetup:
             arrays = {"data/x_test": np.asarray(xt, dtype), "data/y_test": np.asarray(yt, dtype)}
             x_test, y_test = (jnp.asarray(a) for a in arrays.values())
         problem = Problem(feature, jnp.asarray(np.asarray(x, dtype)), jnp.asarray(np.asarray(y, dtype)),
-                          model["scale"], x_test, y_test, is_labelled(data["kind"], y))
+                          scale=model["scale"], x_test=x_test, y_test=y_test,
+                          classification=is_labelled(data["kind"], y),
+                          **dict(zip(("embedding", "readout_matrix"),
+                                     random_maps(model, seed, x.shape[1], y.shape[1], dtype))))
         if solver["depth"] == "layers":
             depth: DepthDiscretization = LayeredDepth()
         else:
@@ -128,4 +131,22 @@ def build_run(config: dict) -> RunSetup:
         raise
     except (DataError, ValueError) as e:
         raise ConfigError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+    if problem.embedding is not None:
+        arrays["model/embedding"] = np.asarray(problem.embedding)
+    if problem.readout_matrix is not None:
+        arrays["model/readout"] = np.asarray(problem.readout_matrix)
     return RunSetup(problem, depth, schedule, regularization, theta0, key, arrays, reordering)
+
+
+def random_maps(model: dict, seed: int, d_in: int, d_out: int, dtype, stream: int = 0,
+                dim: int | None = None):
+    """(A, C): the fixed random embedding and readout a ``[model]`` table asks for (None = pad /
+    coordinates), as arrays of ``dtype``; ``dim`` overrides ``model.dim``, ``stream`` picks the
+    repetition (``_problem.random_embedding``)."""
+    d = model["dim"] if dim is None else dim
+    A = C = None
+    if model["embedding"] == "random":
+        A = jnp.asarray(random_embedding(seed, d, d_in, stream), dtype)
+    if model["readout"] == "random":
+        C = jnp.asarray(random_readout(seed, d, d_out, stream), dtype)
+    return A, C

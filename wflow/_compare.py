@@ -206,7 +206,7 @@ class Minibatch(SGD):
         else:
             order = jnp.arange(N)
         idx = lax.dynamic_slice_in_dim(order, position * B, B)
-        return Problem(problem.feature, problem.x[idx], problem.y[idx], problem.scale)
+        return problem.replace(x=problem.x[idx], y=problem.y[idx])
 
 
 OPTIMIZERS: dict[str, type[SGD]] = {c.name: c for c in (SGD, Momentum, Adam, Minibatch)}

@@ -15,13 +15,14 @@ Every problem raises ``ConfigError`` with one line of the form
 Schema (defaults in brackets)::
 
     seed = 0                                    int >= 0
-    [data]   kind ["teacher"] | "sine" | "circles" | "file" | "digits"
+    [data]   kind ["teacher"] | "sine" | "circles" | "file" | "digits" | "gaussian"
              n [256]; dim [2] (d_in; 2 for circles, 64 for digits, read from the file);
-             out_dim [1] (teacher only); noise [0.0]; path (kind = "file");
+             out_dim [1] (teacher, gaussian); noise [0.0]; path (kind = "file");
              teacher_width [4]; teacher_depth [4]; teacher_std [1.0];
              classes (digits only) [0..9]; test_n [0] (held-out samples)
     [model]  feature ["neuron"] | "linear"; activation ["tanh"]; bias [true];
              dim (state d) [d_in]; sharpness [10.0] (smooth_relu); scale [1.0] (alpha)
+             embedding ["pad"] | "random"; readout ["coordinates"] | "random"
     [init]   kind ["gaussian"] | "uniform" | "point" | "file"; mean [0.0]; std [1.0]
              (scalars or lists of k values); low, high (uniform); path (kind = "file");
              symmetric [false] (pairs theta, R theta: zero field at s = 0; M even)
@@ -41,6 +42,12 @@ Schema (defaults in brackets)::
              reorder ["none"] | "random" | "sort"; reorder_every [10] (block reordering)
     [output] path ["runs/<config file stem>.h5", relative to the current directory];
              overwrite [false]
+    [study]  keys of ``wflow study limit`` / ``wflow study zero-loss`` (``wflow.study``):
+             L, M, dims, seeds, times, metrics, sampling, reference, reference_M,
+             reference_L, reference_dim, reference_depth, bootstrap, memory; inits, box,
+             box_points, tail_radius. Defaults (None here) and the cross-key rules belong to
+             the study verbs (``wflow/study/_keys.py``); ``wflow run`` ignores the section.
+             The resolved config holds [study] only when the file (or --set) has one.
 
 Verb sections (``VERB_SECTIONS``): validated when present, absent from the
 resolved config otherwise, accepted by every verb (so ``wflow run`` runs the
@@ -84,10 +91,12 @@ from ._schema import (
     cells_key,
     check_table,
     choice_key,
+    choices_key,
     digits_key,
     float_key,
     fmt,
     int_key,
+    ints_key,
     numbers_key,
     parse_override,
     path_key,
@@ -100,6 +109,13 @@ from ._sharding import SHARD_MODES
 __all__ = ["ConfigError", "config_warnings", "load_config", "to_toml"]
 
 
+GRID_SCHEMES = ("upwind", "muscl")
+EMBEDDINGS = ("pad", "random")
+READOUTS = ("coordinates", "random")
+STUDY_METRICS = ("loss", "output", "hidden")
+STUDY_SAMPLINGS = ("iid", "shared")
+STUDY_REFERENCES = ("continuous", "particles", "grid")
+STUDY_INITS = ("point", "gaussian", "uniform")
 PRECISIONS = ("float32", "float64")
 SOLVER_KINDS = ("particles", "grid")
 
@@ -125,6 +141,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "dim": int_key(None, 1),
         "sharpness": float_key(10.0, 0.0, strict=True),
         "scale": float_key(1.0, 0.0, strict=True),
+        "embedding": choice_key("pad", EMBEDDINGS),
+        "readout": choice_key("coordinates", READOUTS),
     },
     "init": {
         "kind": choice_key("gaussian", MEASURES),
@@ -168,6 +186,27 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "output": {
         "path": path_key(),
         "overwrite": bool_key(False),
+    },
+    # Defaults are filled in (and the cross-key rules checked) by the study verbs.
+    "study": {
+        "L": ints_key(None, 1),
+        "M": ints_key(None, 1),
+        "dims": ints_key(None, 1),
+        "seeds": int_key(None, 1),
+        "times": numbers_key(None, lo=0.0),
+        "metrics": choices_key(None, STUDY_METRICS),
+        "sampling": choice_key(None, STUDY_SAMPLINGS),
+        "reference": choice_key(None, STUDY_REFERENCES),
+        "reference_M": int_key(None, 1),
+        "reference_L": int_key(None, 1),
+        "reference_dim": int_key(None, 1),
+        "reference_depth": choice_key(None, DEPTHS),
+        "bootstrap": int_key(None, 0),
+        "memory": float_key(None, 0.0, strict=True),
+        "inits": choices_key(None, STUDY_INITS),
+        "box": float_key(None, 0.0, strict=True),
+        "box_points": int_key(None, 1),
+        "tail_radius": float_key(None, 0.0, strict=True),
     },
 }
 # Sections of a verb: validated when present, absent from the resolved config otherwise.
@@ -270,7 +309,8 @@ def _resolve(raw: dict, stem: str) -> dict:
             subs = {n: v for (s, n), v in SUBTABLES.items() if s == section}
             cfg[section], given[section] = check_table(section, raw[section], keys, subs)
 
-    data, model, init, solver, train, output = (cfg[s] for s in SCHEMA)
+    data, model, init, solver, train, output = (cfg[s] for s in
+                                                ("data", "model", "init", "solver", "train", "output"))
 
     # --- data: d_in and d_out
     kind = data["kind"]
@@ -313,12 +353,14 @@ def _resolve(raw: dict, stem: str) -> dict:
                 data["classes"] = list(range(10))
             d_out = 1 if len(data["classes"]) == 2 else len(data["classes"])
         else:
-            d_out = data["out_dim"] if kind == "teacher" else 1
+            d_out = data["out_dim"] if kind in ("teacher", "gaussian") else 1
     if data["classes"] is not None and kind != "digits":
         raise ConfigError(f"data.classes = {fmt(data['classes'])}: only used with "
                           f'data.kind = "digits" (data.kind is {fmt(kind)})')
-    if "out_dim" in given["data"] and kind != "teacher" and data["out_dim"] != d_out:
-        raise ConfigError(f"data.out_dim = {data['out_dim']}: only the teacher data sets d_out; "
+    if ("out_dim" in given["data"] and kind not in ("teacher", "gaussian")
+            and data["out_dim"] != d_out):
+        raise ConfigError(f"data.out_dim = {data['out_dim']}: only teacher and gaussian data set "
+                          "d_out; "
                           f"{kind} data has d_out = {d_out}")
     data["out_dim"] = d_out
 
@@ -326,11 +368,18 @@ def _resolve(raw: dict, stem: str) -> dict:
     if model["dim"] is None:
         model["dim"] = max(d_in, d_out)
     d = model["dim"]
-    if d < d_in:
+    if d < d_in and model["embedding"] == "pad":
         raise ConfigError(f"model.dim = {d}: must be >= the input dimension d_in = {d_in} "
-                          "(data.dim)")
-    if d < d_out:
-        raise ConfigError(f"model.dim = {d}: must be >= the output dimension d_out = {d_out}")
+                          '(data.dim) with model.embedding = "pad"')
+    if d < d_out and model["readout"] == "coordinates":
+        raise ConfigError(f"model.dim = {d}: must be >= the output dimension d_out = {d_out} "
+                          'with model.readout = "coordinates"')
+    if kind == "teacher" and (model["embedding"], model["readout"]) != ("pad", "coordinates"):
+        name, value = (("embedding", model["embedding"]) if model["embedding"] != "pad"
+                       else ("readout", model["readout"]))
+        raise ConfigError(f"model.{name} = {fmt(value)}: teacher data need model.embedding = "
+                          '"pad" and model.readout = "coordinates" (the teacher network has no '
+                          'random maps); use data.kind = "gaussian" or another data set')
     k = _feature_k(model["feature"], d, model["bias"])
 
     # --- init: per-coordinate lists have k entries
@@ -416,6 +465,8 @@ def _resolve(raw: dict, stem: str) -> dict:
     # --- output
     if output["path"] is None:
         output["path"] = os.path.join("runs", f"{stem}.h5")
+    if "study" not in raw:  # only the study verbs read [study]; they fill in its defaults
+        del cfg["study"]
     return cfg
 
 

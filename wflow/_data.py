@@ -10,6 +10,11 @@ caller casts to the run's precision.
   is a multiple of the teacher's can represent it exactly, so zero loss is
   attainable.
 * ``sine``: x ~ U[-1, 1]^{d_in}, y = sin(pi x_0) (+ optional Gaussian noise).
+* ``gaussian``: random labels, x ~ N(0, I_{d_in} / d_in) and, independently,
+  y ~ N(0, I_{d_out} / d_out) (E|x|^2 = E|y|^2 = 1): a memorization task with
+  no structure to learn, the data of Chaintron, Chizat and Maass's "ResNets of
+  all shapes and sizes" experiments (there x, y ~ N(0, I); README, "Random
+  embedding and readout", for the mapping).
 * ``circles``: two concentric circles of radii 1 and 1/2 in R^2 (d_in = 2),
   labels +1 (outer) / -1 (inner), optional radial noise.
 * ``file``: ``.npz`` or ``.h5``/``.hdf5`` holding ``x`` (N, d_in) and ``y``
@@ -41,7 +46,7 @@ import zipfile
 
 import numpy as np
 
-DATASETS = ("teacher", "sine", "circles", "file", "digits")
+DATASETS = ("teacher", "sine", "circles", "file", "digits", "gaussian")
 
 
 class DataError(ValueError):
@@ -204,6 +209,12 @@ def _make(kind, *, n, dim, seed, feature, out_dim, noise, path, teacher_width, t
     if kind == "sine":
         x = rng.uniform(-1.0, 1.0, size=(n, dim))
         y = np.sin(np.pi * x[:, :1]) + noise * rng.normal(size=(n, 1))
+        return x, y
+    if kind == "gaussian":
+        x = rng.normal(size=(n, dim)) / np.sqrt(dim)
+        y = rng.normal(size=(n, out_dim)) / np.sqrt(out_dim)
+        if noise > 0:
+            y = y + noise * rng.normal(size=y.shape)
         return x, y
     if kind == "circles":
         if dim != 2:

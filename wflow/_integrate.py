@@ -20,6 +20,12 @@ non-finite loss or velocity is not applied, the chunk stops there with
 finite state. A loss above ``divergence_factor`` times the initial loss is
 also reported as divergence.
 
+A flow may batch independent runs (``wflow.study``'s ``EnsembleFlow``): its
+diagnostics are then arrays with a leading run axis, and the batch counts as
+diverged only when every run has (a run that diverged alone carries
+non-finite values, which its owner reads from the records). A flow whose
+``snapshot`` returns None stores no snapshots.
+
 Why a run may not converge: ds too large (Euler is stable only for
 ds < 2 / (largest Hessian eigenvalue of E in the velocity scaling); halve
 ``dt`` or use ``adaptive``); a degenerate initial measure (SPEC §6: all mass
@@ -113,7 +119,8 @@ class Record(NamedTuple):
 
     step: int
     s: float
-    values: dict  # the flow's diagnostics by name (``Flow.history_names``): loss, stationarity, ...
+    values: dict  # the flow's diagnostics by name (``Flow.history_names``): floats, or arrays for
+    #               a batched flow
     wall_time: float
     history: bool  # a history record (record_every / first / last)
     snapshot: np.ndarray | None  # the snapshot array at snapshot steps, else None
@@ -163,6 +170,12 @@ def _advance_adaptive(flow: Flow, tols, h, measure, s0, s1):
 @eqx.filter_jit
 def _diagnostics(flow: Flow, measure, s):
     return flow.diagnostics(measure, s)
+
+
+def _host(value):
+    """A diagnostic on the host: a float for a scalar, else a NumPy array (batched flows)."""
+    value = np.asarray(value)
+    return float(value) if value.ndim == 0 else value
 
 
 def integrate(
@@ -228,7 +241,7 @@ def integrate(
         """
         wall = wall_offset + time.perf_counter() - t_start
         is_hist = diverged or step in rec_steps
-        snap = flow.snapshot(measure) if step in snap_steps and not diverged else None
+        snap = flow.snapshot(measure) if step in snap_steps and not diverged else None  # may be None
         if is_hist:
             for name, val in {"s": step * h, **values, "wall_time": wall}.items():
                 history[name].append(val)
@@ -244,24 +257,27 @@ def integrate(
             stack = np.stack(snaps)
         else:
             one = flow.snapshot(measure)
-            stack = np.zeros((0,) + one.shape, one.dtype)
+            stack = None if one is None else np.zeros((0,) + one.shape, one.dtype)
         return FlowResult(FlowState(measure, step, key), status, hist,
                           np.asarray(snap_s, np.float64), stack)
 
     def diagnostics(measure, step):
         values = _diagnostics(flow, measure, jnp.asarray(step * h, dtype))
-        return {name: float(values[name]) for name in flow.history_names}
+        return {name: _host(values[name]) for name in flow.history_names}
 
     values = diagnostics(measure, step)
     if step == 0:
         initial_loss = values["loss"]
-        if not math.isfinite(initial_loss):
+        if np.all(~np.isfinite(initial_loss)):
             emit(0, measure, key, values)
             return result("diverged")
         if emit(0, measure, key, values):
             return result("interrupted")
-    threshold = (schedule.divergence_factor * initial_loss
-                 if initial_loss is not None and initial_loss > 0 else math.inf)
+    if initial_loss is None:
+        threshold = math.inf
+    else:
+        initial = np.asarray(initial_loss, np.float64)
+        threshold = np.where(initial > 0, schedule.divergence_factor * initial, np.inf)
 
     for target in schedule.boundaries():
         target = int(target)
@@ -282,8 +298,9 @@ def integrate(
             reached = step + int(done)
         step = reached
         values = diagnostics(measure, step)
-        loss = values["loss"]
-        if (not ok) or (not math.isfinite(loss)) or loss > threshold:
+        loss = np.asarray(values["loss"])
+        # every run of a batch non-finite or exploded (a single run: that run)
+        if (not ok) or np.all(~np.isfinite(loss) | (loss > threshold)):
             emit(step, measure, key, values, diverged=True)
             return result("diverged")
         if emit(step, measure, key, values):

@@ -36,15 +36,35 @@ Held-out data: optional ``x_test`` (N_test, d_in), ``y_test`` (N_test, d_out).
 ``classification`` marks labelled targets (+-1 in one column, or one-hot
 rows): ``accuracy`` is then the fraction of sign (one column) or argmax
 (several columns) agreements.
+
+Random embedding and readout (config ``model.embedding = "random"``,
+``model.readout = "random"``): fixed Gaussian matrices, drawn once from the
+seed and never trained,
+
+    embedding   z(0; x) = A x,        A in R^{d x d_in},   A_jk ~ N(0, 1/d)
+    readout     g(z)    = C z,        C in R^{d_out x d},  C_oj ~ N(0, 1/d)
+    adjoint     p(1; x_i) = C^T (C z(1; x_i) - y_i)
+
+The 1/d variances make both maps near-isometries (A^T A -> I_{d_in},
+C C^T -> I_{d_out} as d grows), the same scale as "pad" / "coordinates"
+(A = [I; 0], C = [I 0]): |z(0; x)| ~ |x| and the forward pass is O(1) in d.
+With ``neuron`` features and theta ~ N(0, I) this is the mean-field ResNet
+of Chaintron, Chizat and Maass ("ResNets of all shapes and sizes", 2026) in
+the state units z = h / sqrt(d) (README, "Random embedding and readout").
+``random_embedding`` / ``random_readout`` draw A and C; the first d rows of A
+(columns of C) do not depend on how large a matrix is drawn, so the
+matrices of different d are nested (the paper's "coupled randomness").
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._features import FeatureMap
 
@@ -55,6 +75,9 @@ class Problem(eqx.Module):
     Optional: the residual scale alpha (``scale``, default 1; module docstring),
     a held-out set (``x_test``, ``y_test``) and ``classification`` (labelled
     targets, so that accuracies are defined).
+    ``embedding`` A (d, d_in) and ``readout_matrix`` C (d_out, d) are the
+    optional fixed random maps of the module docstring (None: pad / first
+    coordinates).
     """
 
     feature: FeatureMap
@@ -64,6 +87,8 @@ class Problem(eqx.Module):
     x_test: jax.Array | None = None
     y_test: jax.Array | None = None
     classification: bool = eqx.field(static=True, default=False)
+    embedding: jax.Array | None = None
+    readout_matrix: jax.Array | None = None
 
     def __check_init__(self):
         if not (isinstance(self.scale, (int, float)) and math.isfinite(self.scale)
@@ -79,6 +104,13 @@ class Problem(eqx.Module):
             raise ValueError(
                 f"data: x_test, y_test have shapes {self.x_test.shape}, {self.y_test.shape}; "
                 f"they must be (N_test, {self.x.shape[1]}) and (N_test, {self.y.shape[1]})")
+        if self.embedding is not None and self.embedding.shape != (self.feature.d, self.x.shape[1]):
+            raise ValueError(f"embedding has shape {self.embedding.shape}: must be (d, d_in) = "
+                             f"({self.feature.d}, {self.x.shape[1]})")
+        if (self.readout_matrix is not None
+                and self.readout_matrix.shape != (self.y.shape[1], self.feature.d)):
+            raise ValueError(f"readout_matrix has shape {self.readout_matrix.shape}: must be "
+                             f"(d_out, d) = ({self.y.shape[1]}, {self.feature.d})")
         if self.x.ndim != 2 or self.y.ndim != 2:
             raise ValueError(
                 f"data: x must be (N, d_in) and y (N, d_out); got shapes {self.x.shape}, {self.y.shape}"
@@ -87,11 +119,11 @@ class Problem(eqx.Module):
             raise ValueError(
                 f"data: x has {self.x.shape[0]} rows but y has {self.y.shape[0]}; they must match"
             )
-        if self.x.shape[1] > self.feature.d:
+        if self.embedding is None and self.x.shape[1] > self.feature.d:
             raise ValueError(
                 f"model.dim = {self.feature.d}: must be >= the input dimension d_in = {self.x.shape[1]}"
             )
-        if self.y.shape[1] > self.feature.d:
+        if self.readout_matrix is None and self.y.shape[1] > self.feature.d:
             raise ValueError(
                 f"model.dim = {self.feature.d}: must be >= the output dimension d_out = {self.y.shape[1]}"
             )
@@ -113,11 +145,15 @@ class Problem(eqx.Module):
         return self.y.shape[1]
 
     def embed(self, x: jax.Array) -> jax.Array:
-        """(N, d_in) -> (N, d): z(0; x) = (x, 0, ..., 0)."""
+        """(N, d_in) -> (N, d): z(0; x) = (x, 0, ..., 0), or A x with a random embedding."""
+        if self.embedding is not None:
+            return _matmul(x, self.embedding.T)
         return jnp.pad(x, ((0, 0), (0, self.d - x.shape[1])))
 
     def readout(self, z: jax.Array) -> jax.Array:
-        """(N, d) -> (N, d_out): the first d_out coordinates."""
+        """(N, d) -> (N, d_out): the first d_out coordinates, or C z with a random readout."""
+        if self.readout_matrix is not None:
+            return _matmul(z, self.readout_matrix.T)
         return z[:, : self.d_out]
 
     @property
@@ -149,10 +185,47 @@ class Problem(eqx.Module):
         return jnp.mean(hit.astype(prediction.dtype))
 
     def terminal_adjoint(self, z1: jax.Array) -> jax.Array:
-        """p(1) = N dE/dz(1) = zero-padded residual g(z1) - y, shape (N, d)."""
+        """p(1) = N dE/dz(1) = grad g^T (g(z1) - y), shape (N, d): the zero-padded residual, or C^T r."""
+        if self.readout_matrix is not None:
+            return _matmul(self.readout(z1) - self.y, self.readout_matrix)
         return jnp.pad(self.readout(z1) - self.y, ((0, 0), (0, self.d - self.d_out)))
 
     def astype(self, dtype) -> Problem:
         cast = lambda a: None if a is None else a.astype(dtype)
-        return Problem(self.feature, self.x.astype(dtype), self.y.astype(dtype), self.scale,
-                       cast(self.x_test), cast(self.y_test), self.classification)
+        return self.replace(x=self.x.astype(dtype), y=self.y.astype(dtype),
+                            x_test=cast(self.x_test), y_test=cast(self.y_test),
+                            embedding=cast(self.embedding),
+                            readout_matrix=cast(self.readout_matrix))
+
+    def replace(self, **changes) -> Problem:
+        """The same problem with some fields replaced (e.g. other data): every other setting
+        (scale, held-out set, random maps, ...) is kept."""
+        return dataclasses.replace(self, **changes)
+
+
+def _matmul(a, b):
+    return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
+
+
+# Seeds of the random maps' generators: numpy SeedSequence([seed, tag, stream]).
+_EMBEDDING_TAG, _READOUT_TAG = 0xE3BED, 0x8EAD0
+
+
+def random_embedding(seed: int, d: int, d_in: int, stream: int = 0) -> np.ndarray:
+    """A (d, d_in) float64 with A_jk ~ N(0, 1/d): G / sqrt(d), G standard normal.
+
+    G is drawn row by row (C order) from ``numpy.random.default_rng(SeedSequence([seed,
+    0xE3BED, stream]))``, so its first d rows are the same for every larger d.
+    ``wflow run`` uses stream 0; a study's repetition r uses stream r.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), _EMBEDDING_TAG, int(stream)]))
+    return rng.standard_normal((d, d_in)) / np.sqrt(d)
+
+
+def random_readout(seed: int, d: int, d_out: int, stream: int = 0) -> np.ndarray:
+    """C (d_out, d) float64 with C_oj ~ N(0, 1/d): G^T / sqrt(d), G (d, d_out) as in ``random_embedding``
+
+    (generator ``SeedSequence([seed, 0x8EAD0, stream])``; nested in d the same way).
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), _READOUT_TAG, int(stream)]))
+    return (rng.standard_normal((d, d_out)) / np.sqrt(d)).T

@@ -354,6 +354,16 @@ def _cmd_plot(args) -> int:
     return EXIT_OK
 
 
+def _cmd_study(args) -> int:
+    from .study._command import main as study_main
+
+    with _StopRequest() as stop:
+        try:
+            return study_main(args, lambda: stop.requested)
+        except ConfigError as e:
+            return _fail(e)
+
+
 def _cmd_info(args) -> int:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -385,7 +395,7 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="wflow", description="Mean-field ResNets: Wasserstein gradient flows of the "
                 "parameter density, simulated with JAX.")
     p.add_argument("--version", action="version", version=f"wflow {__version__}")
-    sub = p.add_subparsers(dest="verb", metavar="{run,plot,compare,info}")
+    sub = p.add_subparsers(dest="verb", metavar="{run,plot,study,compare,info}")
 
     r = sub.add_parser("run", help="run a config, write an HDF5 run file",
                        description="Validate CONFIG, run the gradient flow, write OUT.h5. "
@@ -414,6 +424,10 @@ def _parser() -> argparse.ArgumentParser:
     from ._compare_cli import add_compare_parser
 
     add_compare_parser(sub)
+
+    from .study._command import add_parser as add_study_parser
+
+    add_study_parser(sub, _cmd_study)
 
     i = sub.add_parser("info", help="versions, backend, devices, precision")
     i.set_defaults(func=_cmd_info)
