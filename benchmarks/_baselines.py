@@ -71,21 +71,29 @@ def max_rel_diff(g: np.ndarray, ref: np.ndarray) -> float:
 
 
 # --------------------------------------------------------------------------- wflow
-def wflow_problem(x: np.ndarray, y: np.ndarray, device=None):
-    """The ``wflow.Problem`` for these inputs (neuron features, tanh, bias), on ``device``."""
+def wflow_problem(x: np.ndarray, y: np.ndarray, device=None, tile: int | None = None):
+    """The ``wflow.Problem`` for these inputs (neuron features, tanh, bias), on ``device``.
+
+    ``tile``: largest (N, M) block of the kernel (elements; default wflow's).
+    """
     import jax
 
     import wflow
 
     x, y = jax.device_put((x, y), device)
-    return wflow.Problem(wflow.Neuron(d=x.shape[1]), x, y)
+    feature = wflow.Neuron(d=x.shape[1]) if tile is None else wflow.Neuron(d=x.shape[1], tile=tile)
+    return wflow.Problem(feature, x, y)
 
 
-def wflow_step(ds: float = DS):
-    """(problem, Theta) -> (loss, Theta + ds * v): one Euler step of the flow (not jitted)."""
+def wflow_step(ds: float = DS, depth=None):
+    """(problem, Theta) -> (loss, Theta + ds * v): one Euler step of the flow (not jitted).
+
+    ``depth``: the depth discretization (default ``LayeredDepth()``; e.g.
+    ``ContinuousDepth()`` for the diffrax step).
+    """
     import wflow
 
-    depth = wflow.LayeredDepth()
+    depth = wflow.LayeredDepth() if depth is None else depth
 
     def step(problem, Theta):
         ev = depth.evaluate(problem, Theta)
@@ -208,12 +216,15 @@ class NumpyResNet:
 
 # --------------------------------------------------------------------------- PyTorch
 class TorchResNet:
-    """PyTorch eager: Python loop over layers, autograd backward, manual SGD."""
+    """PyTorch eager (or ``torch.compile``d): loop over layers, autograd backward, manual SGD."""
 
-    def __init__(self, x, y, Theta, device: str = "cpu"):
+    def __init__(self, x, y, Theta, device: str = "cpu", compile: bool = False):
         import torch
 
         self.torch = torch
+        # torch.compile: the forward loop (unrolled over the L layers) becomes one graph,
+        # and AOTAutograd compiles its backward; recompiled for every new shape.
+        self._loss = torch.compile(self._loss) if compile else self._loss
         self.device = torch.device(device)
         self.L, self.M, k = Theta.shape
         self.d = (k - 1) // 2

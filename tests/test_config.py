@@ -38,9 +38,11 @@ def write(tmp_path, text, name="cfg.toml"):
 
 def test_defaults_are_resolved(tmp_path):
     cfg = wflow.load_config(write(tmp_path, "seed = 0\n", "mini.toml"))
-    assert set(cfg) == {"seed", *SCHEMA}
+    # [study] is resolved by the study verbs, and kept only when the file has one
+    assert set(cfg) == {"seed", *SCHEMA} - {"study"}
     for section, keys in SCHEMA.items():
-        assert set(keys) <= set(cfg[section]), section
+        if section != "study":
+            assert set(keys) <= set(cfg[section]), section
     assert cfg["data"]["kind"] == "teacher" and cfg["data"]["n"] == 256
     assert cfg["model"]["dim"] == 2  # = data.dim
     assert cfg["solver"]["precision"] == "float32"
@@ -66,13 +68,11 @@ def test_resolution_of_dims(tmp_path):
 
 
 def test_toml_round_trip(tmp_path):
-    cfg = wflow.load_config(write(tmp_path, TINY + '[init]\nmean = [0.0, 1.0, 2.0, 3.5, -1e-9]\n'
-                                  '[solver.grid]\ncells = [8, 8]\n'))
+    cfg = wflow.load_config(write(tmp_path, TINY + '[init]\nmean = [0.0, 1.0, 2.0, 3.5, -1e-9]\n'))
     back = tomllib.loads(to_toml(cfg))
     expected = {s: ({k: v for k, v in t.items() if v is not None} if isinstance(t, dict) else t)
                 for s, t in cfg.items()}
-    assert back == expected
-    assert back["solver"]["grid"]["cells"] == [8, 8] and back["solver"]["grid"]["scheme"] == "muscl"
+    assert back == expected  # grid configs: tests/test_grid.py::test_config_resolution
 
 
 def test_string_escapes_round_trip():
@@ -84,11 +84,11 @@ def test_overrides(tmp_path):
     path = write(tmp_path, TINY)
     cfg = wflow.load_config(path, ["solver.L=8", "model.activation=silu", "init.std=0.5",
                                    "init.mean=[0, 1, 0, 1, 0]", "seed=7", "output.path=a/b.h5",
-                                   "solver.grid.cfl=0.25", ("data.noise", 0.1)])
+                                   ("data.noise", 0.1)])
     assert cfg["solver"]["L"] == 8 and cfg["model"]["activation"] == "silu"
     assert cfg["init"]["std"] == 0.5 and cfg["init"]["mean"] == [0.0, 1.0, 0.0, 1.0, 0.0]
     assert cfg["seed"] == 7 and cfg["output"]["path"] == "a/b.h5"
-    assert cfg["solver"]["grid"]["cfl"] == 0.25 and cfg["data"]["noise"] == 0.1
+    assert cfg["data"]["noise"] == 0.1
 
 
 @pytest.mark.parametrize("item, needle", [
@@ -194,14 +194,19 @@ def test_bundled_configs_validate_and_build(path):
     assert cfg["output"]["path"] == os.path.join(
         "runs", os.path.splitext(os.path.basename(path))[0] + ".h5")
     run = wflow.build_run(cfg)
-    assert run.measure0.shape == (cfg["solver"]["L"], cfg["solver"]["M"], run.problem.feature.k)
+    if cfg["solver"]["kind"] == "grid":
+        assert run.measure0.rho.shape == (cfg["solver"]["L"], *cfg["solver"]["grid"]["cells"])
+    else:
+        assert run.measure0.shape == (cfg["solver"]["L"], cfg["solver"]["M"],
+                                      run.problem.feature.k)
     assert config_warnings(cfg) == []
 
 
 def test_all_bundled_configs_present():
     names = {os.path.basename(p) for p in BUNDLED}
     assert {"quickstart.toml", "linear_exact.toml", "degenerate_delta0.toml",
-            "teacher_continuous.toml", "digits.toml"} <= names
+            "teacher_continuous.toml", "digits.toml", "grid_linear_exact.toml",
+            "grid_neuron_2d.toml", "grid_neuron_3d.toml"} <= names
 
 
 def test_linear_exact_teacher_is_linear():

@@ -325,6 +325,75 @@ def test_layered_linear_closed_form():
 
 
 # ---------------------------------------------------------------------------------------
+# grad_theta V anywhere: first_variation_gradient
+
+
+VANISHING = 1e-9  # weight of the added particles: the agreement is O(weight) relative
+
+
+@pytest.mark.parametrize("kind, depth_name", [
+    ("neuron", "layers"), ("linear", "layers"),
+    pytest.param("neuron", "continuous-checkpoint", marks=pytest.mark.slow),
+    pytest.param("neuron", "continuous-backsolve", marks=pytest.mark.slow),
+    pytest.param("linear", "continuous-checkpoint", marks=pytest.mark.slow),
+])
+def test_first_variation_gradient_is_the_gradient_of_a_vanishing_particle(kind, depth_name):
+    """grad_theta V_l(q) = lim_{omega -> 0} (1 / (w_l omega)) dE/dq, where a particle of weight
+    omega is added at q in slice l (jax.grad of the loss): the first variation by definition.
+
+    The measure is weighted (non-uniform omega), and Q query points per slice are added at once;
+    their mutual influence and their effect on the other particles are O(omega).
+    """
+    problem = _random_problem(kind, "tanh", True)
+    depth = _make_depth(depth_name)
+    theta = _random_theta(problem)
+    L, M, k = theta.shape
+    weights = jax.random.uniform(jax.random.PRNGKey(3), (L, M), minval=0.5, maxval=1.5)
+    weights = weights / jnp.sum(weights, axis=1, keepdims=True)
+    Q = 3
+    query = 1.3 * jax.random.normal(jax.random.PRNGKey(4), (L, Q, k))
+
+    fvg = eqx.filter_jit(lambda q: depth.first_variation_gradient(problem, theta, q, weights)[1])
+    G = fvg(query)
+    assert G.shape == (L, Q, k)
+
+    @eqx.filter_jit
+    @jax.grad
+    def dE_dq(q):
+        th = jnp.concatenate([theta, q], axis=1)
+        w = jnp.concatenate([weights, jnp.full((L, Q), VANISHING)], axis=1)
+        return depth.loss(problem, th, w)
+
+    dE = dE_dq(query)
+    expected = dE / (depth.weights(L, dE.dtype)[:, None, None] * VANISHING)
+    scale = float(jnp.max(jnp.abs(expected)))
+    assert scale > 1e-3  # a non-trivial field
+    np.testing.assert_allclose(np.asarray(G), np.asarray(expected), rtol=0, atol=1e-7 * scale)
+    # the same query for every slice as (Q, k)
+    G_shared, G_each = fvg(query[0]), fvg(jnp.broadcast_to(query[0], (L, Q, k)))
+    np.testing.assert_allclose(np.asarray(G_shared), np.asarray(G_each), rtol=1e-14, atol=0)
+
+
+def test_first_variation_gradient_is_the_particle_velocity():
+    """At the particles themselves, -grad V equals evaluate's velocity -(1/(w_l omega)) dE/dtheta."""
+    problem = _random_problem("neuron", "tanh", True)
+    theta = _random_theta(problem)
+    depth = wflow.LayeredDepth()
+    ev = depth.evaluate(problem, theta)
+    loss, G = depth.first_variation_gradient(problem, theta, theta)
+    np.testing.assert_allclose(float(loss), float(ev.loss), rtol=1e-14)
+    np.testing.assert_allclose(np.asarray(-G), np.asarray(ev.velocity), rtol=0,
+                               atol=1e-13 * float(jnp.max(jnp.abs(ev.velocity))))
+
+
+def test_first_variation_gradient_rejects_bad_query_shapes():
+    problem = _random_problem("neuron", "tanh", True)
+    theta = _random_theta(problem)
+    with pytest.raises(ValueError, match="query has shape"):
+        wflow.LayeredDepth().first_variation_gradient(problem, theta, jnp.zeros((2, 3)))
+
+
+# ---------------------------------------------------------------------------------------
 # SPEC §6: the degenerate stationary point
 
 

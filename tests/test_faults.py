@@ -118,7 +118,7 @@ def datasets(path) -> dict:
 def resume_all(cfg, paths) -> list[dict]:
     if not paths:
         return []
-    res = subprocess.run([sys.executable, "-c", _DRIVER, cfg, *map(str, paths)], env=ENV,
+    res = subprocess.run([sys.executable, "-c", _DRIVER, cfg, *map(str, paths)], env=ENV, check=False,
                          capture_output=True, text=True, timeout=1800)
     assert res.returncode == 0, res.stderr[-3000:]
     return [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
@@ -160,7 +160,7 @@ def reference(tmp_path_factory):
 
 
 def _kill_campaign(reference, tmp_path, n_kills, seed):
-    cfg, ref_path, ref, lifetime = reference
+    cfg, _ref_path, ref, lifetime = reference
     rng = np.random.default_rng(seed)
     killed, stats = [], {"absent": 0, "records": []}
     for i in range(n_kills):
@@ -169,7 +169,7 @@ def _kill_campaign(reference, tmp_path, n_kills, seed):
         if i % 2 == 0:  # anywhere in the process's life
             time.sleep(rng.uniform(0.0, lifetime))
         else:  # while records are being committed
-            wait_until(lambda: n_records(out) > 0, proc)
+            wait_until(lambda out=out: n_records(out) > 0, proc)
             time.sleep(rng.uniform(0.0, 0.5))
         proc.kill()
         proc.communicate(timeout=60)

@@ -159,3 +159,136 @@ def test_unknown_names_raise():
         wflow.make_feature("conv", 2)
     with pytest.raises(ValueError, match="model.sharpness"):
         wflow.get_activation("smooth_relu", 0.0)
+
+
+@pytest.mark.parametrize("kind, d, activation, bias", _feature_cases())
+def test_weighted_field_is_weighted_sum(kind, d, activation, bias, key):
+    """field(Z, Theta, omega)_i = sum_m omega_m f(Z_i; Theta_m); omega = 1/M is the default."""
+    feat = wflow.make_feature(kind, d, activation=activation, bias=bias)
+    kz, kt, kw = jax.random.split(key, 3)
+    Z = jax.random.normal(kz, (7, d))
+    Theta = jax.random.normal(kt, (5, feat.k))
+    omega = jax.random.uniform(kw, (5,))
+
+    @jax.jit
+    def both(Z, Theta, omega):
+        per_particle = jax.vmap(lambda th: jax.vmap(lambda z: feat(z, th))(Z))(Theta)  # (M, N, d)
+        return (feat.field(Z, Theta, omega), jnp.einsum("m,mnd->nd", omega, per_particle),
+                feat.field(Z, Theta, jnp.full((5,), 0.2)), feat.field(Z, Theta))
+
+    got, expected, uniform, default = both(Z, Theta, omega)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(uniform, default, rtol=1e-14, atol=1e-15)
+
+
+@pytest.mark.parametrize("d, activation, bias", _neuron_cases())
+def test_neuron_weighted_vjp_matches_autodiff(d, activation, bias, key):
+    """With weights, the hand-written adjoint's cotangents (Z, Theta and the weights) equal
+    JAX's reverse mode through ``field_value``."""
+    feat = wflow.make_feature("neuron", d, activation=activation, bias=bias)
+    kz, kt, kp, kw = jax.random.split(key, 4)
+    Z = jax.random.normal(kz, (7, d))
+    Theta = jax.random.normal(kt, (5, feat.k))
+    if activation == "relu":  # keep every pre-activation away from the kink
+        Theta = Theta.at[:, 2 * d:].set(jnp.where(Theta[:, 2 * d:] >= 0, 5.0, -5.0))
+    P = jax.random.normal(kp, (7, d))
+    omega = jax.random.uniform(kw, (5,))
+    got = jax.jit(lambda *a: feat.field_vjp(*a))(Z, Theta, P, omega)
+    expected = jax.vjp(feat.field_value, Z, Theta, omega)[1](P)
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("kind, d, activation, bias", _feature_cases())
+def test_probe_is_zero_with_the_first_variation_gradient(kind, d, activation, bias, key):
+    """probe(Z, Q) is exactly 0, its derivative in Z is 0, and in Q it is
+    sum_i grad_q [P_i . f(Z_i; q)] (computed particle by particle)."""
+    feat = wflow.make_feature(kind, d, activation=activation, bias=bias)
+    kz, kq, kp = jax.random.split(key, 3)
+    Z = jax.random.normal(kz, (7, d))
+    Q = jax.random.normal(kq, (4, feat.k))
+    P = jax.random.normal(kp, (7, d))
+    assert np.array_equal(np.asarray(feat.probe(Z, Q)), np.zeros((7, d)))
+    gZ, gQ = jax.grad(lambda Z, Q: jnp.sum(P * feat.probe(Z, Q)), argnums=(0, 1))(Z, Q)
+    assert np.array_equal(np.asarray(gZ), np.zeros((7, d)))
+
+    def pairing(q):  # sum_i P_i . f(Z_i; q)
+        return jnp.sum(P * jax.vmap(lambda z: feat(z, q))(Z))
+
+    np.testing.assert_allclose(gQ, jax.vmap(jax.grad(pairing))(Q), rtol=1e-12, atol=1e-13)
+
+
+# ----------------------------------------------------------------------------- blocking (tile)
+
+# (d, N, M, tile, weighted): rows only, rows with a ragged last block, particles too
+# (M > tile); the small-d broadcast forward and the matmul forward (d > 8).
+_TILINGS = [(2, 37, 23, 100, False), (2, 64, 64, 512, True), (2, 37, 23, 10, True),
+            (10, 37, 23, 5, False), (10, 37, 23, 100, True)]
+
+
+@pytest.mark.parametrize("d, N, M, tile, weighted", _TILINGS)
+def test_blocked_field_adjoint_and_probe_equal_the_unblocked_ones(d, N, M, tile, weighted, key):
+    """A small ``tile`` splits (N, M) into blocks; the sums are the same to rounding.
+
+    Forward, both reverse rules (the hand-written CPU adjoint and JAX's VJP,
+    each per block), with and without weights, and the first-variation probe.
+    """
+    whole, blocked = wflow.Neuron(d=d), wflow.Neuron(d=d, tile=tile)
+    nN, Nc, nM, Mc = blocked.blocks(N, M)
+    assert nN * nM > 1 and Nc * Mc <= tile
+    kz, kt, kp, kw, kq = jax.random.split(key, 5)
+    Z = jax.random.normal(kz, (N, d))
+    Theta = jax.random.normal(kt, (M, whole.k))
+    P = jax.random.normal(kp, (N, d))
+    w = jax.random.uniform(kw, (M,)) if weighted else None
+    Q = jax.random.normal(kq, (6, whole.k))
+
+    @jax.jit
+    def run(Z, Theta, P, w, Q):
+        def one(feat):
+            F, vjp = jax.vjp(lambda Z, T, w: feat.field(Z, T, w), Z, Theta, w)
+            probe = jax.vjp(lambda q: feat.probe(Z, q), Q)[1](P)[0]
+            return F, vjp(P), feat.autodiff_vjp(Z, Theta, P, w), probe
+        return one(whole), one(blocked)
+
+    ref, got = run(Z, Theta, P, w, Q)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13 * float(jnp.max(jnp.abs(b))))
+
+
+def test_blocks_respect_the_tile():
+    from wflow._features import default_tile
+
+    assert default_tile("cpu") == 2**18 and default_tile("gpu") == 2**24
+    assert wflow.Neuron(d=2).blocks(1024, 1024) == wflow.Neuron(d=2, tile=default_tile()).blocks(
+        1024, 1024)
+    feat = wflow.Neuron(d=2, tile=2**24)
+    assert feat.blocks(4096, 4096) == (1, 4096, 1, 4096)  # exactly one tile: not split
+    assert feat.blocks(8192, 16384) == (8, 1024, 1, 16384)
+    assert wflow.Neuron(d=2, tile=1000).blocks(10, 4000) == (10, 1, 4, 1000)
+    with pytest.raises(ValueError, match="solver.tile"):
+        wflow.Neuron(d=2, tile=0)
+
+
+def test_blocked_step_holds_no_buffer_larger_than_the_tile():
+    """XLA's memory analysis of one compiled layered step (forward + adjoint + update).
+
+    At N = M = 2048, L = 4, d = 2 (float64) one (N, M) buffer is 32 MiB; with
+    tile = 2^16 elements (0.5 MiB) the step's temporaries must stay below the
+    O(N L d + L M k) arrays plus a few tiles, and far below one (N, M) buffer.
+    """
+    N, d, L, M, tile = 2048, 2, 4, 2048, 2**16
+    S = jax.ShapeDtypeStruct
+
+    def temp(feature):
+        def step(x, y, Theta):
+            ev = wflow.LayeredDepth().evaluate(wflow.Problem(feature, x, y), Theta)
+            return ev.loss, Theta + 0.1 * ev.velocity
+
+        args = (S((N, d), jnp.float64), S((N, 1), jnp.float64), S((L, M, 2 * d + 1), jnp.float64))
+        return jax.jit(step).lower(*args).compile().memory_analysis().temp_size_in_bytes
+
+    blocked, whole = temp(wflow.Neuron(d=d, tile=tile)), temp(wflow.Neuron(d=d, tile=N * M))
+    floor = 8 * (N * L * d + 3 * L * M * (2 * d + 1))
+    assert blocked < floor + 8 * 8 * tile
+    assert whole > 8 * N * M > 10 * blocked

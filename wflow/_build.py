@@ -13,16 +13,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._data import DataError, make_dataset
+from ._blocks import Reordering
+from ._data import DataError, is_labelled, make_dataset, make_test_set
 from ._depth import ContinuousDepth, DepthDiscretization, LayeredDepth
 from ._features import make_feature
 from ._flow import Flow, Regularization, make_flow
+from ._grid import FiniteVolume, Grid, grid_arrays, init_density
 from ._integrate import Schedule
 from ._measures import init_particles
-from ._problem import Problem
+from ._problem import Problem, random_embedding, random_readout
 from ._schema import ConfigError, fmt
+from ._sharding import shard_depth
 
-__all__ = ["RunSetup", "build_run", "check_start", "dtype_of"]
+__all__ = ["RunSetup", "build_run", "check_start", "dtype_of", "random_maps"]
 
 
 class RunSetup(NamedTuple):
@@ -35,11 +38,13 @@ class RunSetup(NamedTuple):
     measure0: Any  # particles Theta (L, M, k) in the run's precision, or a GridDensity
     key: jax.Array  # Langevin key fold_in(PRNGKey(seed), 2)
     arrays: dict  # fixed arrays the run file stores besides data and snapshots (grid axes)
+    reordering: Reordering = Reordering()  # block reordering (train.reorder)
 
     @property
     def flow(self) -> Flow:
         """The solver step that moves ``measure0`` (particles or grid)."""
-        return make_flow(self.problem, self.depth, self.measure0, self.regularization)
+        return make_flow(self.problem, self.depth, self.measure0, self.regularization,
+                         self.reordering)
 
 
 def dtype_of(config: dict):
@@ -73,11 +78,12 @@ def _check_representable(config: dict, section: str, arrays: dict, dtype) -> Non
     """Every value finite in float64 and in the run's dtype; else ConfigError naming the key."""
     limit = float(jnp.finfo(dtype).max)
     name = jnp.dtype(dtype).name
-    for what, array in arrays.items():
-        a = np.asarray(array)
-        if a.size == 0:
+    for what, tree in arrays.items():
+        leaves = [np.asarray(a) for a in jax.tree_util.tree_leaves(tree)]
+        leaves = [a for a in leaves if a.size and np.issubdtype(a.dtype, np.number)]
+        if not leaves:
             continue
-        big = float(np.max(np.abs(a.astype(np.float64))))
+        big = max(float(np.max(np.abs(a.astype(np.float64)))) for a in leaves)
         if not np.isfinite(big) or big > limit:
             key = _culprit(config, section)
             value = config[section][key.split(".")[1]]
@@ -114,7 +120,10 @@ def check_start(setup: RunSetup) -> dict:
 
 
 def build_run(config: dict) -> RunSetup:
-    """Build problem, depth, schedule, regularization, initial particles and key.
+    """Build problem, depth, schedule, regularization, initial measure and key.
+
+    The initial measure is particles Theta (L, M, k) or, for solver.kind = "grid",
+    a ``GridDensity`` (then ``arrays`` holds /grid/t and /grid/axis_a).
 
     Reads the data / init files and checks their shapes; every failure is a
     ``ConfigError``. ``solver.precision = "float64"`` switches on JAX's x64
@@ -126,21 +135,33 @@ def build_run(config: dict) -> RunSetup:
                                                               "train"))
     try:
         feature = make_feature(model["feature"], model["dim"], model["activation"], model["bias"],
-                               model["sharpness"])
-        x, y = make_dataset(
-            data["kind"], n=data["n"], dim=data["dim"], seed=seed, feature=feature,
-            out_dim=data["out_dim"], noise=data["noise"], path=data["path"],
-            teacher_width=data["teacher_width"], teacher_depth=data["teacher_depth"],
-            teacher_std=data["teacher_std"],
-            classes=None if data["classes"] is None else tuple(data["classes"]),
-        )
+                               model["sharpness"], tile=solver["tile"])
+        data_args = {
+            "n": data["n"], "dim": data["dim"], "seed": seed, "feature": feature,
+            "out_dim": data["out_dim"], "noise": data["noise"], "path": data["path"],
+            "teacher_width": data["teacher_width"], "teacher_depth": data["teacher_depth"],
+            "teacher_std": data["teacher_std"],
+            "classes": None if data["classes"] is None else tuple(data["classes"]),
+        }
+        x, y = make_dataset(data["kind"], test_n=data["test_n"], **data_args)
         if x.shape[1] != data["dim"]:
             raise ConfigError(f"data.dim = {data['dim']}: the data have d_in = {x.shape[1]}")
         if y.shape[1] != data["out_dim"]:
             raise ConfigError(f"data.out_dim = {data['out_dim']}: the data have d_out = "
                               f"{y.shape[1]}")
         _check_representable(config, "data", {"inputs x": x, "targets y": y}, dtype)
-        problem = Problem(feature, jnp.asarray(np.asarray(x, dtype)), jnp.asarray(np.asarray(y, dtype)))
+        arrays = {}
+        x_test = y_test = None
+        if data["test_n"] > 0:
+            xt, yt = make_test_set(data["kind"], test_n=data["test_n"], **data_args)
+            _check_representable(config, "data", {"test inputs": xt, "test targets": yt}, dtype)
+            arrays = {"data/x_test": np.asarray(xt, dtype), "data/y_test": np.asarray(yt, dtype)}
+            x_test, y_test = (jnp.asarray(a) for a in arrays.values())
+        problem = Problem(feature, jnp.asarray(np.asarray(x, dtype)), jnp.asarray(np.asarray(y, dtype)),
+                          scale=model["scale"], x_test=x_test, y_test=y_test,
+                          classification=is_labelled(data["kind"], y),
+                          **dict(zip(("embedding", "readout_matrix"),
+                                     random_maps(model, seed, x.shape[1], y.shape[1], dtype))))
         if solver["depth"] == "layers":
             depth: DepthDiscretization = LayeredDepth()
         else:
@@ -155,14 +176,49 @@ def build_run(config: dict) -> RunSetup:
         with warnings.catch_warnings(), np.errstate(over="ignore", invalid="ignore"):
             # an overflow in the cast is reported below as one line naming the key
             warnings.simplefilter("ignore", RuntimeWarning)
-            theta0 = init_particles(init["kind"], jax.random.fold_in(root, 1), solver["L"],
-                                    solver["M"], feature.k, mean=init["mean"], std=init["std"],
-                                    low=init["low"], high=init["high"], path=init["path"],
-                                    dtype=dtype)
-        _check_representable(config, "init", {"initial particles": theta0}, dtype)
+            if solver["kind"] == "grid":
+                g = solver["grid"]
+                grid = Grid.box(g["cells"], g["bounds"], feature.k)
+                theta0 = init_density(init["kind"], grid, solver["L"], mean=init["mean"],
+                                      std=init["std"], low=init["low"], high=init["high"],
+                                      path=init["path"], dtype=dtype,
+                                      fv=FiniteVolume(g["scheme"], g["limiter"], g["cfl"]))
+                arrays.update(grid_arrays(grid, depth.times(solver["L"])))
+            else:
+                theta0 = init_particles(init["kind"], jax.random.fold_in(root, 1), solver["L"],
+                                        solver["M"], feature.k, mean=init["mean"],
+                                        std=init["std"], low=init["low"], high=init["high"],
+                                        path=init["path"], dtype=dtype,
+                                        reflection=(feature.reflection if init["symmetric"]
+                                                    else None))
+        _check_representable(config, "init", {"initial state": theta0}, dtype)
         key = jax.random.fold_in(root, 2)
+        reordering = Reordering(train["reorder"], train["reorder_every"], seed)
+        # Many devices: split the data or the particles (one device: depth unchanged).
+        Theta, _ = make_flow(problem, depth, theta0, regularization).weighted(theta0)
+        depth = shard_depth(depth, devices=solver["devices"], shard=solver["shard"],
+                            N=problem.n, M=Theta.shape[1], L=Theta.shape[0], d=feature.d,
+                            k=feature.k)
     except ConfigError:
         raise
     except (DataError, ValueError) as e:
         raise ConfigError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
-    return RunSetup(problem, depth, schedule, regularization, theta0, key, {})
+    if problem.embedding is not None:
+        arrays["model/embedding"] = np.asarray(problem.embedding)
+    if problem.readout_matrix is not None:
+        arrays["model/readout"] = np.asarray(problem.readout_matrix)
+    return RunSetup(problem, depth, schedule, regularization, theta0, key, arrays, reordering)
+
+
+def random_maps(model: dict, seed: int, d_in: int, d_out: int, dtype, stream: int = 0,
+                dim: int | None = None):
+    """(A, C): the fixed random embedding and readout a ``[model]`` table asks for (None = pad /
+    coordinates), as arrays of ``dtype``; ``dim`` overrides ``model.dim``, ``stream`` picks the
+    repetition (``_problem.random_embedding``)."""
+    d = model["dim"] if dim is None else dim
+    A = C = None
+    if model["embedding"] == "random":
+        A = jnp.asarray(random_embedding(seed, d, d_in, stream), dtype)
+    if model["readout"] == "random":
+        C = jnp.asarray(random_readout(seed, d, d_out, stream), dtype)
+    return A, C

@@ -15,27 +15,48 @@ Every problem raises ``ConfigError`` with one line of the form
 Schema (defaults in brackets)::
 
     seed = 0                                    int >= 0
-    [data]   kind ["teacher"] | "sine" | "circles" | "file" | "digits"
+    [data]   kind ["teacher"] | "sine" | "circles" | "file" | "digits" | "gaussian"
              n [256]; dim [2] (d_in; 2 for circles, 64 for digits, read from the file);
-             out_dim [1] (teacher only); noise [0.0]; path (kind = "file");
+             out_dim [1] (teacher, gaussian); noise [0.0]; path (kind = "file");
              teacher_width [4]; teacher_depth [4]; teacher_std [1.0];
-             classes (digits only) [0..9]
+             classes (digits only) [0..9]; test_n [0] (held-out samples)
     [model]  feature ["neuron"] | "linear"; activation ["tanh"]; bias [true];
-             dim (state d) [d_in]; sharpness [10.0] (smooth_relu)
+             dim (state d) [d_in]; sharpness [10.0] (smooth_relu); scale [1.0] (alpha)
+             embedding ["pad"] | "random"; readout ["coordinates"] | "random"
     [init]   kind ["gaussian"] | "uniform" | "point" | "file"; mean [0.0]; std [1.0]
-             (scalars or lists of k values); low, high (uniform); path (kind = "file")
-    [solver] kind ["particles"] | "grid" (not implemented in this version);
+             (scalars or lists of k values); low, high (uniform); path (kind = "file");
+             symmetric [false] (pairs theta, R theta: zero field at s = 0; M even)
+    [solver] kind ["particles"] | "grid" (Eulerian finite volumes, k <= 3; rules in _grid.py);
              depth ["layers"] | "continuous"; L [16]; M [64]; adjoint ["checkpoint"] |
              "backsolve"; ode_solver ["tsit5"]; rtol [1e-5]; atol [1e-7];
-             precision ["float32"] | "float64"
-             [solver.grid] cells [32]; bounds [[-3.0, 3.0]]; scheme ["muscl"]; cfl [0.5]
+             precision ["float32"] | "float64"; devices [all visible devices of the
+             default backend]; shard ["auto"] | "data" | "particles"; tile [2^18 on CPUs, 2^24 else]
+             (largest (N, M) block of one field call, elements; see _sharding.py, _features.py)
+             [solver.grid] (kind = "grid" only) cells [32]; bounds [[-4.0, 4.0]];
+             scheme ["muscl"] | "upwind"; limiter ["vanleer"] | "minmod" (muscl only);
+             cfl [0.4]
     [train]  time [10.0]; dt [0.01]; method ["euler"] | "heun" | "adaptive"; l2 [0.0];
              l2_schedule ["constant"] | "inverse" | "exponential"; l2_decay [1.0];
              temperature [0.0]; record_every [10]; snapshots [5]; rtol [1e-4];
-             atol [1e-6]; divergence_factor [1e6]; on_increase ["warn"] | "stop"
+             atol [1e-6]; divergence_factor [1e6]; on_increase ["warn"] | "stop";
+             reorder ["none"] | "random" | "sort"; reorder_every [10] (block reordering)
     [output] path ["runs/<config file stem>.h5", relative to the current directory];
              overwrite [false]; checkpoint_every [10.0] (seconds between checkpoints, 0 = every
              record; see _io)
+    [study]  keys of ``wflow study limit`` / ``wflow study zero-loss`` (``wflow.study``):
+             L, M, dims, seeds, times, metrics, sampling, reference, reference_M,
+             reference_L, reference_dim, reference_depth, bootstrap, memory; inits, box,
+             box_points, tail_radius. Defaults (None here) and the cross-key rules belong to
+             the study verbs (``wflow/study/_keys.py``); ``wflow run`` ignores the section.
+             The resolved config holds [study] only when the file (or --set) has one.
+
+Verb sections (``VERB_SECTIONS``): validated when present, absent from the
+resolved config otherwise, accepted by every verb (so ``wflow run`` runs the
+mean-field part of a comparison config):
+
+    [compare] optimizers; records; scales; reorder; seeds;
+              [compare.sgd] [compare.momentum] [compare.adam] [compare.minibatch]
+              (keys and defaults in ``_compare``)
 
 Relative ``data.path`` / ``init.path`` in a config file are taken relative to
 the directory of that file (so a config and its data travel together); given
@@ -55,10 +76,13 @@ from typing import Any
 import numpy as np
 
 from ._activations import ACTIVATIONS
+from ._blocks import REORDERS
+from ._compare import COMPARE_KEYS, OPTIMIZER_KEYS
 from ._data import DATASETS, DataError, make_dataset
 from ._depth import ADJOINTS, DEPTHS, ODE_SOLVERS
 from ._features import FEATURES
 from ._flow import L2_SCHEDULES, METHODS
+from ._grid import DEFAULT_CFL, LIMITERS, SCHEMES, grid_config_warnings, resolve_grid_config
 from ._integrate import ON_INCREASE
 from ._measures import MEASURES
 from ._schema import (
@@ -69,10 +93,12 @@ from ._schema import (
     cells_key,
     check_table,
     choice_key,
+    choices_key,
     digits_key,
     float_key,
     fmt,
     int_key,
+    ints_key,
     numbers_key,
     parse_override,
     path_key,
@@ -80,11 +106,18 @@ from ._schema import (
     to_toml,
     unknown_key,
 )
+from ._sharding import SHARD_MODES
 
 __all__ = ["ConfigError", "config_warnings", "load_config", "to_toml"]
 
 
 GRID_SCHEMES = ("upwind", "muscl")
+EMBEDDINGS = ("pad", "random")
+READOUTS = ("coordinates", "random")
+STUDY_METRICS = ("loss", "output", "hidden")
+STUDY_SAMPLINGS = ("iid", "shared")
+STUDY_REFERENCES = ("continuous", "particles", "grid")
+STUDY_INITS = ("point", "gaussian", "uniform")
 PRECISIONS = ("float32", "float64")
 SOLVER_KINDS = ("particles", "grid")
 
@@ -101,6 +134,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "teacher_depth": int_key(4, 1),
         "teacher_std": float_key(1.0, 0.0),
         "classes": digits_key(),
+        "test_n": int_key(0, 0),
     },
     "model": {
         "feature": choice_key("neuron", FEATURES),
@@ -108,6 +142,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "bias": bool_key(True),
         "dim": int_key(None, 1),
         "sharpness": float_key(10.0, 0.0, strict=True),
+        "scale": float_key(1.0, 0.0, strict=True),
+        "embedding": choice_key("pad", EMBEDDINGS),
+        "readout": choice_key("coordinates", READOUTS),
     },
     "init": {
         "kind": choice_key("gaussian", MEASURES),
@@ -116,6 +153,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "low": numbers_key(None),
         "high": numbers_key(None),
         "path": path_key(),
+        "symmetric": bool_key(False),
     },
     "solver": {
         "kind": choice_key("particles", SOLVER_KINDS),
@@ -127,6 +165,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "rtol": float_key(1e-5, 0.0, strict=True),
         "atol": float_key(1e-7, 0.0, strict=True),
         "precision": choice_key("float32", PRECISIONS),
+        "devices": int_key(None, 1),
+        "shard": choice_key("auto", SHARD_MODES),
+        "tile": int_key(None, 1),
     },
     "train": {
         "time": float_key(10.0, 0.0, strict=True),
@@ -142,21 +183,50 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "atol": float_key(1e-6, 0.0, strict=True),
         "divergence_factor": float_key(1e6, 1.0, strict=True),
         "on_increase": choice_key("warn", ON_INCREASE),
+        "reorder": choice_key("none", REORDERS),
+        "reorder_every": int_key(10, 1),
     },
     "output": {
         "path": path_key(),
         "overwrite": bool_key(False),
         "checkpoint_every": float_key(10.0, 0.0),
     },
+    # Defaults are filled in (and the cross-key rules checked) by the study verbs.
+    "study": {
+        "L": ints_key(None, 1),
+        "M": ints_key(None, 1),
+        "dims": ints_key(None, 1),
+        "seeds": int_key(None, 1),
+        "times": numbers_key(None, lo=0.0),
+        "metrics": choices_key(None, STUDY_METRICS),
+        "sampling": choice_key(None, STUDY_SAMPLINGS),
+        "reference": choice_key(None, STUDY_REFERENCES),
+        "reference_M": int_key(None, 1),
+        "reference_L": int_key(None, 1),
+        "reference_dim": int_key(None, 1),
+        "reference_depth": choice_key(None, DEPTHS),
+        "bootstrap": int_key(None, 0),
+        "memory": float_key(None, 0.0, strict=True),
+        "inits": choices_key(None, STUDY_INITS),
+        "box": float_key(None, 0.0, strict=True),
+        "box_points": int_key(None, 1),
+        "tail_radius": float_key(None, 0.0, strict=True),
+    },
+}
+# Sections of a verb: validated when present, absent from the resolved config otherwise.
+VERB_SECTIONS: dict[str, dict[str, Key]] = {
+    "compare": COMPARE_KEYS,
 }
 # Sub-tables: (section, name) -> keys. Only meaningful for solver.kind = "grid".
 SUBTABLES: dict[tuple[str, str], dict[str, Key]] = {
     ("solver", "grid"): {
         "cells": cells_key(32),
-        "bounds": bounds_key([-3.0, 3.0]),
-        "scheme": choice_key("muscl", GRID_SCHEMES),
-        "cfl": float_key(0.5, 0.0, strict=True, hi=1.0),
+        "bounds": bounds_key([-4.0, 4.0]),
+        "scheme": choice_key("muscl", SCHEMES),
+        "limiter": choice_key("vanleer", LIMITERS),
+        "cfl": float_key(DEFAULT_CFL, 0.0, strict=True),
     },
+    **{("compare", name): keys for name, keys in OPTIMIZER_KEYS.items()},
 }
 TOP_KEYS = {"seed": int_key(0, 0, 2**32 - 1)}
 PATH_KEYS = (("data", "path"), ("init", "path"))
@@ -173,7 +243,7 @@ def _apply_override(raw: dict, parts: list[str], value: Any) -> None:
         raw[parts[0]] = value
         return
     section = parts[0]
-    if section not in SCHEMA:
+    if section not in SCHEMA and section not in VERB_SECTIONS:
         raise _unknown_section(section, value, full)
     table = raw.setdefault(section, {})
     if not isinstance(table, dict):
@@ -188,22 +258,24 @@ def _apply_override(raw: dict, parts: list[str], value: Any) -> None:
                            f"in [{section}.{parts[1]}]")
         sub[parts[2]] = value
         return
-    if len(parts) != 2 or parts[1] not in SCHEMA[section]:
+    if len(parts) != 2 or parts[1] not in {**SCHEMA, **VERB_SECTIONS}[section]:
         raise unknown_key(full, value, _section_options(section), f"in [{section}]")
     table[parts[1]] = value
 
 
 def _section_options(section: str) -> list[str]:
-    return list(SCHEMA[section]) + [f"[{section}.{n}]" for (s, n) in SUBTABLES if s == section]
+    return (list({**SCHEMA, **VERB_SECTIONS}[section])
+            + [f"[{section}.{n}]" for (s, n) in SUBTABLES if s == section])
 
 
 def _unknown_section(name: str, value: Any, full: str | None = None) -> ConfigError:
-    options = list(TOP_KEYS) + list(SCHEMA)
+    sections = list(SCHEMA) + list(VERB_SECTIONS)
+    options = list(TOP_KEYS) + sections
     close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
     hint = ""
     if close:
-        hint = f" (did you mean {'[' + close[0] + ']' if close[0] in SCHEMA else close[0]}?)"
-    allowed = ", ".join(list(TOP_KEYS) + [f"[{s}]" for s in SCHEMA])
+        hint = f" (did you mean {'[' + close[0] + ']' if close[0] in sections else close[0]}?)"
+    allowed = ", ".join(list(TOP_KEYS) + [f"[{s}]" for s in sections])
     if full is not None:
         shown = f"{full} = {fmt(value)}"
     elif isinstance(value, dict):
@@ -228,7 +300,7 @@ def _per_coord_len(key: str, value, k: int) -> None:
 
 def _resolve(raw: dict, stem: str) -> dict:
     for name, value in raw.items():
-        if name not in TOP_KEYS and name not in SCHEMA:
+        if name not in TOP_KEYS and name not in SCHEMA and name not in VERB_SECTIONS:
             raise _unknown_section(name, value)
     cfg: dict[str, Any] = {}
     given: dict[str, set] = {}
@@ -236,8 +308,13 @@ def _resolve(raw: dict, stem: str) -> dict:
     for section, keys in SCHEMA.items():
         subs = {n: v for (s, n), v in SUBTABLES.items() if s == section}
         cfg[section], given[section] = check_table(section, raw.get(section, {}), keys, subs)
+    for section, keys in VERB_SECTIONS.items():
+        if section in raw:
+            subs = {n: v for (s, n), v in SUBTABLES.items() if s == section}
+            cfg[section], given[section] = check_table(section, raw[section], keys, subs)
 
-    data, model, init, solver, train, output = (cfg[s] for s in SCHEMA)
+    data, model, init, solver, train, output = (cfg[s] for s in
+                                                ("data", "model", "init", "solver", "train", "output"))
 
     # --- data: d_in and d_out
     kind = data["kind"]
@@ -255,10 +332,16 @@ def _resolve(raw: dict, stem: str) -> dict:
         if "dim" in given["data"] and data["dim"] != d_in:
             raise ConfigError(f"data.dim = {data['dim']}: the file data.path has x of shape "
                               f"{x.shape}, so d_in = {d_in} (leave data.dim out for file data)")
-        if "n" in given["data"] and data["n"] != n_file:
-            raise ConfigError(f"data.n = {data['n']}: the file data.path holds {n_file} samples "
-                              "(leave data.n out for file data)")
-        data["dim"], data["n"] = d_in, n_file
+        if data["test_n"] >= n_file:
+            raise ConfigError(f"data.test_n = {data['test_n']}: the file data.path holds "
+                              f"{n_file} samples; at least one must be left for training")
+        n_train = n_file - data["test_n"]
+        if "n" in given["data"] and data["n"] != n_train:
+            held = f" minus data.test_n = {data['test_n']}" if data["test_n"] else ""
+            raise ConfigError(f"data.n = {data['n']}: the file data.path holds {n_file} samples"
+                              f"{held}, i.e. {n_train} for training (leave data.n out for file "
+                              "data)")
+        data["dim"], data["n"] = d_in, n_train
     else:
         if data["path"] is not None:
             raise ConfigError(f"data.path = {fmt(data['path'])}: only used with "
@@ -274,12 +357,14 @@ def _resolve(raw: dict, stem: str) -> dict:
                 data["classes"] = list(range(10))
             d_out = 1 if len(data["classes"]) == 2 else len(data["classes"])
         else:
-            d_out = data["out_dim"] if kind == "teacher" else 1
+            d_out = data["out_dim"] if kind in ("teacher", "gaussian") else 1
     if data["classes"] is not None and kind != "digits":
         raise ConfigError(f"data.classes = {fmt(data['classes'])}: only used with "
                           f'data.kind = "digits" (data.kind is {fmt(kind)})')
-    if "out_dim" in given["data"] and kind != "teacher" and data["out_dim"] != d_out:
-        raise ConfigError(f"data.out_dim = {data['out_dim']}: only the teacher data sets d_out; "
+    if ("out_dim" in given["data"] and kind not in ("teacher", "gaussian")
+            and data["out_dim"] != d_out):
+        raise ConfigError(f"data.out_dim = {data['out_dim']}: only teacher and gaussian data set "
+                          "d_out; "
                           f"{kind} data has d_out = {d_out}")
     data["out_dim"] = d_out
 
@@ -287,11 +372,18 @@ def _resolve(raw: dict, stem: str) -> dict:
     if model["dim"] is None:
         model["dim"] = max(d_in, d_out)
     d = model["dim"]
-    if d < d_in:
+    if d < d_in and model["embedding"] == "pad":
         raise ConfigError(f"model.dim = {d}: must be >= the input dimension d_in = {d_in} "
-                          "(data.dim)")
-    if d < d_out:
-        raise ConfigError(f"model.dim = {d}: must be >= the output dimension d_out = {d_out}")
+                          '(data.dim) with model.embedding = "pad"')
+    if d < d_out and model["readout"] == "coordinates":
+        raise ConfigError(f"model.dim = {d}: must be >= the output dimension d_out = {d_out} "
+                          'with model.readout = "coordinates"')
+    if kind == "teacher" and (model["embedding"], model["readout"]) != ("pad", "coordinates"):
+        name, value = (("embedding", model["embedding"]) if model["embedding"] != "pad"
+                       else ("readout", model["readout"]))
+        raise ConfigError(f"model.{name} = {fmt(value)}: teacher data need model.embedding = "
+                          '"pad" and model.readout = "coordinates" (the teacher network has no '
+                          'random maps); use data.kind = "gaussian" or another data set')
     k = _feature_k(model["feature"], d, model["bias"])
 
     # --- init: per-coordinate lists have k entries
@@ -304,11 +396,24 @@ def _resolve(raw: dict, stem: str) -> dict:
         if np.any(hi < lo):
             raise ConfigError(f"init.high = {fmt(init['high'])}: must be >= init.low = "
                               f"{fmt(init['low'])} in every coordinate")
+    if init["symmetric"]:
+        if solver["kind"] == "grid":
+            raise ConfigError('init.symmetric = true: particles only (solver.kind is "grid"; '
+                              "a density symmetric under theta -> R theta is set through init.mean)")
+        if init["kind"] == "file":
+            raise ConfigError('init.symmetric = true: not used with init.kind = "file" (the file '
+                              "gives every particle)")
+        if solver["M"] % 2:
+            raise ConfigError(f"init.symmetric = true: needs an even solver.M (pairs theta, "
+                              f"R theta); solver.M is {solver['M']}")
     for name in ("low", "high"):
         if init[name] is not None and init["kind"] != "uniform":
             raise ConfigError(f"init.{name} = {fmt(init[name])}: only used with "
                               f'init.kind = "uniform" (init.kind is {fmt(init["kind"])})')
     if init["kind"] == "file":
+        if init["path"] is None and solver["kind"] == "grid":
+            raise ConfigError('init.path is missing: init.kind = "file" needs a .npz or .h5 file '
+                              "with an array rho of shape (n_t, *cells) for the grid solver")
         if init["path"] is None:
             raise ConfigError('init.path is missing: init.kind = "file" needs a .npz or .h5 file '
                               f"with an array theta of shape (L, M, k) = "
@@ -319,22 +424,37 @@ def _resolve(raw: dict, stem: str) -> dict:
                           f'init.kind = "file" (init.kind is {fmt(init["kind"])})')
 
     # --- solver
+    grid_keys = SUBTABLES[("solver", "grid")]
     if solver["kind"] == "grid":
-        if k > 3:
-            raise ConfigError(f'solver.kind = "grid": the grid solver needs k <= 3 parameters per '
-                              f"particle, this model has k = {k} (model.feature = "
-                              f"{fmt(model['feature'])}, model.dim = {d})")
-        raise ConfigError('solver.kind = "grid": the grid solver is not implemented in this '
-                          'version; allowed is "particles"')
-    if "grid" in solver:
-        grid = solver["grid"]
-        for name, spec in SUBTABLES[("solver", "grid")].items():
-            grid.setdefault(name, spec.default)
+        raw_grid = raw.get("solver", {}).get("grid", {})
+        solver.setdefault("grid", {name: spec.default for name, spec in grid_keys.items()})
+        resolve_grid_config(solver, init, train, k=k, given_solver=given["solver"],
+                            given_grid=set(raw_grid))
+    elif "grid" in solver:
+        raise ConfigError(f"solver.grid = {fmt(raw['solver']['grid'])}: only used with "
+                          f'solver.kind = "grid" (solver.kind is {fmt(solver["kind"])})')
 
     # --- train
     if train["temperature"] > 0 and train["method"] == "adaptive":
         raise ConfigError(f"train.temperature = {train['temperature']!r}: needs train.method = "
                           '"euler" or "heun" (adaptive integration is deterministic only)')
+    study = cfg.get("compare", {}).get("reorder", [])
+    if train["reorder"] == "none" and "reorder_every" in given["train"] and not study:
+        raise ConfigError(f"train.reorder_every = {train['reorder_every']}: only used with "
+                          'train.reorder = "random" or "sort" (or a [compare] reorder study); '
+                          'train.reorder is "none"')
+    if train["reorder"] != "none" and solver["kind"] == "grid":
+        raise ConfigError(f"train.reorder = {fmt(train['reorder'])}: block reordering is for "
+                          'particles (solver.kind is "grid"); allowed with the grid is "none"')
+    if train["reorder"] != "none" and train["method"] == "adaptive":
+        raise ConfigError(f"train.reorder = {fmt(train['reorder'])}: needs fixed steps "
+                          '(train.method = "euler", "heun" or "ssprk3"), not "adaptive"')
+    if "compare" in cfg:
+        for name in OPTIMIZER_KEYS:
+            if name in cfg["compare"]:
+                sub = cfg["compare"][name]
+                for key, spec in OPTIMIZER_KEYS[name].items():
+                    sub.setdefault(key, spec.default)
     n_steps = train["time"] / train["dt"]
     if n_steps > MAX_STEPS:
         raise ConfigError(f"train.dt = {train['dt']!r}: train.time / train.dt = {n_steps:.3g} steps; "
@@ -349,6 +469,8 @@ def _resolve(raw: dict, stem: str) -> dict:
     # --- output
     if output["path"] is None:
         output["path"] = os.path.join("runs", f"{stem}.h5")
+    if "study" not in raw:  # only the study verbs read [study]; they fill in its defaults
+        del cfg["study"]
     return cfg
 
 
@@ -390,5 +512,5 @@ def config_warnings(config: dict) -> list[str]:
     if config["model"]["feature"] == "neuron" and config["model"]["activation"] == "relu":
         out.append('model.activation = "relu" is outside the mean-field theory (it is not '
                    'smooth); results may not converge; "smooth_relu" is the smooth version')
-    return out
+    return out + grid_config_warnings(config)
 

@@ -10,6 +10,11 @@ caller casts to the run's precision.
   is a multiple of the teacher's can represent it exactly, so zero loss is
   attainable.
 * ``sine``: x ~ U[-1, 1]^{d_in}, y = sin(pi x_0) (+ optional Gaussian noise).
+* ``gaussian``: random labels, x ~ N(0, I_{d_in} / d_in) and, independently,
+  y ~ N(0, I_{d_out} / d_out) (E|x|^2 = E|y|^2 = 1): a memorization task with
+  no structure to learn, the data of Chaintron, Chizat and Maass's "ResNets of
+  all shapes and sizes" experiments (there x, y ~ N(0, I); README, "Random
+  embedding and readout", for the mapping).
 * ``circles``: two concentric circles of radii 1 and 1/2 in R^2 (d_in = 2),
   labels +1 (outer) / -1 (inner), optional radial noise.
 * ``file``: ``.npz`` or ``.h5``/``.hdf5`` holding ``x`` (N, d_in) and ``y``
@@ -17,6 +22,21 @@ caller casts to the run's precision.
 * ``digits``: scikit-learn's bundled 8x8 digits (1797 images, nothing is
   downloaded): x in [0, 1]^64; y one-hot over ``classes`` (+-1 labels when two
   classes are chosen).
+
+Held-out data (``test_n`` > 0, config ``data.test_n``), deterministic from the
+seed and never overlapping the training set where the data are a finite pool:
+
+* teacher, sine, circles: ``test_n`` fresh samples of the same distribution
+  (same teacher network), drawn from a generator seeded by (seed, 0x7E57)
+  that is independent of the training draws, so the training set is the
+  same with or without a test set;
+* digits: the images that follow the training images in the seeded
+  permutation (n + test_n must not exceed the images of the chosen classes);
+* file: ``test_n`` rows chosen at random (seeded) are held out; the training
+  set is the remaining N_file - test_n rows in file order.
+
+``make_dataset`` returns the training part, ``make_test_set`` the held-out
+part (same arguments); ``is_labelled`` says whether accuracies are defined.
 """
 
 from __future__ import annotations
@@ -25,7 +45,7 @@ import os
 
 import numpy as np
 
-DATASETS = ("teacher", "sine", "circles", "file", "digits")
+DATASETS = ("teacher", "sine", "circles", "file", "digits", "gaussian")
 
 
 class DataError(ValueError):
@@ -34,6 +54,32 @@ class DataError(ValueError):
 
 def _rng(seed: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed), 0xDA7A]))
+
+
+def _test_rng(seed: int) -> np.random.Generator:
+    """The held-out set's generator: independent of the training draws (module docstring)."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), 0x7E57]))
+
+
+def is_labelled(kind: str, y: np.ndarray) -> bool:
+    """True for class labels: circles and digits, and file data whose y is +-1 (one column)
+    or one-hot (several columns); accuracies are recorded for labelled data."""
+    if kind in ("circles", "digits"):
+        return True
+    if kind != "file" or y.size == 0:
+        return False
+    if y.shape[1] == 1:
+        return bool(np.all(np.abs(y) == 1.0))
+    return bool(np.all((y == 0.0) | (y == 1.0)) and np.all(y.sum(axis=1) == 1.0))
+
+
+def _circles(rng: np.random.Generator, n: int, noise: float):
+    label = np.where(np.arange(n) % 2 == 0, 1.0, -1.0)
+    rng.shuffle(label)
+    radius = np.where(label > 0, 1.0, 0.5) + noise * rng.normal(size=n)
+    angle = rng.uniform(0.0, 2 * np.pi, size=n)
+    x = np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=1)
+    return x, label[:, None]
 
 
 def load_array_file(path: str, names: tuple[str, ...], key: str) -> dict[str, np.ndarray]:
@@ -100,7 +146,8 @@ def teacher_targets(x, feature, *, width: int, depth: int, std: float, out_dim: 
     enable_x64 = getattr(jax, "enable_x64", None)
     if enable_x64 is None:  # jax < 0.6
         from jax.experimental import enable_x64
-    with enable_x64(True), jax.default_device(jax.devices("cpu")[0]):
+    # local_devices: in a multi-process run jax.devices()[0] belongs to process 0.
+    with enable_x64(True), jax.default_device(jax.local_devices(backend="cpu")[0]):
         f64 = jnp.float64
         problem = Problem(feature, jnp.asarray(x, f64), jnp.asarray(dummy_y, f64))
         y = LayeredDepth().predict(problem, jnp.asarray(theta, f64))
@@ -121,9 +168,48 @@ def make_dataset(
     teacher_depth: int = 4,
     teacher_std: float = 1.0,
     classes: tuple[int, ...] | None = None,
+    test_n: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Build dataset ``kind`` (see the module docstring). Returns (x, y) float64."""
-    rng = _rng(seed)
+    """Build dataset ``kind`` (see the module docstring). Returns the training (x, y), float64.
+
+    ``test_n`` only matters where the held-out rows come out of a finite pool
+    (file data lose them; digits check that enough images remain).
+    """
+    return _make(kind, n=n, dim=dim, seed=seed, feature=feature, out_dim=out_dim, noise=noise,
+                 path=path, teacher_width=teacher_width, teacher_depth=teacher_depth,
+                 teacher_std=teacher_std, classes=classes, test_n=test_n, part="train")
+
+
+def make_test_set(
+    kind: str,
+    *,
+    test_n: int,
+    n: int = 256,
+    dim: int = 2,
+    seed: int = 0,
+    feature=None,
+    out_dim: int = 1,
+    noise: float = 0.0,
+    path: str | None = None,
+    teacher_width: int = 4,
+    teacher_depth: int = 4,
+    teacher_std: float = 1.0,
+    classes: tuple[int, ...] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out (x_test (test_n, d_in), y_test (test_n, d_out)) of ``make_dataset``'s data."""
+    if not (isinstance(test_n, int) and test_n >= 1):
+        raise DataError(f"data.test_n = {test_n!r}: make_test_set needs an integer >= 1")
+    return _make(kind, n=n, dim=dim, seed=seed, feature=feature, out_dim=out_dim, noise=noise,
+                 path=path, teacher_width=teacher_width, teacher_depth=teacher_depth,
+                 teacher_std=teacher_std, classes=classes, test_n=test_n, part="test")
+
+
+def _make(kind, *, n, dim, seed, feature, out_dim, noise, path, teacher_width, teacher_depth,
+          teacher_std, classes, test_n, part):
+    test = part == "test"
+    rng = _test_rng(seed) if test else _rng(seed)
+    if test and kind in ("teacher", "sine", "circles"):
+        n = test_n
     if kind == "teacher":
         if feature is None:
             raise ValueError("teacher data needs the model's feature map")
@@ -137,15 +223,16 @@ def make_dataset(
         x = rng.uniform(-1.0, 1.0, size=(n, dim))
         y = np.sin(np.pi * x[:, :1]) + noise * rng.normal(size=(n, 1))
         return x, y
+    if kind == "gaussian":
+        x = rng.normal(size=(n, dim)) / np.sqrt(dim)
+        y = rng.normal(size=(n, out_dim)) / np.sqrt(out_dim)
+        if noise > 0:
+            y = y + noise * rng.normal(size=y.shape)
+        return x, y
     if kind == "circles":
         if dim != 2:
             raise DataError(f"data.dim = {dim}: circles data lives in 2 dimensions (dim = 2)")
-        label = np.where(np.arange(n) % 2 == 0, 1.0, -1.0)
-        rng.shuffle(label)
-        radius = np.where(label > 0, 1.0, 0.5) + noise * rng.normal(size=n)
-        angle = rng.uniform(0.0, 2 * np.pi, size=n)
-        x = np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=1)
-        return x, label[:, None]
+        return _circles(rng, n, noise)
     if kind == "file":
         if not path:
             raise DataError("data.path is missing: kind = 'file' needs a .npz or .h5 file with x, y")
@@ -170,6 +257,14 @@ def make_dataset(
         if x.shape[1] == 0 or y.shape[1] == 0:
             raise DataError(f"data.path = {path!r}: x has shape {x.shape} and y {y.shape}; "
                             "both need at least one column")
+        if test_n > 0:
+            if test_n >= x.shape[0]:
+                raise DataError(f"data.test_n = {test_n}: the file data.path holds {x.shape[0]} "
+                                "samples; at least one must be left for training")
+            held = np.zeros(x.shape[0], bool)
+            held[_test_rng(seed).choice(x.shape[0], size=test_n, replace=False)] = True
+            keep = held if test else ~held
+            x, y = x[keep], y[keep]
         return x, y
     if kind == "digits":
         from sklearn.datasets import load_digits
@@ -181,7 +276,12 @@ def make_dataset(
         keep = np.isin(data.target, classes)
         x = data.data[keep] / 16.0
         t = data.target[keep]
-        idx = rng.permutation(len(t))[: min(n, len(t))]
+        order = _rng(seed).permutation(len(t))
+        n_train = min(n, len(t))
+        if test_n > 0 and n_train + test_n > len(t):
+            raise DataError(f"data.test_n = {test_n}: the digits {list(classes)} have {len(t)} "
+                            f"images; data.n + data.test_n = {n_train + test_n} must not exceed it")
+        idx = order[n_train : n_train + test_n] if test else order[:n_train]
         x, t = x[idx], t[idx]
         if len(classes) == 2:
             y = np.where(t == classes[0], 1.0, -1.0)[:, None]

@@ -49,6 +49,7 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import optimistix as optx
 from jax import lax
 
 from ._problem import Problem
@@ -87,6 +88,14 @@ class DepthDiscretization(eqx.Module):
                     weights: jax.Array | None = None, probes: jax.Array | None = None) -> jax.Array:
         raise NotImplementedError
 
+    def place(self, problem: Problem, measure):
+        """(problem, measure) laid out on the devices this discretization runs on.
+
+        Identity here (one device, JAX's default placement); the multi-device
+        wrapper ``_sharding.ShardedDepth`` splits the data or the particles.
+        """
+        return problem, measure
+
     def loss_and_grad(self, problem: Problem, Theta: jax.Array, weights: jax.Array | None = None):
         """E and dE/dTheta (L, M, k)."""
         return jax.value_and_grad(lambda th: self.loss(problem, th, weights))(Theta)
@@ -113,6 +122,8 @@ class DepthDiscretization(eqx.Module):
         L, M, _ = Theta.shape
         loss, dE = self.loss_and_grad(problem, Theta, weights)
         w = self.weights(L, Theta.dtype)
+        if problem.scale != 1.0:  # the flow descends E / alpha^2 (``_problem``)
+            dE = problem.objective_weight * dE
         if weights is None:
             v = -(M / w)[:, None, None] * dE
             stat = jnp.sum(w * jnp.mean(jnp.sum(v * v, axis=2), axis=1))
@@ -144,19 +155,31 @@ class DepthDiscretization(eqx.Module):
                              f"L = {L}, k = {Theta.shape[2]}")
         loss, g = jax.value_and_grad(lambda q: self.loss(problem, Theta, weights, q))(
             query.astype(Theta.dtype))
+        if problem.scale != 1.0:  # grad V_alpha = grad V / alpha^2 (``_problem``)
+            g = problem.objective_weight * g
         return loss, g / self.weights(L, g.dtype)[:, None, None]
 
 
-def _slice_field(problem: Problem, z, theta, omega, probe):
-    """F_l(z) = sum_m omega_m f(z; theta_m) (+ the zero-valued probe of the query points)."""
+def _slice_field(problem: Problem, z, theta, omega, probe=None):
+    """alpha F_l(z) = alpha sum_m omega_m f(z; theta_m) (+ the zero-valued probe of query points).
+
+    The one place where the residual scale alpha (``problem.scale``, see
+    ``_problem``) enters the forward pass of both discretizations and the
+    layered adjoint; at alpha = 1 nothing is multiplied.
+    """
     F = problem.feature.field(z, theta, omega)
     if probe is not None:
         F = F + problem.feature.probe(z, probe)
+    if problem.scale != 1.0:
+        F = problem.scale * F
     return F
 
 
 class LayeredDepth(DepthDiscretization):
-    """The finite ResNet z_{l+1} = z_l + (1/L) sum_m omega_{l,m} f(z_l; theta_{l,m}), l = 0..L-1."""
+    """The finite ResNet z_{l+1} = z_l + (alpha/L) sum_m omega_{l,m} f(z_l; theta_{l,m}), l = 0..L-1.
+
+    alpha = ``problem.scale`` (default 1).
+    """
 
     def times(self, L: int) -> jax.Array:
         """Layer l acts on [l/L, (l+1)/L]; its depth time is t_l = l / L."""
@@ -188,7 +211,7 @@ class LayeredDepth(DepthDiscretization):
             theta, omega, z = inputs
             # Through the feature's own reverse rule (for Neuron: the hand-written
             # adjoint on CPU, JAX's VJP on GPU; see _features.py).
-            _, vjp = jax.vjp(lambda z, th: problem.feature.field(z, th, omega), z, theta)
+            _, vjp = jax.vjp(lambda z, th: _slice_field(problem, z, th, omega), z, theta)
             gz, gtheta = vjp(p)
             return p + h * gz, gtheta
 
@@ -240,10 +263,20 @@ class ContinuousDepth(DepthDiscretization):
         a = jnp.clip(s - j, 0.0, 1.0).astype(z.dtype)
         return (1 - a) * slice_field(j) + a * slice_field(j + 1)
 
+    def norm(self, y) -> jax.Array:
+        """The step-size controller's error norm: diffrax's default RMS norm over all of ``y``.
+
+        ``y`` is the state z (N, d) on the forward solve, BacksolveAdjoint's
+        augmented state (z, a_z, a_args, a_terms) on its backward solve. A hook:
+        the multi-device wrapper (``_sharding``) takes the RMS over every
+        device's part, so that all devices, and a single one, take the same steps.
+        """
+        return optx.rms_norm(y)
+
     def final_state(self, problem, Theta, x, weights=None, probes=None):
         L = Theta.shape[0]
         term = diffrax.ODETerm(lambda t, z, args: self.field(problem, args[0], t, z, *args[1:]))
-        controller = diffrax.PIDController(rtol=self.rtol, atol=self.atol)
+        controller = diffrax.PIDController(rtol=self.rtol, atol=self.atol, norm=self.norm)
         # Depth times in the state's dtype: Python floats would make diffrax promote a
         # float32 state to float64 whenever jax_enable_x64 is on.
         t0, t1 = jnp.zeros((), x.dtype), jnp.ones((), x.dtype)

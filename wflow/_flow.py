@@ -28,6 +28,16 @@ Methods of the fixed-step flows (``METHODS``):
 * ``adaptive``: diffrax Tsit5 with a PID controller between consecutive record
   times (particles, deterministic only).
 
+Block reordering (``_blocks.Reordering``, Lu et al. 2020): a particle flow
+with an active reordering permutes the depth slices at the start of every
+K-th step (n = K, 2K, ...), using the global step index n, so that a resumed
+run permutes exactly as an uninterrupted one.
+
+Recorded diagnostics: the flow's own (particles: loss E, stationarity
+residual) and, from the problem's data, the training ``accuracy`` for
+labelled data and ``test_loss`` / ``test_accuracy`` when the problem holds a
+held-out set (``Flow.data_diagnostics``); ``history_names`` lists them.
+
 Numerical failure is data: ``step`` returns ``ok = False`` when the step
 produced non-finite values, and the loop stops cleanly.
 """
@@ -44,8 +54,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._blocks import Reordering
 from ._depth import DepthDiscretization
 from ._problem import Problem
+from ._sharding import to_host
 
 METHODS = ("euler", "heun", "ssprk3", "adaptive")
 L2_SCHEDULES = ("constant", "inverse", "exponential")
@@ -104,10 +116,37 @@ class Flow(eqx.Module):
     depth: DepthDiscretization
     regularization: Regularization
 
-    # Names of the scalars ``diagnostics`` returns, in history order; "loss" comes first.
-    history_names: ClassVar[tuple[str, ...]] = ("loss", "stationarity")
+    # Names of the scalars the flow itself records (``diagnostics``); "loss" comes first.
+    measure_history_names: ClassVar[tuple[str, ...]] = ("loss", "stationarity")
     # Name of the snapshot / state array in a run file (/snapshots/<name>, /state/<name>).
     snapshot_name: ClassVar[str] = "theta"
+
+    @property
+    def history_names(self) -> tuple[str, ...]:
+        """Names of the scalars ``diagnostics`` returns, in history order ("loss" first).
+
+        The flow's own names, then those of ``data_diagnostics``: "accuracy" for
+        labelled data, "test_loss" (and "test_accuracy") with a held-out set.
+        """
+        return self.measure_history_names + data_history_names(self.problem)
+
+    def data_diagnostics(self, measure) -> dict[str, jax.Array]:
+        """Accuracy on the training data and loss / accuracy on the held-out data (jit-able).
+
+        Only what the problem defines: ``accuracy`` when ``problem.classification``,
+        ``test_loss`` (the data fit (1/2N_test) sum |g(z(1; x)) - y|^2 of the
+        held-out set) and ``test_accuracy`` when it has ``x_test``.
+        """
+        p = self.problem
+        out = {}
+        if p.classification:
+            out["accuracy"] = p.accuracy(self.predict(measure), p.y)
+        if p.has_test:
+            prediction = self.predict(measure, p.x_test)
+            out["test_loss"] = p.fit(prediction, p.y_test)
+            if p.classification:
+                out["test_accuracy"] = p.accuracy(prediction, p.y_test)
+        return out
 
     @property
     def monotone(self) -> str | None:
@@ -162,8 +201,8 @@ class Flow(eqx.Module):
         return self.depth.predict(self.problem, Theta, x, weights)
 
     def snapshot(self, measure) -> np.ndarray:
-        """The array a snapshot and the resumable state store."""
-        return np.asarray(measure)
+        """The array a snapshot and the resumable state store (gathered from every device)."""
+        return to_host(measure)
 
     def restore(self, like, array):
         """The measure with the stored ``array`` in place of ``like``'s values."""
@@ -185,6 +224,14 @@ class Measure(eqx.Module):
 STABILITY_LIMIT = {"euler": 2.0, "heun": 2.0, "ssprk3": 2.5127}
 
 
+def data_history_names(problem: Problem) -> tuple[str, ...]:
+    """The names ``Flow.data_diagnostics`` records for this problem, in order."""
+    names = ("accuracy",) if problem.classification else ()
+    if problem.has_test:
+        names += ("test_loss",) + (("test_accuracy",) if problem.classification else ())
+    return names
+
+
 class ParticleFlow(Flow):
     """Particles Theta (L, M, k) moved by their velocity (module docstring).
 
@@ -201,10 +248,15 @@ class ParticleFlow(Flow):
     lambda' <= 0), so F never increases. E itself obeys
     dE/ds = -sum_l w_l mean_m v_lm . (v_lm - lambda theta_lm), which need not
     be negative: with l2 > 0, R is not -dE/ds.
+
+    ``reordering`` (default: none) permutes the depth slices before every K-th
+    step (``_blocks.Reordering``).
     """
 
+    reordering: Reordering = Reordering()
+
     @property
-    def history_names(self) -> tuple[str, ...]:
+    def measure_history_names(self) -> tuple[str, ...]:
         names = ("loss", "stationarity")
         return names + (("energy", "dissipation") if self.regularization.l2 > 0 else ())
 
@@ -213,6 +265,9 @@ class ParticleFlow(Flow):
         k = self.problem.feature.k
         if measure.ndim != 3 or measure.shape[2] != k:
             raise ValueError(f"theta has shape {measure.shape}: must be (L, M, k) with k = {k}")
+        if self.reordering.active and method == "adaptive":
+            raise ValueError(f"train.reorder = {self.reordering.mode!r} needs fixed steps "
+                             "(train.method = 'euler', 'heun' or 'ssprk3'), not 'adaptive'")
 
     def weighted(self, theta):
         return theta, None
@@ -240,7 +295,7 @@ class ParticleFlow(Flow):
             m2 = moment(theta)
             out["energy"] = ev.loss + 0.5 * lam * m2
             out["dissipation"] = moment(ev.velocity - lam * theta) - 0.5 * rate * m2
-        return out
+        return {**out, **self.data_diagnostics(theta)}
 
     def stable_step(self, theta, s, method):
         """2 / rho (euler, heun), 2.51 / rho (ssprk3), rho the spectral radius of the drift's
@@ -256,6 +311,7 @@ class ParticleFlow(Flow):
     def step(self, method, theta, key, n, h):
         reg = self.regularization
         s = n * h
+        theta = self.reordering.apply(self.problem, theta, n)
         loss, v = self.velocity(theta, s)
         if reg.temperature > 0:
             key, sub = jax.random.split(key)
@@ -317,8 +373,16 @@ def _spectral_radius(flow: ParticleFlow, theta, s, iterations: int = 30):
 
 
 def make_flow(problem: Problem, depth: DepthDiscretization, measure,
-              regularization: Regularization = Regularization()) -> Flow:
-    """The flow that moves ``measure``: its ``flow_type`` for a ``Measure``, else particles."""
+              regularization: Regularization = Regularization(),
+              reordering: Reordering | None = None) -> Flow:
+    """The flow that moves ``measure``: its ``flow_type`` for a ``Measure``, else particles.
+
+    ``reordering`` (block reordering, ``_blocks.Reordering``) is for particles only.
+    """
+    reordering = reordering or Reordering()
     if isinstance(measure, Measure):
+        if reordering.active:
+            raise ValueError(f"train.reorder = {reordering.mode!r}: block reordering is "
+                             "implemented for particles only")
         return measure.flow_type(problem, depth, regularization)
-    return ParticleFlow(problem, depth, regularization)
+    return ParticleFlow(problem, depth, regularization, reordering)

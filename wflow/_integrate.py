@@ -32,6 +32,13 @@ Jacobian by power iteration). ``Schedule.on_increase = "stop"`` ends the run
 there with status ``"unstable"`` instead. ``adaptive`` is not checked: its
 error control allows rises of the order of its tolerances.
 
+A flow may batch independent runs (``wflow.study``'s ``EnsembleFlow``): its
+diagnostics are then arrays with a leading run axis, and the batch counts as
+diverged only when every run has (a run that diverged alone carries
+non-finite values, which its owner reads from the records). A flow whose
+``snapshot`` returns None stores no snapshots. Batched flows are not checked
+for rises.
+
 Why a run may not converge: ds too large (Euler is stable only for
 ds < 2 / (largest Hessian eigenvalue of E in the velocity scaling); halve
 ``dt`` or use ``adaptive``); a degenerate initial measure (SPEC §6: all mass
@@ -53,6 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ._blocks import Reordering
 from ._depth import DepthDiscretization
 from ._flow import METHODS, Flow, Measure, Regularization, make_flow
 from ._flow import STABILITY_LIMIT as STABILITY
@@ -135,7 +143,8 @@ class Record(NamedTuple):
 
     step: int
     s: float
-    values: dict  # the flow's diagnostics by name (``Flow.history_names``): loss, stationarity, ...
+    values: dict  # the flow's diagnostics by name (``Flow.history_names``): floats, or arrays for
+    #               a batched flow
     wall_time: float
     history: bool  # a history record (record_every / first / last)
     snapshot: np.ndarray | None  # the snapshot array at snapshot steps, else None
@@ -189,6 +198,12 @@ def _diagnostics(flow: Flow, measure, s):
     return flow.diagnostics(measure, s)
 
 
+def _host(value):
+    """A diagnostic on the host: a float for a scalar, else a NumPy array (batched flows)."""
+    value = np.asarray(value)
+    return float(value) if value.ndim == 0 else value
+
+
 def integrate(
     problem: Problem,
     depth: DepthDiscretization,
@@ -196,6 +211,7 @@ def integrate(
     *,
     theta0=None,
     regularization: Regularization | None = None,
+    reordering: Reordering | None = None,
     key: jax.Array | None = None,
     state: FlowState | None = None,
     initial_loss: float | None = None,
@@ -210,6 +226,8 @@ def integrate(
         theta0: the initial measure: particles Theta (L, M, k) (the dtype sets
             the precision) or a ``GridDensity``.
         regularization: L2 weight schedule and temperature (default: none).
+        reordering: block reordering of the depth slices every K steps (particles
+            only; default: none; ``_blocks.Reordering``).
         key: PRNG key for the Langevin noise (default ``PRNGKey(0)``).
         state: a ``FlowState`` to resume from instead of ``theta0``; records at
             steps <= state.step are not repeated.
@@ -232,7 +250,9 @@ def integrate(
             theta0 = jnp.asarray(theta0)
         state = FlowState(theta0, 0, jax.random.PRNGKey(0) if key is None else key)
     measure, step, key = state
-    flow = make_flow(problem, depth, measure, regularization or Regularization())
+    problem, measure = depth.place(problem, measure)  # one device: as is; many: split
+    flow = make_flow(problem, depth, measure, regularization or Regularization(),
+                     reordering or Reordering())
     flow.check(measure, schedule.method)
     dtype = jax.tree_util.tree_leaves(measure)[0].dtype
     flow = eqx.tree_at(lambda f: f.problem, flow, problem.astype(dtype))
@@ -251,7 +271,7 @@ def integrate(
         """
         wall = wall_offset + time.perf_counter() - t_start
         is_hist = diverged or step in rec_steps
-        snap = flow.snapshot(measure) if step in snap_steps and not diverged else None
+        snap = flow.snapshot(measure) if step in snap_steps and not diverged else None  # may be None
         if is_hist:
             for name, val in {"s": step * h, **values, "wall_time": wall}.items():
                 history[name].append(val)
@@ -267,25 +287,30 @@ def integrate(
             stack = np.stack(snaps)
         else:
             one = flow.snapshot(measure)
-            stack = np.zeros((0,) + one.shape, one.dtype)
+            stack = None if one is None else np.zeros((0,) + one.shape, one.dtype)
         return FlowResult(FlowState(measure, step, key), status, hist,
                           np.asarray(snap_s, np.float64), stack)
 
     def diagnostics(measure, step):
         values = _diagnostics(flow, measure, jnp.asarray(step * h, dtype))
-        return {name: float(values[name]) for name in flow.history_names}
+        return {name: _host(values[name]) for name in flow.history_names}
 
     values = diagnostics(measure, step)
     if step == 0:
         initial_loss = values["loss"]
-        if not math.isfinite(initial_loss):
+        if np.all(~np.isfinite(initial_loss)):
             emit(0, measure, key, values)
             return result("diverged")
         if emit(0, measure, key, values):
             return result("interrupted")
-    threshold = (schedule.divergence_factor * initial_loss
-                 if initial_loss is not None and initial_loss > 0 else math.inf)
+    if initial_loss is None:
+        threshold = math.inf
+    else:
+        initial = np.asarray(initial_loss, np.float64)
+        threshold = np.where(initial > 0, schedule.divergence_factor * initial, np.inf)
     watched = flow.monotone if schedule.method != "adaptive" else None
+    if watched is not None and np.ndim(values[watched]) != 0:
+        watched = None  # a batch of runs (study ensembles): each run's owner reads its records
     y_max = float(jnp.max(jnp.abs(problem.y))) if watched else 0.0
     previous = (step, values, measure)
     warned = False
@@ -309,8 +334,9 @@ def integrate(
             reached = step + int(done)
         step = reached
         values = diagnostics(measure, step)
-        loss = values["loss"]
-        if (not ok) or (not math.isfinite(loss)) or loss > threshold:
+        loss = np.asarray(values["loss"])
+        # every run of a batch non-finite or exploded (a single run: that run)
+        if (not ok) or np.all(~np.isfinite(loss) | (loss > threshold)):
             emit(step, measure, key, values, diverged=True)
             return result("diverged")
         warning = None

@@ -9,6 +9,15 @@ below do not depend on t.
 * ``point``: every particle at ``mean`` (the Dirac mass; mean = 0 is the
   degenerate stationary point of SPEC §6).
 * ``file``: ``theta`` of shape (L, M, k) from a .npz/.h5 file.
+
+``symmetric`` (config ``init.symmetric``; not for ``file``): the symmetrized
+initialization of Chizat, Oyallon and Bach (2019). The first M/2 particles of
+every slice are sampled as above and the other M/2 are their odd reflections
+R theta (``FeatureMap.reflection``: f(z; R theta) = -f(z; theta); neuron
+u -> -u, linear theta -> -theta), so every slice field F_l is zero at s = 0
+(up to round-off) and the network starts at the identity map, for any
+residual scale alpha. It is an unbiased sample of rho_ini when rho_ini is
+invariant under R (e.g. a Gaussian whose mean has u = 0). M must be even.
 """
 
 from __future__ import annotations
@@ -44,8 +53,25 @@ def init_particles(
     high=None,
     path: str | None = None,
     dtype=jnp.float32,
+    reflection=None,
 ) -> jax.Array:
-    """Sample Theta (L, M, k) from the initial measure ``kind``."""
+    """Sample Theta (L, M, k) from the initial measure ``kind``.
+
+    ``reflection``: signs R (k,) (``FeatureMap.reflection``) for the symmetrized
+    initialization (module docstring), or None.
+    """
+    if reflection is not None:
+        if kind == "file":
+            raise DataError('init.symmetric = true: not used with init.kind = "file" (the file '
+                            "gives every particle)")
+        if M % 2:
+            raise DataError(f"init.symmetric = true: needs an even solver.M (got {M})")
+        R = np.asarray(reflection, np.float64)
+        if R.shape != (k,):
+            raise DataError(f"init.symmetric: the reflection has shape {R.shape}, need ({k},)")
+        half = init_particles(kind, key, L, M // 2, k, mean=mean, std=std, low=low, high=high,
+                              dtype=dtype)
+        return jnp.concatenate([half, half * jnp.asarray(R, dtype)], axis=1)
     mean = _per_coord(mean, k, "init.mean")
     std = _per_coord(std, k, "init.std")
     if np.any(std < 0):

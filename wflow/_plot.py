@@ -2,13 +2,19 @@
 
 Reads a ``wflow-run`` HDF5 file and writes PNGs into ``out_dir``:
 
-* ``loss.png``        loss E(s) and stationarity residual
+* ``loss.png``        loss E(s) (and the held-out loss when the run has one) and
+                      stationarity residual
                       R(s) = int int |grad_theta V|^2 rho dtheta dt against training
                       time s, log y scale (non-positive / non-finite values are masked,
                       and a panel with no positive value says so instead of staying empty);
+                      grid runs add the wall mass (``/history/wall_mass``) with its
+                      warning level;
 * ``particles.png``   particle clouds of a few depth slices, initial snapshot in grey
                       and final snapshot in colour (particle runs, ``/snapshots/theta``);
-* ``density.png``     density heat maps per depth slice (grid runs, ``/snapshots/rho``);
+* ``density.png``     grid runs (``/snapshots/rho``): k = 1, rho(theta) of a few depth
+                      slices at every snapshot, coloured by s; k = 2, heat maps of
+                      a few depth slices, initial and final; k = 3, the same for two
+                      2-D marginals;
 * ``predictions.png`` final predictions g(z(1; x_i)) against the targets y_i
                       (only when ``/final/prediction`` exists, i.e. the run completed).
 
@@ -25,7 +31,9 @@ import tomllib
 from dataclasses import dataclass
 
 import h5py
+import matplotlib
 import numpy as np
+from matplotlib.cm import ScalarMappable
 from matplotlib.collections import LineCollection
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
@@ -58,6 +66,7 @@ class _Run:
     loss: np.ndarray
     stationarity: np.ndarray
     wall_time: np.ndarray
+    wall_mass: np.ndarray | None   # grid runs: mass in the wall cells (max over slices)
     theta: np.ndarray | None       # (n, L, M, k): first and last snapshot (n <= 2)
     theta_s: np.ndarray | None     # (n,) their training times s, None if not recorded
     rho: np.ndarray | None         # (n, n_t, *cells): all snapshots for 1-D cells, else first/last
@@ -68,6 +77,7 @@ class _Run:
     x: np.ndarray | None           # (N, d_in)
     y: np.ndarray | None           # (N, d_out)
     prediction: np.ndarray | None  # (N, d_out)
+    test_loss: np.ndarray | None = None  # (n,) held-out loss (data.test_n > 0)
 
     def get(self, section: str, key: str, default=None):
         value = self.config.get(section, {})
@@ -111,8 +121,10 @@ def _read(run_path: str) -> _Run:
                 raise ValueError(f"{run_path}: wflow run file without {missing}")
             stationarity = arr("history/stationarity")
             wall_time = arr("history/wall_time")
+            wall_mass = arr("history/wall_mass")
             # a file written while running may hold history arrays of unequal length
-            n = min(len(a) for a in (s, loss, stationarity, wall_time) if a is not None)
+            n = min(len(a) for a in (s, loss, stationarity, wall_time, wall_mass)
+                    if a is not None)
             s, loss = s[:n], loss[:n]
             theta, theta_s, _ = snapshots("snapshots/theta", every=False)
             rho_obj = f.get("snapshots/rho")
@@ -131,6 +143,7 @@ def _read(run_path: str) -> _Run:
                               else stationarity[:n].astype(float)),
                 wall_time=(np.full(n, np.nan) if wall_time is None
                            else wall_time[:n].astype(float)),
+                wall_mass=None if wall_mass is None else wall_mass[:n].astype(float),
                 theta=theta,
                 theta_s=theta_s,
                 rho=rho,
@@ -141,6 +154,8 @@ def _read(run_path: str) -> _Run:
                 x=arr("data/x"),
                 y=arr("data/y"),
                 prediction=arr("final/prediction"),
+                test_loss=(None if arr("history/test_loss") is None
+                           else arr("history/test_loss")[:n].astype(float)),
             )
         except (OSError, KeyError) as err:  # truncated / corrupted datasets
             raise ValueError(f"{run_path}: unreadable wflow run file ({err})") from None
@@ -293,13 +308,26 @@ def _log_panel(ax, s: np.ndarray, v: np.ndarray, label: str, color: str, what: s
 
 
 def _plot_loss(run: _Run, out_dir: str) -> str:
-    fig = Figure(figsize=(11, 4.4), layout="constrained")
-    ax_loss, ax_res = fig.subplots(1, 2, sharex=True)
+    if run.wall_mass is None:
+        fig = Figure(figsize=(11, 4.4), layout="constrained")
+        ax_loss, ax_res = fig.subplots(1, 2, sharex=True)
+    else:
+        fig = Figure(figsize=(15.5, 4.4), layout="constrained")
+        ax_loss, ax_res, ax_wall = fig.subplots(1, 3, sharex=True)
+        _plot_wall_mass(ax_wall, run)
     _log_panel(ax_loss, run.s, run.loss, "loss $E$", "tab:blue", "loss")
     _log_panel(ax_res, run.s, run.stationarity,
                r"$\int\!\!\int |\nabla_\theta V|^2\,\rho\;d\theta\,dt$", "tab:orange",
                "stationarity residual")
     ax_loss.set_title("training loss")
+    if run.test_loss is not None and ax_loss.get_yscale() == "log":
+        test = np.where(np.isfinite(run.test_loss) & (run.test_loss > 0), run.test_loss, np.nan)
+        if np.isfinite(test).any():
+            ax_loss.plot(run.s, test, color="tab:green", ls="--", label="held-out (test) loss")
+            both = np.concatenate([test[np.isfinite(test)], run.loss[run.loss > 0]])
+            ax_loss.set_ylim(both.min() / 10 ** 0.5, both.max() * 10 ** 0.5)
+            ax_loss.legend(loc="lower left", fontsize=9)
+            ax_loss.set_title("training and held-out loss")
     ax_res.set_title("stationarity residual ($= -dE/ds$ without regularization)")
     if not len(run.s):
         final = "no records"
@@ -315,6 +343,22 @@ def _plot_loss(run: _Run, out_dir: str) -> str:
         final += f", wall time {run.wall_time[-1]:.3g} s"
     _title(fig, run, final)
     return _save(fig, out_dir, "loss.png")
+
+
+def _plot_wall_mass(ax, run: _Run) -> None:
+    """Mass in the cells touching the box walls (worst depth slice) and the warning level."""
+    from ._grid import WALL_MASS_WARNING
+
+    _log_panel(ax, run.s, run.wall_mass, "mass in the wall cells", "tab:red", "wall mass")
+    ax.axhline(WALL_MASS_WARNING, color="0.3", ls="--", lw=1,
+               label=f"warning level {WALL_MASS_WARNING:g}")
+    lo, hi = ax.get_ylim()
+    if ax.get_yscale() == "log":
+        ax.set_ylim(min(lo, WALL_MASS_WARNING / 3), max(hi, WALL_MASS_WARNING * 3))
+    ax.legend(loc="lower right", fontsize=9)
+    over = run.wall_mass > WALL_MASS_WARNING
+    ax.set_title("wall mass (max over depth slices)" + ("  -- box too small" if over.any() else ""),
+                 color="tab:red" if over.any() else "black")
 
 
 # ----------------------------------------------------------------------------- particles.png
@@ -442,74 +486,102 @@ def _grid_axis(run: _Run, i: int, n: int) -> np.ndarray:
     return np.arange(n, dtype=float)
 
 
+def _cell_width(axis: np.ndarray) -> float:
+    return float((axis[-1] - axis[0]) / (len(axis) - 1)) if len(axis) > 1 else 1.0
+
+
+def _density_views(feature: str | None, k: int) -> list[tuple[int, int]]:
+    """(x axis, y axis) of the 2-D pictures: for neurons w_0 across and u_0 up, as in
+    particles.png; with a bias also (w_0, b). The other axes are summed out."""
+    if feature == "neuron" and k in (2, 3):
+        return [(1, 0)] if k == 2 else [(1, 0), (1, 2)]
+    return [(0, 1)] if k == 2 else [(0, 1), (0, 2)]
+
+
+def _marginal(rho: np.ndarray, keep: tuple[int, int], widths: list[float]) -> np.ndarray:
+    """rho (..., *cells) integrated over the cell axes not in ``keep`` -> (..., n_x, n_y)."""
+    lead = rho.ndim - len(widths)
+    out = rho
+    for a in reversed(range(len(widths))):
+        if a not in keep:
+            out = out.sum(axis=lead + a) * widths[a]
+    # the kept axes are now in increasing order; put x first
+    return out if keep[0] < keep[1] else np.swapaxes(out, -1, -2)
+
+
 def _plot_density(run: _Run, out_dir: str) -> str:
     rho = run.rho.astype(float)
     n_snap, n_t = rho.shape[:2]
     cells = rho.shape[2:]
-    dim = len(cells)
-    names = _coord_names(run.get("model", "feature"), dim)
+    k = len(cells)
+    feature = run.get("model", "feature")
+    names = _coord_names(feature, k)
     slices = _slices(n_t)
     t = run.grid_t if run.grid_t is not None and len(run.grid_t) == n_t else None
     has_s = run.rho_s is not None
     snap_s = run.rho_s if has_s else run.rho_index.astype(float)
-    s_label = "training time $s$" if has_s else "snapshot index"
+    axes_c = [_grid_axis(run, a, n) for a, n in enumerate(cells)]
+    widths = [_cell_width(ax) for ax in axes_c]
 
     def slice_title(j: int) -> str:
         return f"slice {j} of {n_t}" + (f" (t = {t[j]:.2f})" if t is not None else "")
 
-    if dim == 3:  # show the marginal over the last coordinate
-        rho = rho.sum(axis=-1) * (np.ptp(_grid_axis(run, 2, cells[2])) / max(cells[2] - 1, 1))
-        what = f"density marginal over {names[2]}"
-        dim, cells = 2, cells[:2]
-    else:
-        what = "density per depth slice"
+    def when(i: int) -> str:
+        return f"$s$ = {_fmt(snap_s[i])}" if has_s else f"snapshot {run.rho_index[i]}"
 
-    if dim == 1:
-        theta_ax = _grid_axis(run, 0, cells[0])
-        fig = Figure(figsize=(3.6 * len(slices) + 1.2, 4.2), layout="constrained")
+    if k == 1:
+        # rho(theta) of each shown slice at every snapshot, coloured by training time
+        theta_ax = axes_c[0]
+        fig = Figure(figsize=(3.6 * len(slices) + 1.4, 4.0), layout="constrained")
         axes = np.atleast_1d(fig.subplots(1, len(slices), sharex=True, sharey=True))
-        if n_snap >= 2:
-            # training time on x, parameter on y: how each slice's density moves in s
-            vmax = np.nanmax(rho[:, slices]) if np.isfinite(rho).any() else 1.0
-            mesh = None
-            for ax, j in zip(axes, slices):
-                mesh = ax.pcolormesh(snap_s, theta_ax, rho[:, j].T, shading="nearest",
-                                     cmap="viridis", vmin=0, vmax=vmax or 1.0, rasterized=True)
-                ax.set_title(slice_title(j), fontsize=10)
-                ax.set_xlabel(s_label)
-            axes[0].set_ylabel(names[0])
-            fig.colorbar(mesh, ax=list(axes), shrink=0.9, pad=0.01, label=r"density $\rho$")
-        else:
-            for ax, j in zip(axes, slices):
-                ax.plot(theta_ax, rho[0, j], color=FINAL_COLOR)
-                ax.set_title(slice_title(j), fontsize=10)
-                ax.set_xlabel(names[0])
-            axes[0].set_ylabel(r"density $\rho$")
-        _title(fig, run, what)
+        shown = np.unique(np.round(np.linspace(0, n_snap - 1, min(n_snap, 12))).astype(int))
+        s_lo, s_hi = float(snap_s[0]), float(snap_s[-1])
+        norm = Normalize(s_lo, s_hi if s_hi > s_lo else s_lo + 1.0)
+        cmap = matplotlib.colormaps["viridis"]
+        for ax, j in zip(axes, slices):
+            for i in shown:
+                ax.plot(theta_ax, rho[i, j], color=cmap(norm(snap_s[i])), lw=1.4)
+            ax.set_title(slice_title(j), fontsize=10)
+            ax.set_xlabel(names[0])
+            ax.grid(True, alpha=0.3)
+        axes[0].set_ylabel(r"density $\rho$")
+        if n_snap > 1:
+            fig.colorbar(ScalarMappable(norm, cmap), ax=list(axes), shrink=0.9, pad=0.01,
+                         label="training time $s$" if has_s else "snapshot index")
+        _title(fig, run, f"density per depth slice ({len(shown)} of {n_snap} snapshots)")
         return _save(fig, out_dir, "density.png")
 
-    a0, a1 = _grid_axis(run, 0, cells[0]), _grid_axis(run, 1, cells[1])
+    views = _density_views(feature, k)
     rows = [0, n_snap - 1] if n_snap > 1 else [0]
-    fig = Figure(figsize=(3.4 * len(slices) + 1.2, 3.2 * len(rows) + 0.8), layout="constrained")
-    axes = np.array(fig.subplots(len(rows), len(slices), sharex=True, sharey=True,
-                                 squeeze=False))
-    vmax = np.nanmax(rho[rows][:, slices]) if np.isfinite(rho).any() else 1.0
-    mesh = None
-    for r, snap in enumerate(rows):
-        for c, j in enumerate(slices):
-            ax = axes[r, c]
-            mesh = ax.pcolormesh(a0, a1, rho[snap, j].T, shading="nearest", cmap="viridis",
-                                 vmin=0, vmax=vmax or 1.0, rasterized=True)
-            if r == 0:
-                ax.set_title(slice_title(j), fontsize=10)
-            if r == len(rows) - 1:
-                ax.set_xlabel(names[0])
-            if c == 0:
-                label = "initial" if (r == 0 and len(rows) > 1) else "final"
-                when = (f"$s$ = {_fmt(snap_s[snap])}" if has_s
-                        else f"snapshot {run.rho_index[snap]}")
-                ax.set_ylabel(f"{label} ({when})\n{names[1]}")
-    fig.colorbar(mesh, ax=axes.ravel().tolist(), shrink=0.9, pad=0.01, label=r"density $\rho$")
+    n_rows = len(views) * len(rows)
+    fig = Figure(figsize=(max(3.3 * len(slices) + 1.4, 8.0), 3.0 * n_rows + 0.9),
+                 layout="constrained")
+    axes = np.array(fig.subplots(n_rows, len(slices), squeeze=False))
+    for v, (ix, iy) in enumerate(views):
+        marg = _marginal(rho[rows][:, slices], (ix, iy), widths)  # (rows, slices, n_x, n_y)
+        finite = marg[np.isfinite(marg)]
+        vmax = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+        summed = [names[a] for a in range(k) if a not in (ix, iy)]
+        mesh = None
+        for r, snap in enumerate(rows):
+            row = v * len(rows) + r
+            for c, j in enumerate(slices):
+                ax = axes[row, c]
+                mesh = ax.pcolormesh(axes_c[ix], axes_c[iy], marg[r, c].T, shading="nearest",
+                                     cmap="viridis", vmin=0, vmax=vmax, rasterized=True)
+                ax.set_aspect("equal", adjustable="box")
+                if row == 0:
+                    ax.set_title(slice_title(j), fontsize=10)
+                ax.set_xlabel(names[ix])
+                if c == 0:
+                    label = "initial" if (r == 0 and len(rows) > 1) else "final"
+                    ax.set_ylabel(f"{label} ({when(snap)})\n{names[iy]}")
+                else:
+                    ax.tick_params(labelleft=False)
+        what = r"density $\rho$" if not summed else rf"$\int \rho \, d${summed[0]}"
+        fig.colorbar(mesh, ax=axes[v * len(rows):(v + 1) * len(rows)].ravel().tolist(),
+                     shrink=0.9, pad=0.01, label=what)
+    what = "density per depth slice" if k == 2 else "2-D marginals per depth slice"
     _title(fig, run, what)
     return _save(fig, out_dir, "density.png")
 

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["ConfigError", "Key", "bad", "bool_key", "bounds_key", "cells_key", "check_table",
-           "choice_key", "digits_key", "float_key", "fmt", "int_key", "is_int", "is_num",
-           "numbers_key", "parse_override", "path_key", "read_toml", "to_toml", "unknown_key"]
+           "choice_key", "choices_key", "digits_key", "float_key", "fmt", "int_key", "ints_key",
+           "is_int", "is_num", "numbers_key", "parse_override", "path_key", "read_toml", "to_toml",
+           "unknown_key"]
 
 
 class ConfigError(ValueError):
@@ -216,13 +217,13 @@ def digits_key(default=None) -> Key:
     return Key(default, check)
 
 
-def cells_key(default) -> Key:
-    allowed = "must be an integer >= 2 or a list of 1 to 3 such integers (one per axis)"
+def cells_key(default, lo: int = 3) -> Key:
+    allowed = f"must be an integer >= {lo} or a list of 1 to 3 such integers (one per axis)"
 
     def check(key, v):
-        if is_int(v) and v >= 2:
+        if is_int(v) and v >= lo:
             return int(v)
-        if isinstance(v, list) and 1 <= len(v) <= 3 and all(is_int(c) and c >= 2 for c in v):
+        if isinstance(v, list) and 1 <= len(v) <= 3 and all(is_int(c) and c >= lo for c in v):
             return [int(c) for c in v]
         raise bad(key, v, allowed)
 
@@ -242,6 +243,37 @@ def bounds_key(default) -> Key:
         if isinstance(v, list) and 1 <= len(v) <= 3 and all(pair(p) for p in v):
             return [[float(p[0]), float(p[1])] for p in v]
         raise bad(key, v, allowed)
+
+    return Key(default, check)
+
+
+def ints_key(default, lo: int = 1) -> Key:
+    """A non-empty list of distinct integers >= lo (a single integer is taken as a one-item list)."""
+    allowed = f"must be an integer >= {lo} or a non-empty list of distinct such integers"
+
+    def check(key, v):
+        items = [v] if is_int(v) else v
+        if (not isinstance(items, list) or not items
+                or not all(is_int(x) and x >= lo for x in items) or len(set(items)) != len(items)):
+            raise bad(key, v, allowed)
+        return [int(x) for x in items]
+
+    return Key(default, check)
+
+
+def choices_key(default, choices) -> Key:
+    """A non-empty list of distinct names out of ``choices`` (a single name is a one-item list)."""
+    choices = tuple(choices)
+    allowed = ("must be a non-empty list of distinct names out of "
+               + ", ".join(json.dumps(c) for c in choices))
+
+    def check(key, v):
+        items = [v] if isinstance(v, str) else v
+        if (not isinstance(items, list) or not items
+                or not all(isinstance(x, str) and x in choices for x in items)
+                or len(set(items)) != len(items)):
+            raise bad(key, v, allowed)
+        return list(items)
 
     return Key(default, check)
 

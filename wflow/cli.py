@@ -52,6 +52,7 @@ from ._io import (
     remove_stale_temporaries,
 )
 from ._preflight import check_resources, parse_size
+from ._sharding import describe, initialize_distributed, is_main_process, sync_processes
 from ._signals import Interrupted, Interrupts, current, is_cli_process
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_DIVERGED, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
@@ -108,8 +109,13 @@ def _fmt_value(v) -> str:
     return to_toml({"v": v})[4:].strip()
 
 
-def lock_output(path: str) -> OutputLock:
-    """The run file's lock (creating its folder); ConfigError naming the holder if held."""
+def lock_output(path: str) -> OutputLock | None:
+    """The run file's lock (creating its folder); ConfigError naming the holder if held.
+
+    Only process 0 of a multi-process run writes the file, so only it locks (None elsewhere).
+    """
+    if not is_main_process():
+        return None
     folder = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)
@@ -121,6 +127,13 @@ def lock_output(path: str) -> OutputLock:
         raise ConfigError(str(e)) from None
 
 
+class _NullWriter:
+    """The run file of processes other than 0 in a multi-process run: nothing is written."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
 def _cmd_run(args) -> int:
     overrides = list(args.set or [])
     if args.output is not None:
@@ -129,6 +142,10 @@ def _cmd_run(args) -> int:
         limit = None if args.memory_limit is None else parse_size(args.memory_limit)
     except ValueError as e:
         return _fail(f"--memory-limit {e}")
+    try:
+        initialize_distributed()  # multi-process environments (SLURM, Open MPI, coordinator)
+    except (RuntimeError, ValueError, KeyError) as e:
+        return _fail(f"jax.distributed.initialize failed: {e}")
     try:
         config = load_config(args.config, overrides)
         for warning in config_warnings(config):
@@ -153,21 +170,28 @@ def _cmd_run(args) -> int:
         setup = build_run(config)
         check_start(setup)
         flow = setup.flow
-        try:
-            writer = RunWriter.create(
-                out, config_text=to_toml(config), seed=config["seed"],
-                x=np.asarray(setup.problem.x), y=np.asarray(setup.problem.y),
-                name=flow.snapshot_name, measure0=flow.snapshot(setup.measure0),
-                key=np.asarray(setup.key), history=flow.history_names, arrays=setup.arrays,
-                checkpoint_every=config["output"]["checkpoint_every"])
-        except OSError as e:
-            raise ConfigError(f"output.path = {out!r}: cannot be created ({e.strerror or e})") from None
+        sync_processes("wflow-run-checked")  # every process checked before process 0 writes
+        if not is_main_process():
+            writer = _NullWriter()
+        else:
+            try:
+                writer = RunWriter.create(
+                    out, config_text=to_toml(config), seed=config["seed"],
+                    x=np.asarray(setup.problem.x), y=np.asarray(setup.problem.y),
+                    name=flow.snapshot_name, measure0=flow.snapshot(setup.measure0),
+                    key=np.asarray(setup.key), history=flow.history_names, arrays=setup.arrays,
+                    attrs=describe(setup.depth),
+                    checkpoint_every=config["output"]["checkpoint_every"])
+            except OSError as e:
+                raise ConfigError(f"output.path = {out!r}: cannot be created "
+                                  f"({e.strerror or e})") from None
         return _execute(args, config, setup, writer, out, state=None, initial_loss=None,
                         wall_offset=0.0, last={})
     except (ConfigError, RunFileError) as e:
         return _fail(e)
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
 def _resume(args, config) -> int:
@@ -245,12 +269,17 @@ def _resume(args, config) -> int:
     initial_loss = attrs.get("initial_loss")
     if step > 0 and initial_loss is None:
         raise ConfigError(f"output.path = {out!r}: no initial_loss attribute; it cannot be resumed")
-    writer = RunWriter.resume(out, name=name, history=flow.history_names, n_history=n_hist,
-                              n_snapshots=n_snap,
-                              checkpoint_every=config["output"]["checkpoint_every"])
-    writer.commit("running")  # drops records past the state; the file is ours again
+    sync_processes("wflow-resume-read")  # every process read the file before process 0 writes
+    if not is_main_process():
+        writer = _NullWriter()
+    else:
+        writer = RunWriter.resume(out, name=name, history=flow.history_names, n_history=n_hist,
+                                  n_snapshots=n_snap,
+                                  checkpoint_every=config["output"]["checkpoint_every"])
+        writer.commit("running")  # drops records past the state; the file is ours again
     state = FlowState(flow.restore(setup.measure0, state_array), step, jnp.asarray(key))
     last = {c: float(stored_file[f"history/{c}"][n_hist - 1]) for c in history} if n_hist else {}
+    last["wall_mass_warning"] = "wall_mass_warning" in attrs
     return _execute(args, config, setup, writer, out, state=state,
                     initial_loss=float(initial_loss) if step > 0 else None,
                     wall_offset=last.get("wall_time", 0.0), last=last)
@@ -268,6 +297,7 @@ def _execute(args, config, setup, writer: RunWriter, out: str, *, state, initial
     import equinox as eqx
     from tqdm import tqdm
 
+    from ._grid import wall_mass_warning
     from ._integrate import StabilityWarning, integrate
 
     schedule = setup.schedule
@@ -276,18 +306,24 @@ def _execute(args, config, setup, writer: RunWriter, out: str, *, state, initial
     stop_after = args.stop_after_records
     n_records = 0
     last = dict(last)
+    warned_wall = bool(last.pop("wall_mass_warning", False))  # once per run, resumed or not
     interrupts = current()
     where = {"step": 0 if state is None else state.step}
     resume_hint = f"wflow run {args.config} --resume -o {out}"
+    main = is_main_process()  # only process 0 writes and shows progress
+    layout = describe(setup.depth)
+    if layout["devices"] > 1 and main and not args.quiet:
+        print(f"wflow: {layout['devices']} devices, solver.shard = \"{layout['shard']}\"",
+              file=sys.stderr)
     bar = tqdm(total=schedule.n_steps, initial=where["step"], unit="step",
-               disable=args.quiet, file=sys.stderr, dynamic_ncols=True, leave=True,
+               disable=args.quiet or not main, file=sys.stderr, dynamic_ncols=True, leave=True,
                desc=os.path.basename(out))
 
     def state_of(measure, step, key):
         return lambda: (flow.snapshot(measure), step, np.asarray(key))
 
     def on_record(rec) -> bool:
-        nonlocal n_records
+        nonlocal n_records, warned_wall
         if rec.step == 0 and rec.history:
             writer.set_attr("initial_loss", float(rec.loss))
         row = {"s": rec.s, **rec.values, "wall_time": rec.wall_time} if rec.history else None
@@ -299,8 +335,14 @@ def _execute(args, config, setup, writer: RunWriter, out: str, *, state, initial
             last.update(row)
         if rec.warning is not None:
             bar.clear()
-            print(f"wflow: warning: {rec.warning}", file=sys.stderr)
+            if main:
+                print(f"wflow: warning: {rec.warning}", file=sys.stderr)
             writer.set_attr("stability_warning", rec.warning)
+        if not warned_wall and (text := wall_mass_warning(rec.values, rec.s)) is not None:
+            warned_wall = True
+            writer.set_attr("wall_mass_warning", text)
+            if main:
+                tqdm.write(f"wflow: warning: {text}", file=sys.stderr)
         if writer.due():
             writer.commit()
         bar.update(rec.step - bar.n)
@@ -322,7 +364,8 @@ def _execute(args, config, setup, writer: RunWriter, out: str, *, state, initial
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", StabilityWarning)
             result = integrate(setup.problem, setup.depth, schedule, theta0=setup.measure0,
-                               regularization=setup.regularization, key=setup.key, state=state,
+                               regularization=setup.regularization, reordering=setup.reordering,
+                               key=setup.key, state=state,
                                initial_loss=initial_loss, wall_offset=wall_offset,
                                callback=on_record)
         final = result.state
@@ -331,6 +374,8 @@ def _execute(args, config, setup, writer: RunWriter, out: str, *, state, initial
             predict = eqx.filter_jit(lambda flow, measure: flow.predict(measure))
             writer.set_final(np.asarray(predict(flow, final.measure)))
         writer.commit(result.status)
+        if not main:
+            return _EXIT[result.status]
     except Interrupted:
         bar.close()
         raise
@@ -401,6 +446,22 @@ def _cmd_plot(args) -> int:
     return EXIT_OK
 
 
+def _cmd_study(args) -> int:
+    from .study._command import main as study_main
+
+    interrupts = current()
+    if interrupts is not None:
+        # The first SIGINT / SIGTERM stops the sweep after its current block, which is saved
+        # (every study file write is atomic); a second one ends the command at once, and the
+        # study file keeps its last saved block.
+        interrupts.running(lambda: "wflow: interrupted; the study file keeps its last saved "
+                                   "block; continue with --resume")
+    try:
+        return study_main(args, lambda: interrupts is not None and interrupts.requested)
+    except ConfigError as e:
+        return _fail(e)
+
+
 def _cmd_info(args) -> int:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -432,7 +493,7 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="wflow", description="Mean-field ResNets: Wasserstein gradient flows of the "
                 "parameter density, simulated with JAX.")
     p.add_argument("--version", action="version", version=f"wflow {__version__}")
-    sub = p.add_subparsers(dest="verb", metavar="{run,plot,info}")
+    sub = p.add_subparsers(dest="verb", metavar="{run,plot,study,compare,info}")
 
     r = sub.add_parser("run", help="run a config, write an HDF5 run file",
                        description="Validate CONFIG, run the gradient flow, write OUT.h5. "
@@ -460,6 +521,14 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("-o", "--output", metavar="DIR",
                     help="output folder (default: <RUN stem>_plots beside RUN.h5)")
     pl.set_defaults(func=_cmd_plot)
+
+    from ._compare_cli import add_compare_parser
+
+    add_compare_parser(sub)
+
+    from .study._command import add_parser as add_study_parser
+
+    add_study_parser(sub, _cmd_study)
 
     i = sub.add_parser("info", help="versions, backend, devices, precision")
     i.set_defaults(func=_cmd_info)

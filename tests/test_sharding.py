@@ -1,0 +1,228 @@
+"""Many devices: data- and particle-split runs equal the single-device run (SPEC §3 solver.devices).
+
+JAX fixes its device count when it starts, so the multi-device runs happen in
+subprocesses with ``--xla_force_host_platform_device_count=4`` (the checks are
+in ``sharding_checks.py``; CLI runs go through ``wflow run``). Tolerance: 1e-12
+relative, norm-wise (max|a - b| / max|b|), in float64 after 100 steps: a split
+changes only the order of the sums (per device, then across devices), an
+O(1e-16) rounding difference per step that the flow carries along.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from wflow._sharding import LATENCY_ELEMENTS, ShardingError, choose_mode
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+DEVICES = 4
+TOL = 1e-12
+
+
+def _env(devices=DEVICES):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                        f" --xla_force_host_platform_device_count={devices}").strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
+def _checks(*names, timeout=900) -> dict:
+    proc = subprocess.run([sys.executable, os.path.join(HERE, "sharding_checks.py"), *names],
+                          env=_env(), capture_output=True, text=True, timeout=timeout,
+                          check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(lines[-1][len("RESULT "):])
+    assert result["devices"] == DEVICES
+    return result
+
+
+def _assert_runs_agree(res: dict):
+    assert res["steps"] == 100
+    assert res["loss_end"] < res["loss_start"]  # the flow did something
+    for mode, spec in (("data", "P()"), ("particles", "P(None, 'shard')")):
+        r = res[mode]
+        assert r["status"] == "complete" and r["steps"] == 100
+        assert r["spec"] == spec  # the particles really are split (or replicated)
+        for name in ("theta", "loss", "stationarity", "snapshots"):
+            assert r[name] < TOL, (mode, name, r[name])
+
+
+def test_layered_runs_and_weighted_measures_agree_across_devices():
+    """One subprocess: 100 layered Euler steps in both modes; weighted evaluate/first variation."""
+    res = _checks("layered", "weighted")
+    _assert_runs_agree(res["layered"])
+    for mode in ("data", "particles"):
+        for name, value in res["weighted"][mode].items():
+            assert value < TOL, (mode, name, value)
+
+
+@pytest.mark.slow
+def test_grid_scale_held_out_and_reordering_agree_across_devices():
+    """The features layered on the depth (grid density, residual scale, held-out metrics,
+    block reordering) give the single-device numbers when the depth is split."""
+    for mode, values in _checks("products")["products"].items():
+        for name, value in values.items():
+            if isinstance(value, bool):
+                assert value, (mode, name)
+            else:
+                assert value < TOL, (mode, name, value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("check", ["continuous", "backsolve"])
+def test_continuous_runs_agree_across_devices(check):
+    """diffrax depth (checkpointed backprop / backsolve adjoint): same adaptive steps, same result."""
+    _assert_runs_agree(_checks(check, timeout=1800)[check])
+
+
+@pytest.mark.slow
+def test_continuous_weighted_measures_agree_across_devices():
+    for mode, values in _checks("weighted-continuous")["weighted-continuous"].items():
+        for name, value in values.items():
+            assert value < TOL, (mode, name, value)
+
+
+# ----------------------------------------------------------------------------- the auto rule
+
+
+def test_auto_rule_compares_communicated_volume():
+    """data all-reduces L M k once; particles 2 L e times N d (module docstring of _sharding)."""
+    # Few particles, many samples: replicating Theta is cheap -> data.
+    assert choose_mode("auto", 4, N=4096, M=64, L=16, d=2, k=5) == "data"
+    # Wide layers, d = 64 (k = 129): L M k = 2.7e8 > 2 L (N d + latency) = 7.5e7 -> particles.
+    assert choose_mode("auto", 8, N=8192, M=32768, L=64, d=64, k=129) == "particles"
+    # The same sizes with continuous depth (e = 12 slice fields per slice): data.
+    assert choose_mode("auto", 8, N=8192, M=32768, L=64, d=64, k=129, evaluations=12) == "data"
+    # N = M = 8192: M k ~ 2 N d, the latency of 2 L collectives tips it to data.
+    assert choose_mode("auto", 8, N=8192, M=8192, L=64, d=64, k=129) == "data"
+    # Exactly at the balance point the cheaper-latency data split wins ties.
+    N, d, L = 1024, 2, 8
+    k = 5
+    M = (2 * L * (N * d + LATENCY_ELEMENTS) - LATENCY_ELEMENTS) // (L * k)
+    M -= M % 2  # divisible by the 2 devices
+    assert choose_mode("auto", 2, N=N, M=M, L=L, d=d, k=k) == "data"
+    assert choose_mode("auto", 2, N=N, M=M + 2, L=L, d=d, k=k) == "particles"
+    # One device: nothing to split.
+    assert choose_mode("auto", 1, N=7, M=3, L=2, d=2, k=5) == "data"
+
+
+def test_auto_rule_falls_back_to_the_divisible_axis():
+    # particles preferred (huge M k) but M is odd and N divisible: data.
+    assert choose_mode("auto", 4, N=256, M=100_001, L=4, d=2, k=129) == "data"
+    # data preferred but N indivisible, M divisible: particles.
+    assert choose_mode("auto", 4, N=4097, M=64, L=4, d=2, k=5) == "particles"
+
+
+@pytest.mark.parametrize("shard, N, M, key", [("particles", 64, 66, "solver.M = 66"),
+                                               ("data", 66, 64, "data.n = 66"),
+                                               ("auto", 66, 66, "data.n = 66")])
+def test_indivisible_split_is_one_clear_error(shard, N, M, key):
+    with pytest.raises(ShardingError) as e:
+        choose_mode(shard, 4, N=N, M=M, L=4, d=2, k=5)
+    msg = str(e.value)
+    assert msg.startswith(key) and "not divisible by the 4 devices" in msg
+    assert "64 or 68" in msg and "\n" not in msg
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+
+def _wflow(args, devices=DEVICES, cwd=None):
+    return subprocess.run([sys.executable, "-m", "wflow.cli", *args], env=_env(devices),
+                          capture_output=True, text=True, cwd=cwd, timeout=900, check=False)
+
+
+def _config(tmp_path, **solver) -> str:
+    solver = {"L": 8, "M": 16, "precision": "float64", **solver}
+    lines = ["seed = 3", "[data]", 'kind = "teacher"', "n = 64", "dim = 2", "[solver]"]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in solver.items()]
+    lines += ["[train]", "time = 1.0", "dt = 0.01", "record_every = 10", "snapshots = 11"]
+    path = tmp_path / "run.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_cli_rejects_an_indivisible_split(tmp_path):
+    """Exit 2, one line naming the key and value, nothing written."""
+    cfg = _config(tmp_path, M=18, shard="particles")
+    out = tmp_path / "x.h5"
+    proc = _wflow(["run", cfg, "-o", str(out), "-q"])
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("wflow: error: solver.M = 18: not divisible by "
+                                               "the 4 devices")
+    assert "Traceback" not in proc.stderr and not out.exists()
+    proc = _wflow(["run", cfg, "-o", str(out), "-q", "--set", "solver.M=16", "--set",
+                   "solver.devices=8"])
+    assert proc.returncode == 2 and "solver.devices = 8: 4 cpu device(s) are visible" in proc.stderr
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_cli_resume_of_a_split_run(tmp_path):
+    """A 4-device particle-split run, interrupted and resumed, equals the uninterrupted one.
+
+    Bit for bit: the resumed run restarts from the stored snapshot with the
+    same compiled chunks and the same deterministic all-reduces, so nothing
+    can differ. Against a single-device run: 1e-12 (summation order).
+    """
+    cfg = _config(tmp_path, shard="particles")
+    full, part, one = (str(tmp_path / n) for n in ("full.h5", "part.h5", "one.h5"))
+    assert _wflow(["run", cfg, "-o", full, "-q"]).returncode == 0
+    stopped = _wflow(["run", cfg, "-o", part, "-q", "--stop-after-records", "4"])
+    assert stopped.returncode == 130, stopped.stderr
+    resumed = _wflow(["run", cfg, "-o", part, "-q", "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert _wflow(["run", cfg, "-o", one, "-q", "--set", "solver.devices=1"]).returncode == 0
+    with h5py.File(full) as a, h5py.File(part) as b, h5py.File(one) as c:
+        assert a.attrs["devices"] == 4 and a.attrs["shard"] == "particles"
+        assert c.attrs["devices"] == 1
+        for name in ("history/loss", "history/stationarity", "snapshots/theta", "state/theta",
+                     "final/prediction"):
+            np.testing.assert_array_equal(a[name][()], b[name][()], err_msg=name)
+            ref = c[name][()]
+            assert np.max(np.abs(a[name][()] - ref)) / np.max(np.abs(ref)) < TOL, name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shard", ["data", "particles"])
+def test_cli_multi_process_run(tmp_path, shard):
+    """Two processes x 2 CPU devices (gloo collectives, explicit coordinator variables).
+
+    Only process 0 writes the file; it equals the single-process run to 1e-12.
+    """
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    cfg = _config(tmp_path, shard=shard)
+    multi, one = str(tmp_path / "multi.h5"), str(tmp_path / "one.h5")
+    procs = []
+    for rank in range(2):
+        env = _env(devices=2)
+        env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+                   JAX_PROCESS_ID=str(rank), JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
+        procs.append(subprocess.Popen([sys.executable, "-m", "wflow.cli", "run", cfg, "-o", multi],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    outs = [p.communicate(timeout=900) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert "status=complete" in outs[0][0] and "status=complete" not in outs[1][0]
+    assert "step/s" not in outs[1][1]  # no progress bar on process 1
+    assert _wflow(["run", cfg, "-o", one, "-q", "--set", "solver.devices=1"], devices=1).returncode == 0
+    with h5py.File(multi) as a, h5py.File(one) as c:
+        assert a.attrs["devices"] == 4 and a.attrs["shard"] == shard
+        for name in ("history/loss", "snapshots/theta", "final/prediction"):
+            ref = c[name][()]
+            assert np.max(np.abs(a[name][()] - ref)) / np.max(np.abs(ref)) < TOL, name

@@ -1,0 +1,409 @@
+"""Studies (``wflow study limit|zero-loss``) and the random embedding / readout, end to end."""
+
+import math
+
+import h5py
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import wflow
+from wflow.cli import main
+from wflow.study import Ensemble, fit_model, model_terms, read_study, slope
+from wflow.study._fit import aggregate
+
+
+def cli(capsys, *args):
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def write(tmp_path, text, name="study.toml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+# ----------------------------------------------------------------------------- random maps
+
+
+def test_random_maps_follow_the_documented_recipe():
+    A = wflow.random_embedding(3, 7, 2, stream=1)
+    G = np.random.default_rng(np.random.SeedSequence([3, 0xE3BED, 1])).standard_normal((7, 2))
+    np.testing.assert_array_equal(A, G / np.sqrt(7))
+    C = wflow.random_readout(3, 7, 4)
+    G = np.random.default_rng(np.random.SeedSequence([3, 0x8EAD0, 0])).standard_normal((7, 4))
+    np.testing.assert_array_equal(C, (G / np.sqrt(7)).T)
+    # nested in d: the first rows of a larger draw, rescaled (the "coupled randomness")
+    big = wflow.random_embedding(3, 50, 2, stream=1)
+    np.testing.assert_allclose(big[:7] * np.sqrt(50 / 7), A, rtol=1e-14)
+    big_c = wflow.random_readout(3, 50, 4)
+    np.testing.assert_allclose(big_c[:, :7] * np.sqrt(50 / 7), C, rtol=1e-14)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_random_embedding_forward_equals_numpy(bias):
+    """g(z_L) with z_0 = A x, z_{l+1} = z_l + (1/(L M)) sum_m u tanh(w . z_l + b), g = C z."""
+    d, d_in, d_out, N, L, M = 6, 3, 2, 5, 4, 7
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(N, d_in)), rng.normal(size=(N, d_out))
+    A, C = wflow.random_embedding(1, d, d_in), wflow.random_readout(1, d, d_out)
+    feature = wflow.Neuron(d=d, activation="tanh", bias=bias)
+    theta = rng.normal(size=(L, M, feature.k))
+    problem = wflow.Problem(feature, jnp.asarray(x), jnp.asarray(y), embedding=jnp.asarray(A),
+                            readout_matrix=jnp.asarray(C))
+    got = np.asarray(wflow.LayeredDepth().predict(problem, jnp.asarray(theta)))
+    z = x @ A.T
+    for l in range(L):
+        u, w = theta[l, :, :d], theta[l, :, d:2 * d]
+        b = theta[l, :, 2 * d] if bias else np.zeros(M)
+        z = z + np.tanh(z @ w.T + b) @ u / (L * M)
+    np.testing.assert_allclose(got, z @ C.T, rtol=1e-12, atol=1e-14)
+    # the adjoint is consistent with the loss: p(1) = N dE/dz(1) = C^T (C z - y)
+    z1 = jnp.asarray(z)
+    p = problem.terminal_adjoint(z1)
+    np.testing.assert_allclose(np.asarray(p), N * np.asarray(jax.grad(problem.loss)(z1)), rtol=1e-12)
+    # and the particle velocities are -grad V (finite differences of E, float64)
+    E = lambda th: wflow.LayeredDepth().loss(problem, th)
+    g = np.asarray(jax.grad(E)(jnp.asarray(theta)))
+    eps, idx = 1e-6, (1, 2, 3)
+    tp, tm = theta.copy(), theta.copy()
+    tp[idx] += eps
+    tm[idx] -= eps
+    fd = (float(E(jnp.asarray(tp))) - float(E(jnp.asarray(tm)))) / (2 * eps)
+    assert abs(fd - g[idx]) < 1e-8
+
+
+def test_pad_and_coordinates_equal_identity_maps():
+    """The default maps are the matrices [I; 0] and [I 0]: same network (to round-off)."""
+    d, d_in, d_out = 4, 2, 1
+    rng = np.random.default_rng(1)
+    x, y = jnp.asarray(rng.normal(size=(6, d_in))), jnp.asarray(rng.normal(size=(6, d_out)))
+    feature = wflow.Neuron(d=d)
+    theta = jnp.asarray(rng.normal(size=(3, 5, feature.k)))
+    plain = wflow.Problem(feature, x, y)
+    eye = wflow.Problem(feature, x, y, embedding=jnp.eye(d, d_in), readout_matrix=jnp.eye(d_out, d))
+    for a, b in ((plain, eye),):
+        ea, eb = wflow.LayeredDepth().evaluate(a, theta), wflow.LayeredDepth().evaluate(b, theta)
+        np.testing.assert_allclose(ea.loss, eb.loss, rtol=1e-14)
+        np.testing.assert_allclose(ea.velocity, eb.velocity, rtol=1e-12, atol=1e-15)
+
+
+def test_run_with_random_maps_stores_them(tmp_path, capsys):
+    cfg = write(tmp_path, """
+[data]
+kind = "gaussian"
+n = 8
+dim = 3
+out_dim = 2
+[model]
+dim = 2
+bias = false
+embedding = "random"
+readout = "random"
+[solver]
+L = 2
+M = 4
+[train]
+time = 0.2
+dt = 0.1
+""", "run.toml")
+    rc, _, err = cli(capsys, "run", cfg, "-o", tmp_path / "r.h5", "-q")
+    assert rc == 0, err
+    with h5py.File(tmp_path / "r.h5") as f:
+        np.testing.assert_allclose(f["model/embedding"][()], wflow.random_embedding(0, 2, 3),
+                                   rtol=1e-6)
+        assert f["model/readout"].shape == (2, 2)
+
+
+# ----------------------------------------------------------------------------- ensembles
+
+
+def test_padded_ensemble_members_equal_separate_runs():
+    """Zero-weight particles and zero coordinates change nothing (float64, to round-off)."""
+    rng = np.random.default_rng(2)
+    N, d_in, d_out, L = 6, 2, 1, 3
+    x, y = rng.normal(size=(N, d_in)), rng.normal(size=(N, d_out))
+    schedule = wflow.Schedule(time=0.6, dt=0.1, record_every=3, snapshots=2)
+    shapes = [(4, 3), (6, 5)]  # (M, D); padded to (6, 5)
+    Mp, Dp = 6, 5
+    thetas, weights, embs, reference = [], [], [], []
+    for r, (M, D) in enumerate(shapes):
+        feature = wflow.Neuron(d=D, bias=True)
+        th = rng.normal(size=(L, M, feature.k))
+        A = wflow.random_embedding(0, D, d_in, stream=r)
+        problem = wflow.Problem(feature, jnp.asarray(x), jnp.asarray(y), embedding=jnp.asarray(A))
+        res = wflow.integrate(problem, wflow.LayeredDepth(), schedule, theta0=jnp.asarray(th),
+                              regularization=wflow.Regularization(l2=0.1))
+        reference.append(np.asarray(wflow.LayeredDepth().predict(problem, res.state.measure)))
+        padded = np.zeros((L, Mp, 2 * Dp + 1))
+        padded[:, :M, :D], padded[:, :M, Dp:Dp + D], padded[:, :M, 2 * Dp] = (
+            th[..., :D], th[..., D:2 * D], th[..., 2 * D])
+        thetas.append(padded)
+        w = np.zeros((L, Mp))
+        w[:, :M] = 1.0 / M
+        weights.append(w)
+        embs.append(np.pad(A, ((0, Dp - D), (0, 0))))
+    ens = Ensemble(jnp.asarray(np.stack(thetas, 1)), jnp.asarray(np.stack(weights, 1)),
+                   jnp.asarray(np.stack(embs)))
+    problem = wflow.Problem(wflow.Neuron(d=Dp), jnp.asarray(x), jnp.asarray(y))
+    res = wflow.integrate(problem, wflow.LayeredDepth(), schedule, theta0=ens,
+                          regularization=wflow.Regularization(l2=0.1))
+    assert res.status == "complete" and res.snapshots is None
+    assert res.history["loss"].shape == (3, 2)  # records (steps 0, 3, 6) x members
+    final = res.history["prediction"][-1]
+    for r in range(2):
+        np.testing.assert_allclose(final[r], reference[r], rtol=1e-11, atol=1e-13)
+    # padded coordinates and padded particles never moved
+    theta = np.asarray(res.state.measure.theta)
+    assert np.all(theta[:, 0, :, 3:5] == 0) and np.all(theta[:, 0, :, Dp + 3:2 * Dp] == 0)
+    assert np.all(theta[:, 0, 4:] == 0)
+
+
+# ----------------------------------------------------------------------------- fits
+
+
+def test_fits_recover_a_known_error_surface():
+    L = np.array([4, 8, 16, 32, 64], float)
+    M = np.array([2, 8, 32, 128, 512], float)
+    D = np.array([4, 16, 64, 256], float)
+    rng = np.random.default_rng(0)
+    a, b, c = 0.3, 2.0, 0.7
+    LL, MM = np.meshgrid(L, M, indexing="ij")
+    err = a / LL + b / np.sqrt(LL * MM)
+    noisy = err * np.exp(0.01 * rng.normal(size=err.shape))  # 1% multiplicative noise
+    fit = fit_model(model_terms(LL.ravel(), MM.ravel()), noisy.ravel())
+    np.testing.assert_allclose(fit.coef, [a, b], rtol=0.03)
+    assert fit.r2 > 0.999 and fit.n == err.size
+    LL, MM, DD = np.meshgrid(L, M, D, indexing="ij")
+    err = a / LL + b * np.sqrt(DD / (LL * MM)) + c / np.sqrt(DD)
+    noisy = err * np.exp(0.01 * rng.normal(size=err.shape))
+    fit = fit_model(model_terms(LL.ravel(), MM.ravel(), DD.ravel()), noisy.ravel())
+    np.testing.assert_allclose(fit.coef, [a, b, c], rtol=0.03)
+    assert fit.r2 > 0.999
+    # slopes of exact power laws, and NaN where a line has a non-positive value
+    s = slope(L, np.stack([3.0 * L ** -1.0, 2.0 * L ** -0.5]), axis=1)
+    np.testing.assert_allclose(s, [-1.0, -0.5], rtol=1e-12)
+    assert np.isnan(slope(L, np.array([1.0, 0.5, 0.0, 0.1, 0.1]), axis=0))
+    # RMS over seeds
+    np.testing.assert_allclose(aggregate(np.array([[3.0, 4.0]]), seed_axis=-1), [math.sqrt(12.5)])
+
+
+# ----------------------------------------------------------------------------- limit study
+
+LINEAR = """
+seed = 0
+[data]
+kind = "teacher"
+n = 16
+dim = 1
+teacher_width = 1
+teacher_depth = 1
+[model]
+feature = "linear"
+[init]
+kind = "gaussian"
+mean = 0.2
+std = 0.5
+[solver]
+precision = "float64"
+rtol = 1e-9
+atol = 1e-11
+[train]
+dt = 0.25
+[study]
+L = [4, 8, 16]
+M = [4]
+seeds = 2
+times = [0.0, 0.5]
+sampling = "shared"
+reference = "continuous"
+bootstrap = 20
+"""
+
+
+def test_depth_slope_on_the_linear_exact_problem(tmp_path, capsys):
+    """SPEC §5: the same measure (shared sampling, the same particles for every L) against
+    continuous depth: the layered network is x prod_l (1 + m_l / L), the limit x e^A, error O(1/L)."""
+    out = tmp_path / "lin.h5"
+    rc, text, err = cli(capsys, "study", "limit", write(tmp_path, LINEAR),
+                        "-o", out, "-q", "--no-plot")
+    assert rc == 0, err
+    assert "slope vs L" in text
+    data = read_study(str(out))
+    assert data["attrs"]["status"] == "complete"
+    assert data["errors/output"].shape == (3, 1, 2, 2)  # (n_L, n_M, seeds, times)
+    for metric in ("loss", "output", "hidden"):
+        s = data[f"fit/{metric}/slope_L"]  # (times, n_M)
+        assert np.all(np.abs(s + 1.0) < 0.1), (metric, s)
+
+
+STUDY = """
+seed = 0
+[data]
+kind = "teacher"
+n = 16
+dim = 2
+[solver]
+L = 2
+M = 4
+[train]
+dt = 0.5
+[study]
+L = [2, 4]
+M = [3, 4]
+seeds = 2
+times = [0.5, 1.0]
+reference = "particles"
+reference_M = 16
+reference_depth = "layers"
+bootstrap = 10
+"""
+
+
+def _same_files(a, b):
+    A, B = read_study(a), read_study(b)
+    skip = {"wall_time", "created_utc"}
+    assert {k: v for k, v in A["attrs"].items() if k not in skip} == \
+        {k: v for k, v in B["attrs"].items() if k not in skip}
+    assert set(A) == set(B)
+    for key in A:
+        if key != "attrs":
+            np.testing.assert_array_equal(A[key], B[key], err_msg=key)
+
+
+def test_interrupted_study_resumes_to_the_same_file(tmp_path, capsys):
+    cfg = write(tmp_path, STUDY)
+    full, part = tmp_path / "full.h5", tmp_path / "part.h5"
+    rc, _, err = cli(capsys, "study", "limit", cfg, "-o", full, "-q", "--no-plot")
+    assert rc == 0, err
+    rc, _, err = cli(capsys, "study", "limit", cfg, "-o", part, "-q", "--no-plot",
+                     "--stop-after", "2")
+    assert rc == 130 and "--resume" in err
+    data = read_study(str(part))
+    assert data["attrs"]["status"] == "interrupted"
+    assert 0 < data["done"].sum() < data["done"].size
+    rc, _, err = cli(capsys, "study", "limit", cfg, "-o", part, "-q", "--no-plot", "--resume")
+    assert rc == 0, err
+    _same_files(str(full), str(part))
+    # a complete study is not resumed again, and another config is refused
+    rc, _, err = cli(capsys, "study", "limit", cfg, "-o", part, "--resume")
+    assert rc == 2 and "already complete" in err
+    rc, _, err = cli(capsys, "study", "limit", cfg, "-o", full, "-q", "--no-plot", "--stop-after",
+                     "1", "--set", "output.overwrite=true")
+    rc, _, err = cli(capsys, "study", "limit", cfg, "-o", full, "--resume", "--set",
+                     "study.seeds=3")
+    assert rc == 2 and "differs" in err
+
+
+@pytest.mark.parametrize("edit, message", [
+    ("Lz = [2]", "study.Lz"),
+    ('reference = "grid"', "needs the grid solver"),
+    ('reference = "continuous"\nreference_M = 8', "only used with"),
+    ("box = 2.0", "not used by wflow study limit"),
+    ("times = [0.3]", "not a multiple of train.dt"),
+    ("L = [0, 2]", "study.L"),
+    ("seeds = 0", "study.seeds"),
+    ('metrics = ["hidden", "hiden"]', "study.metrics"),
+    ("memory = 1e-6", "study.memory"),
+])
+def test_bad_study_keys_exit_2_with_one_line(tmp_path, capsys, edit, message):
+    text = STUDY.replace('reference = "particles"\nreference_M = 16\nreference_depth = "layers"\n',
+                         "")
+    key = edit.split("=")[0].strip()
+    lines = [ln for ln in text.splitlines() if ln.split("=")[0].strip() != key]
+    text = "\n".join(lines).replace("[study]", "[study]\n" + edit) + "\n"
+    out = tmp_path / "bad.h5"
+    rc, _, err = cli(capsys, "study", "limit", write(tmp_path, text), "-o", out)
+    assert rc == 2, err
+    assert err.count("\n") == 1 and err.startswith("wflow: error: ") and message in err, err
+    assert not out.exists()
+
+
+def test_run_ignores_the_study_section(tmp_path, capsys):
+    cfg = write(tmp_path, STUDY.replace("dt = 0.5", "dt = 0.5\ntime = 0.5"))
+    rc, _, err = cli(capsys, "run", cfg, "-o", tmp_path / "r.h5", "-q")
+    assert rc == 0, err
+
+
+# ----------------------------------------------------------------------------- zero loss
+
+ZERO = """
+seed = 0
+[data]
+kind = "teacher"
+n = 32
+dim = 2
+[solver]
+L = 3
+M = 16
+[train]
+time = 10.0
+dt = 0.5
+record_every = 4
+snapshots = 3
+[study]
+inits = ["point", "gaussian"]
+box_points = 256
+"""
+
+
+def test_zero_loss_delta0_stuck_full_support_decreasing(tmp_path, capsys):
+    out = tmp_path / "zl.h5"
+    rc, text, err = cli(capsys, "study", "zero-loss", write(tmp_path, ZERO), "-o", out, "-q")
+    assert rc == 0, err
+    assert "point" in text and "gaussian" in text
+    d = read_study(str(out))
+    h = lambda name, c: d[f"runs/{name}/history/{c}"]
+    # delta_0 (SPEC §6): F = 0 and grad V(0) = 0 exactly; the loss never moves ...
+    assert np.all(h("point", "loss") == h("point", "loss")[0]) and h("point", "loss")[0] > 0
+    assert np.all(h("point", "stationarity") == 0) and np.all(h("point", "grad_v_origin") == 0)
+    # ... yet it is not a minimizer: grad V does not vanish on the box
+    assert np.all(h("point", "sup_grad_v") > 1e-2)
+    assert np.all(h("point", "tail_mass") == 0)
+    # full support: loss, residual and sup |grad V| all fall
+    loss = h("gaussian", "loss")
+    assert loss[-1] < 0.2 * loss[0] and np.all(np.diff(loss) <= 0)
+    assert h("gaussian", "stationarity")[-1] < 0.05 * h("gaussian", "stationarity")[0]
+    assert h("gaussian", "sup_grad_v")[-1] < 0.5 * h("gaussian", "sup_grad_v")[0]
+    assert 0 < h("gaussian", "tail_mass")[-1] < 1
+    assert (tmp_path / "zl_plots" / "zero_loss.png").exists()
+
+
+def test_zero_loss_resume(tmp_path, capsys):
+    cfg = write(tmp_path, ZERO)
+    full, part = tmp_path / "full.h5", tmp_path / "part.h5"
+    rc, _, err = cli(capsys, "study", "zero-loss", cfg, "-o", full, "-q", "--no-plot")
+    assert rc == 0, err
+    rc, _, err = cli(capsys, "study", "zero-loss", cfg, "-o", part, "-q", "--no-plot",
+                     "--stop-after", "8")
+    assert rc == 130
+    rc, _, err = cli(capsys, "study", "zero-loss", cfg, "-o", part, "-q", "--no-plot", "--resume")
+    assert rc == 0, err
+    A, B = read_study(str(full)), read_study(str(part))
+    for key in A:
+        if key != "attrs" and "wall_time" not in key:
+            np.testing.assert_array_equal(A[key], B[key], err_msg=key)
+
+
+def test_generic_measure_path_matches_the_ensemble(tmp_path):
+    """``measure_values`` (the path a grid reference takes) gives a run's ensemble values."""
+    from wflow.study._keys import resolve_limit
+    from wflow.study._limit import build_limit, make_ensemble, measure_values, plan, run_block
+
+    config = wflow.load_config(write(tmp_path, STUDY))
+    setup = build_limit(config, resolve_limit(config))
+    block = next(b for b in plan(setup) if not b.reference)
+    key = jax.random.PRNGKey(0)
+    ens = run_block(setup, block, setup.depth, key)
+    problem, ensemble = make_ensemble(setup, block)
+    j = 0
+    m = block.members[j]
+    theta = ensemble.theta[:, j]
+    if ensemble.weights is not None:  # a padded member: drop its zero-weight particles
+        theta = theta[:, : m.M]
+    one = measure_values(setup, problem, setup.depth, theta, key)
+    np.testing.assert_allclose(one.loss[0], ens.loss[j], rtol=1e-5)
+    np.testing.assert_allclose(one.prediction[0], ens.prediction[j], rtol=1e-4, atol=1e-6)

@@ -1,0 +1,165 @@
+"""Independent runs of one shape trained side by side: the ``Ensemble`` measure and its flow.
+
+A study trains many finite networks (shapes x repetitions). Runs of one
+compiled shape are stacked along a leading *member* axis and moved by
+``EnsembleFlow``, which ``jax.vmap``s the ordinary particle step
+(``ParticleFlow.step``: the same kernel, the same methods) over the members;
+``integrate`` drives it like any other flow, so there is one time loop.
+
+Members may be *padded* so that different shapes share one compiled program:
+
+* width: a member with M < M_pad particles per slice carries M_pad - M
+  particles of weight 0 (``weights`` omega (L, M_pad), 1/M on the real ones).
+  A zero-weight particle adds nothing to the field F_l = sum_m omega_m f(.; theta_m)
+  and is not moved (its velocity, 0/0 in ``evaluate``, is set to 0).
+* state dimension: a member of state dimension D < D_pad lives in the first D
+  coordinates of R^{D_pad}: its embedding has zero rows, its readout zero
+  columns, its particles zero entries in the extra coordinates (for ``neuron``
+  features u_j = w_j = 0 for j >= D; for ``linear`` ones theta_ij = 0 when i or
+  j >= D). The extra state coordinates, adjoint coordinates and parameter
+  gradients are then exactly zero at every step (f_j = u_j sigma(.) = 0,
+  (d_z F)^T p has j-th entry sum_m w_mj (...) = 0, grad u_j = sigma(.) p_j = 0,
+  grad w_j = (...) z_j = 0), so the padded network is the D-dimensional one
+  up to floating-point summation order. (Langevin noise would break this:
+  the study never pads D when ``train.temperature > 0``.)
+
+Layout: the member axis is the *second* axis of the particle arrays,
+theta (L, B, M, k) and weights (L, B, M), so that the depth scan inside the
+vmapped step runs over the leading axis as it is: with the member axis first,
+``vmap`` of the scan transposes the whole array in and the gradient out, two
+extra copies of theta per step (measured: temporaries 2x theta instead of 1x).
+
+Each member has its own fixed random maps (``embedding`` A (D_pad, d_in),
+``readout`` C (d_out, D_pad), or None for pad / coordinates) and shares the data.
+A member whose step is non-finite goes on carrying non-finite values; the
+ensemble's step reports ``ok`` while any member is finite (``integrate`` stops
+a batch only when all its members diverged).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from .._flow import Flow, Measure, ParticleFlow
+
+__all__ = ["Ensemble", "EnsembleFlow", "WeightedParticleFlow"]
+
+
+class WeightedParticleFlow(ParticleFlow):
+    """Particles with fixed weights omega (L, M) (0 = a padding particle that never moves)."""
+
+    weights: jax.Array = eqx.field(kw_only=True)
+
+    def weighted(self, theta):
+        return theta, self.weights
+
+    def velocity(self, theta, s):
+        ev = self.depth.evaluate(self.problem, theta, self.weights)
+        live = (self.weights > 0)[:, :, None]
+        v = jnp.where(live, ev.velocity, 0.0)
+        if self.regularization.l2 > 0:
+            v = v - jnp.where(live, self.regularization.l2_at(s).astype(theta.dtype) * theta, 0.0)
+        return ev.loss, v
+
+    def diagnostics(self, theta, s):
+        ev = self.depth.evaluate(self.problem, theta, self.weights)
+        return {"loss": ev.loss, "stationarity": ev.stationarity}
+
+
+class EnsembleFlow(Flow):
+    """``vmap`` of the particle flow over the members of an ``Ensemble`` (module docstring).
+
+    Diagnostics, per member (leading axis B): ``loss`` E (B,), ``prediction``
+    g(z(1; x_i)) (B, N, d_out) and ``state`` z(1; x_i) (B, N, D_pad), all from one
+    forward pass. Snapshots are not stored (``snapshot`` returns None): a study
+    keeps what it needs from the diagnostics.
+    """
+
+    history_names: ClassVar[tuple[str, ...]] = ("loss", "prediction", "state")
+    snapshot_name: ClassVar[str] = "prediction"
+
+    def member(self, m: Ensemble) -> ParticleFlow:
+        """The flow of one member (called on unbatched member leaves, e.g. inside vmap)."""
+        p = self.problem
+        problem = p.replace(embedding=m.embedding, readout_matrix=m.readout)
+        if m.weights is None:
+            return ParticleFlow(problem, self.depth, self.regularization)
+        return WeightedParticleFlow(problem, self.depth, self.regularization, weights=m.weights)
+
+    def check(self, ens, method):
+        Flow.check(self, ens, method)
+        k = self.problem.feature.k
+        if not isinstance(ens, Ensemble) or ens.theta.ndim != 4 or ens.theta.shape[3] != k:
+            raise ValueError(f"an ensemble needs theta of shape (L, B, M, k) with k = {k}")
+
+    def _vmap(self, fn, ens, *args, out_axes=0):
+        """vmap ``fn(member, *args)`` over the members (args batched on their leading axis)."""
+        axes = Ensemble(1, None if ens.weights is None else 1,
+                        None if ens.embedding is None else 0, None if ens.readout is None else 0)
+        return jax.vmap(fn, in_axes=(axes,) + (0,) * len(args), out_axes=out_axes)(ens, *args)
+
+    def step(self, method, ens, key, n, h):
+        B = ens.theta.shape[1]
+        if self.regularization.temperature > 0:
+            key, sub = jax.random.split(key)
+            keys = jax.random.split(sub, B)
+        else:
+            keys = jnp.broadcast_to(key, (B,) + key.shape)
+
+        def one(m, k):
+            theta, _, ok = self.member(m).step(method, m.theta, k, n, h)
+            return theta, ok
+
+        theta, ok = self._vmap(one, ens, keys, out_axes=(1, 0))
+        return eqx.tree_at(lambda e: e.theta, ens, theta), key, jnp.any(ok)
+
+    def adaptive(self, ens, s0, s1, h0, rtol, atol):
+        def one(m):
+            theta, ok = self.member(m).adaptive(m.theta, s0, s1, h0, rtol, atol)
+            return jnp.where(ok, theta, jnp.nan), ok
+
+        theta, ok = self._vmap(one, ens, out_axes=(1, 0))
+        return eqx.tree_at(lambda e: e.theta, ens, theta), jnp.any(ok)
+
+    def diagnostics(self, ens, s):
+        def one(m):
+            flow = self.member(m)
+            problem = flow.problem
+            Theta, weights = flow.weighted(m.theta)
+            z1 = self.depth.final_state(problem, Theta, problem.embed(problem.x), weights)
+            return {"loss": problem.loss(z1), "prediction": problem.readout(z1), "state": z1}
+
+        return self._vmap(one, ens)
+
+    def weighted(self, ens):
+        return ens.theta, ens.weights
+
+    def predict(self, ens, x=None):
+        return self._vmap(lambda m: self.member(m).predict(m.theta, x), ens)
+
+    def snapshot(self, ens):
+        return None
+
+    def restore(self, like, array):
+        raise NotImplementedError("an ensemble is not resumed from a snapshot (studies checkpoint "
+                                  "whole blocks)")
+
+
+class Ensemble(Measure):
+    """B particle measures of one padded shape (module docstring).
+
+    theta (L, B, M, k) (member axis second); weights (L, B, M) or None (every
+    particle weighs 1/M);
+    embedding (B, d, d_in) and readout (B, d_out, d), or None (pad / coordinates).
+    """
+
+    theta: jax.Array
+    weights: jax.Array | None = None
+    embedding: jax.Array | None = None
+    readout: jax.Array | None = None
+
+    flow_type: ClassVar[type[Flow]] = EnsembleFlow

@@ -1,0 +1,167 @@
+"""The ``[study]`` section: defaults and cross-key rules of the two study verbs.
+
+The keys are declared (typed, with ``None`` defaults) in ``_config.SCHEMA["study"]``;
+``load_config`` checks each key on its own. ``resolve_limit`` / ``resolve_zero_loss``
+fill in the defaults and check what depends on other keys, raising ``ConfigError``
+with one line (exit code 2 in the CLI). The resolved section is what the
+study file stores.
+
+``wflow study limit`` keys (defaults in brackets)::
+
+    L [solver.L], M [solver.M]   lists of depths / widths swept
+    dims                         state dimensions D swept (replaces model.dim) [not swept]
+    seeds [5]                    repetitions (independent particles and random maps)
+    times [train.time]           training times s at which errors are taken; 0 = forward
+                                 pass only; each a multiple of train.dt; the runs stop at
+                                 max(times)
+    metrics [all]                any of "loss" |E - E_ref|, "output" RMS |g - g_ref|,
+                                 "hidden" RMS |z(1) - z_ref(1)|
+    sampling ["iid"]             "iid": M particles drawn per layer; "shared": the same M
+                                 particles in every layer
+    reference ["continuous"]     "continuous": the same particles in continuous depth;
+                                 "particles": one large run per repetition; "grid": the
+                                 grid solver (not in this version)
+    reference_M [4 max(M)], reference_L [max(L)], reference_dim [max(dims)],
+    reference_depth ["continuous"]   the "particles" reference (only with it)
+    bootstrap [200]              bootstrap resamples of the seeds for the fits' errors
+    memory [4.0]                 GiB one compiled block of runs may use
+
+``wflow study zero-loss`` keys::
+
+    inits ["point", "gaussian"]  initial measures run side by side: init.kind variants with
+                                 [init]'s mean/std ("point" at mean 0 is delta_0)
+    box [3.0]                    half-width of the theta-box [-box, box]^k on which
+                                 sup |grad_theta V| is estimated
+    box_points [2048]            random query points in the box (plus theta = 0)
+    tail_radius [box]            tail mass = fraction of particles with |theta| > tail_radius
+"""
+
+from __future__ import annotations
+
+import math
+
+from .._config import SCHEMA
+from .._schema import ConfigError, check_table, fmt
+
+__all__ = ["LIMIT_KEYS", "ZERO_LOSS_KEYS", "resolve_limit", "resolve_zero_loss", "time_steps"]
+
+LIMIT_KEYS = ("L", "M", "dims", "seeds", "times", "metrics", "sampling", "reference",
+              "reference_M", "reference_L", "reference_dim", "reference_depth", "bootstrap",
+              "memory")
+ZERO_LOSS_KEYS = ("inits", "box", "box_points", "tail_radius")
+_REFERENCE_KEYS = ("reference_M", "reference_L", "reference_dim", "reference_depth")
+
+
+def _section(config: dict) -> dict:
+    if "study" in config:
+        return dict(config["study"])
+    return check_table("study", {}, SCHEMA["study"], {})[0]
+
+
+def _reject(study: dict, keys, verb: str) -> None:
+    for name in keys:
+        if study.get(name) is not None:
+            raise ConfigError(f"study.{name} = {fmt(study[name])}: not used by wflow study {verb}")
+
+
+def _common(config: dict, verb: str) -> None:
+    if config["solver"]["kind"] != "particles":
+        raise ConfigError(f"solver.kind = {fmt(config['solver']['kind'])}: wflow study {verb} "
+                          'trains particles (solver.kind = "particles")')
+    if config["init"]["kind"] == "file":
+        raise ConfigError('init.kind = "file": a study draws its own initial particles; use '
+                          '"gaussian", "uniform" or "point"')
+
+
+def time_steps(times, dt: float, key: str = "study.times") -> list[int]:
+    """Step indices n_j = t_j / dt, checking that every time is a multiple of dt."""
+    steps = []
+    for t in times:
+        n = t / dt
+        if abs(n - round(n)) > 1e-6 * max(1.0, n):
+            raise ConfigError(f"{key} = {fmt(list(times))}: {t!r} is not a multiple of train.dt = "
+                              f"{dt!r} (errors are taken after whole steps)")
+        steps.append(round(n))
+    return steps
+
+
+def resolve_limit(config: dict) -> dict:
+    """The [study] section of ``wflow study limit`` with every default filled in (module docstring)."""
+    _common(config, "limit")
+    study = _section(config)
+    _reject(study, ZERO_LOSS_KEYS, "limit")
+    solver, train, model, init = (config[s] for s in ("solver", "train", "model", "init"))
+    out = {}
+    out["L"] = sorted(study["L"] or [solver["L"]])
+    out["M"] = sorted(study["M"] or [solver["M"]])
+    dims = study["dims"]
+    out["dims"] = sorted(dims) if dims is not None else None
+    if dims is not None:
+        for name in ("mean", "std", "low", "high"):
+            if isinstance(init[name], list):
+                raise ConfigError(f"init.{name} = {fmt(init[name])}: with study.dims the number of "
+                                  "parameters k changes with D; give a scalar")
+        if model["embedding"] == "pad" and min(dims) < config["data"]["dim"]:
+            raise ConfigError(f"study.dims = {fmt(dims)}: with model.embedding = \"pad\" every D "
+                              f"must be >= d_in = {config['data']['dim']}")
+        if model["readout"] == "coordinates" and min(dims) < config["data"]["out_dim"]:
+            raise ConfigError(f"study.dims = {fmt(dims)}: with model.readout = \"coordinates\" "
+                              f"every D must be >= d_out = {config['data']['out_dim']}")
+    out["seeds"] = study["seeds"] if study["seeds"] is not None else 5
+    times = study["times"]
+    if times is None:
+        times = [train["time"]]
+    elif not isinstance(times, list):
+        times = [times]
+    if len(set(times)) != len(times):
+        raise ConfigError(f"study.times = {fmt(times)}: the times must be distinct")
+    times = sorted(float(t) for t in times)
+    time_steps(times, train["dt"])
+    out["times"] = times
+    out["metrics"] = study["metrics"] or ["loss", "output", "hidden"]
+    out["sampling"] = study["sampling"] or "iid"
+    reference = study["reference"] or "continuous"
+    out["reference"] = reference
+    if reference == "grid":
+        raise ConfigError('study.reference = "grid": needs the grid solver, which is not in this '
+                          'version; use "continuous" or "particles"')
+    if reference != "particles":
+        for name in _REFERENCE_KEYS:
+            if study[name] is not None:
+                raise ConfigError(f"study.{name} = {fmt(study[name])}: only used with "
+                                  f'study.reference = "particles" (study.reference is '
+                                  f"{fmt(reference)})")
+            out[name] = None
+    else:
+        out["reference_M"] = study["reference_M"] or 4 * max(out["M"])
+        out["reference_L"] = study["reference_L"] or max(out["L"])
+        if study["reference_dim"] is not None and dims is None:
+            raise ConfigError(f"study.reference_dim = {study['reference_dim']}: only used with "
+                              "study.dims (the reference has the state dimension model.dim)")
+        out["reference_dim"] = (study["reference_dim"] or max(dims)) if dims is not None else None
+        out["reference_depth"] = study["reference_depth"] or "continuous"
+    if out["reference"] == "continuous" and config["solver"]["depth"] == "continuous":
+        raise ConfigError('solver.depth = "continuous": with study.reference = "continuous" the '
+                          'finite networks must be layered (solver.depth = "layers")')
+    if ("hidden" in out["metrics"] and dims is not None and out["reference"] == "particles"
+            and out["reference_dim"] < max(dims)):
+        raise ConfigError(f"study.reference_dim = {out['reference_dim']}: the hidden metric "
+                          f"compares the first D coordinates; it must be >= max(dims) = "
+                          f"{max(dims)}")
+    out["bootstrap"] = study["bootstrap"] if study["bootstrap"] is not None else 200
+    out["memory"] = study["memory"] if study["memory"] is not None else 4.0
+    return out
+
+
+def resolve_zero_loss(config: dict) -> dict:
+    """The [study] section of ``wflow study zero-loss`` with every default filled in."""
+    _common(config, "zero-loss")
+    study = _section(config)
+    _reject(study, LIMIT_KEYS, "zero-loss")
+    out = {"inits": study["inits"] or ["point", "gaussian"]}
+    out["box"] = study["box"] if study["box"] is not None else 3.0
+    out["box_points"] = study["box_points"] if study["box_points"] is not None else 2048
+    out["tail_radius"] = study["tail_radius"] if study["tail_radius"] is not None else out["box"]
+    if not math.isfinite(out["box"]):
+        raise ConfigError(f"study.box = {fmt(out['box'])}: must be a finite number > 0")
+    return out

@@ -1,0 +1,489 @@
+"""``wflow study limit``: finite ResNets against their mean-field limit, over a grid of shapes.
+
+For every shape (L, M[, D]) of the sweep and every repetition r (``seeds``),
+a finite network is drawn and trained by the flow, and at each study time s
+its loss, output and final hidden state are compared with a reference:
+
+    loss    |E - E_ref|
+    output  sqrt( (1/N) sum_i |g(z(1; x_i)) - g_ref(z_ref(1; x_i))|^2 )
+    hidden  sqrt( (1/N) sum_i |z(1; x_i) - c z_ref(1; x_i)[:D]|^2 )
+
+(the hidden state compares the first D coordinates of the reference's state;
+c = sqrt(D_ref / D) with a random embedding, where the state is z = h / sqrt(D)
+in the paper's coordinates h, and c = 1 otherwise, so with D = D_ref both are
+the plain RMS distance).
+
+Sampling (``study.sampling``): "iid" draws M particles per layer
+independently (theta_{l,m} ~ rho_ini); "shared" draws M particles once and
+uses them in every layer (rho_ini independent of t), so that the L-dependence
+is the depth discretization alone.
+
+References (``study.reference``):
+
+* "continuous": the *same* initial particles of each (shape, repetition) in
+  continuous depth (``ContinuousDepth``, solver.* ODE settings), trained by the
+  same flow: the L -> infinity limit at that width; the error is the depth
+  error alone (~ a / L).
+* "particles": one large run per repetition, ``reference_M`` particles in
+  each of ``reference_L`` slices (state dimension ``reference_dim``), in
+  ``reference_depth`` (continuous by default; "layers" makes it the finite
+  network of that shape, as in Chaintron, Chizat and Maass): the limit in both
+  L and M, up to the reference's own error. Its random maps are the
+  repetition's (nested in D), its particles are independent of the sweep's.
+
+Repetition r of shape (L, M, D) draws its particles from NumPy's PCG64 seeded
+by SeedSequence([seed, 1, r, 0, L, M, D]) (the reference: tag 0x5EF instead of
+0; with shared sampling L -> 0: every depth of the sweep discretizes the same
+measure, ``_particles``) and its random maps from stream r
+(``_problem.random_embedding``); the data are the config's, the same for all.
+
+Speed: runs of equal compiled shape are trained together as one ``Ensemble``
+(vmap over members, ``integrate`` as the time loop), and shapes are padded
+onto a few compiled shapes (``plan``): zero-weight particles pad M, zero
+coordinates pad D (exact, see ``_ensemble``). The padding ladder minimizes an
+estimate of run time plus compile time; the batch size of a block is limited
+by ``study.memory``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+
+from .._build import dtype_of
+from .._data import DataError, make_dataset
+from .._depth import ContinuousDepth, LayeredDepth
+from .._features import make_feature
+from .._flow import Regularization
+from .._integrate import Schedule, integrate
+from .._measures import _per_coord
+from .._problem import Problem, random_embedding, random_readout
+from .._schema import ConfigError
+from ._ensemble import Ensemble
+from ._keys import time_steps
+
+__all__ = ["Block", "LimitSetup", "Member", "block_errors", "build_limit", "measure_values", "plan",
+           "run_block"]
+
+# Cost model of the planner, measured on a 2-core CPU (benchmarks/README.md):
+# seconds per unit L * M * D * N of one member-step, and seconds to compile one
+# block shape (training chunk + forward).
+SECONDS_PER_UNIT = 7e-10
+SECONDS_PER_COMPILE = 2.5
+# Bytes one member needs, in units of its particle array: the loop's input and
+# output, the gradient and temporaries (XLA's memory analysis: 3.25x), plus slack.
+MEMORY_FACTOR = 4.0
+_REFERENCE_TAG = 0x5EF
+
+
+@dataclass(frozen=True)
+class Member:
+    """One run: shape index (iL, iM, iD), its sizes, and the repetition r."""
+
+    index: tuple[int, int, int]
+    L: int
+    M: int
+    D: int
+    rep: int
+
+
+@dataclass(frozen=True)
+class Block:
+    """Members trained together at one compiled (padded) shape.
+
+    ``size`` is the compiled member count; members beyond ``len(members)`` are
+    copies of the last one whose results are dropped (every block of a
+    bucket then shares one compilation).
+    """
+
+    L: int
+    M: int
+    D: int
+    members: tuple[Member, ...]
+    size: int
+    reference: bool = False  # a block of the "particles" reference
+
+    @property
+    def cost(self) -> float:
+        """Relative cost (units L M D of one step, summed over the compiled members)."""
+        return float(self.size) * self.L * self.M * self.D
+
+
+class LimitSetup(NamedTuple):
+    config: dict
+    study: dict
+    x: np.ndarray  # (N, d_in), float64
+    y: np.ndarray  # (N, d_out)
+    dtype: object
+    dims: list[int]  # the swept D, or [model.dim]
+    schedule: Schedule | None  # None when every time is 0 (forward passes only)
+    steps: list[int]  # step index of each study time
+    regularization: Regularization
+    depth: LayeredDepth | ContinuousDepth  # the finite networks' depth
+    continuous: ContinuousDepth  # the solver's continuous-depth settings
+
+    @property
+    def random_embedding(self) -> bool:
+        return self.config["model"]["embedding"] == "random"
+
+    def feature(self, D: int):
+        m = self.config["model"]
+        return make_feature(m["feature"], D, m["activation"], m["bias"], m["sharpness"])
+
+    def k(self, D: int) -> int:
+        return self.feature(D).k
+
+    def reference_shape(self) -> tuple[int, int, int]:
+        s = self.study
+        D = s["reference_dim"] if s["reference_dim"] is not None else self.dims[-1]
+        return s["reference_L"], s["reference_M"], D
+
+    def reference_depth(self):
+        return self.continuous if self.study["reference_depth"] == "continuous" else LayeredDepth()
+
+
+def build_limit(config: dict, study: dict) -> LimitSetup:
+    """Data, schedule and depth objects of a limit study (``study`` from ``resolve_limit``)."""
+    dtype = dtype_of(config)
+    data, model, solver, train = (config[s] for s in ("data", "model", "solver", "train"))
+    dims = study["dims"] or [model["dim"]]
+    try:
+        feature = make_feature(model["feature"], dims[-1], model["activation"], model["bias"],
+                               model["sharpness"])
+        x, y = make_dataset(
+            data["kind"], n=data["n"], dim=data["dim"], seed=config["seed"], feature=feature,
+            out_dim=data["out_dim"], noise=data["noise"], path=data["path"],
+            teacher_width=data["teacher_width"], teacher_depth=data["teacher_depth"],
+            teacher_std=data["teacher_std"],
+            classes=None if data["classes"] is None else tuple(data["classes"]))
+        regularization = Regularization(train["l2"], train["l2_schedule"], train["l2_decay"],
+                                        train["temperature"])
+        continuous = ContinuousDepth(adjoint=solver["adjoint"], solver=solver["ode_solver"],
+                                     rtol=solver["rtol"], atol=solver["atol"])
+    except (DataError, ValueError) as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
+    if data["kind"] == "teacher" and study["dims"] is not None:
+        raise ConfigError("study.dims: teacher data are made by a network of state dimension "
+                          "model.dim; sweep D with another data set (e.g. data.kind = \"gaussian\")")
+    steps = time_steps(study["times"], train["dt"])
+    schedule = None
+    if max(steps) > 0:
+        every = math.gcd(*[n for n in steps if n > 0])
+        schedule = Schedule(max(study["times"]), train["dt"], train["method"], every, 2,
+                            train["rtol"], train["atol"], train["divergence_factor"])
+        # Schedule takes ceil(S/dt) equal steps of S/n: with S a multiple of dt that is dt.
+        steps = [round(t / schedule.step) for t in study["times"]]
+    depth = LayeredDepth() if solver["depth"] == "layers" else continuous
+    return LimitSetup(config, study, x, y, dtype, dims, schedule, steps, regularization, depth,
+                      continuous)
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def _ladders(values: list[int]) -> list[list[int]]:
+    """For m = 1..n, the m bucket tops minimizing sum_v top(v) (top(v) = smallest top >= v)."""
+    v = sorted(values)
+    n = len(v)
+    INF = float("inf")
+    # f[c][j]: best cost of v[0..j] with c buckets, the last topped by v[j]
+    f = [[INF] * n for _ in range(n + 1)]
+    arg = [[-1] * n for _ in range(n + 1)]
+    for j in range(n):
+        f[1][j] = (j + 1) * v[j]
+    for c in range(2, n + 1):
+        for j in range(c - 1, n):
+            for i in range(c - 1, j + 1):  # last bucket covers v[i..j]
+                cost = f[c - 1][i - 1] + (j - i + 1) * v[j]
+                if cost < f[c][j]:
+                    f[c][j], arg[c][j] = cost, i
+    out = []
+    for m in range(1, n + 1):
+        tops, j, c = [], n - 1, m
+        while c >= 1:
+            tops.append(v[j])
+            if c == 1:
+                break
+            j, c = arg[c][j] - 1, c - 1
+        out.append(sorted(tops))
+    return out
+
+
+def _top(ladder: list[int], v: int) -> int:
+    return min(t for t in ladder if t >= v)
+
+
+def member_bytes(setup: LimitSetup, L: int, M: int, D: int) -> float:
+    """Estimated bytes of one member at (padded) shape (L, M, D)."""
+    item = np.dtype(setup.dtype).itemsize
+    N = setup.x.shape[0]
+    return MEMORY_FACTOR * L * M * setup.k(D) * item + 4.0 * L * N * D * item
+
+
+def plan(setup: LimitSetup) -> list[Block]:
+    """The blocks of a study: reference blocks first, then the sweep, cheapest first."""
+    study = setup.study
+    Ls, Ms, Ds, S = study["L"], study["M"], setup.dims, study["seeds"]
+    N = setup.x.shape[0]
+    steps = (setup.schedule.n_steps if setup.schedule else 0) + len(setup.steps)
+    kappa = sum(Ls) * N * max(steps, 1) * S * SECONDS_PER_UNIT
+    ladders_M = _ladders(Ms)
+    pad_D = study["dims"] is not None and setup.regularization.temperature == 0
+    ladders_D = _ladders(Ds) if pad_D else [sorted(Ds)]
+    best = None
+    for lm, ld in itertools.product(ladders_M, ladders_D):
+        A = sum(_top(lm, m) for m in Ms)
+        B = sum(_top(ld, d) for d in Ds)
+        cost = kappa * A * B + SECONDS_PER_COMPILE * len(lm) * len(ld) * len(Ls)
+        if best is None or cost < best[0]:
+            best = (cost, lm, ld)
+    _, lm, ld = best
+    budget = study["memory"] * 2**30
+    blocks: list[Block] = []
+    if study["reference"] == "particles":
+        Lr, Mr, Dr = setup.reference_shape()
+        members = [Member((-1, -1, -1), Lr, Mr, Dr, r) for r in range(S)]
+        blocks += _split(setup, members, Lr, Mr, Dr, budget, reference=True)
+    sweep: list[Block] = []
+    for iL, L in enumerate(Ls):
+        buckets: dict[tuple[int, int], list[Member]] = {}
+        for (iM, M), (iD, D) in itertools.product(enumerate(Ms), enumerate(Ds)):
+            top = (_top(lm, M), _top(ld, D))
+            buckets.setdefault(top, []).extend(Member((iL, iM, iD), L, M, D, r) for r in range(S))
+        for (Mp, Dp), members in buckets.items():
+            sweep += _split(setup, members, L, Mp, Dp, budget)
+    sweep.sort(key=lambda b: (b.L * b.M * b.D, b.L, b.M, b.D))
+    return blocks + sweep
+
+
+def _split(setup, members, L, M, D, budget, reference=False) -> list[Block]:
+    need = member_bytes(setup, L, M, D)
+    if need > budget:
+        raise ConfigError(
+            f"study.memory = {setup.study['memory']!r}: one run of shape (L, M, D) = ({L}, {M}, {D}) "
+            f"needs about {need / 2**30:.2f} GiB; raise study.memory (GiB) or shrink the shape")
+    b_max = max(1, int(budget // need))
+    n_blocks = math.ceil(len(members) / b_max)
+    size = math.ceil(len(members) / n_blocks)
+    return [Block(L, M, D, tuple(members[i:i + size]), size, reference)
+            for i in range(0, len(members), size)]
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def _particles(setup: LimitSetup, member: Member, reference: bool) -> np.ndarray:
+    """Member's initial particles (L, M, k(D)) in the study's dtype (module docstring).
+
+    Drawn with NumPy (PCG64 seeded by SeedSequence([seed, 1, r, tag, L, M, D]), tag =
+    0x5EF for the reference, else 0; with shared sampling L is replaced by 0, so that every
+    depth of the sweep uses the same M particles), not with ``jax.random``: a JAX sampler compiles once
+    per array shape, which for hundreds of shapes costs more than the runs. The law is
+    ``init_particles``': gaussian mean + std xi, uniform low + (high - low) u (default box
+    mean +- sqrt(3) std), point: every particle at mean.
+    """
+    init, dt = setup.config["init"], np.dtype(setup.dtype)
+    tag = _REFERENCE_TAG if reference else 0
+    shared = setup.study["sampling"] == "shared"
+    rng = np.random.default_rng(np.random.SeedSequence(
+        [setup.config["seed"], 1, member.rep, tag, 0 if shared else member.L, member.M, member.D]))
+    k = setup.k(member.D)
+    shape = (1 if shared else member.L, member.M, k)
+    mean = _per_coord(init["mean"], k, "init.mean").astype(dt)
+    std = _per_coord(init["std"], k, "init.std").astype(dt)
+    if init["kind"] == "gaussian":
+        theta = rng.standard_normal(shape, dtype=dt)
+        theta *= std
+        theta += mean
+    elif init["kind"] == "uniform":
+        lo = mean - np.sqrt(3.0) * std if init["low"] is None else _per_coord(init["low"], k, "init.low")
+        hi = mean + np.sqrt(3.0) * std if init["high"] is None else _per_coord(init["high"], k, "init.high")
+        theta = rng.random(shape, dtype=dt)
+        theta *= (hi - lo).astype(dt)
+        theta += lo.astype(dt)
+    else:  # point
+        theta = np.broadcast_to(mean, shape)
+    return np.broadcast_to(theta, (member.L, member.M, k))
+
+
+def _pad_particles(setup: LimitSetup, theta: np.ndarray, D: int, Mp: int, Dp: int) -> np.ndarray:
+    """(L, M, k(D)) -> (L, Mp, k(Dp)): zero particles and zero coordinates (``_ensemble``)."""
+    L, M, _ = theta.shape
+    out = np.zeros((L, Mp, setup.k(Dp)), theta.dtype)
+    if setup.config["model"]["feature"] == "linear":
+        out.reshape(L, Mp, Dp, Dp)[:, :M, :D, :D] = theta.reshape(L, M, D, D)
+        return out
+    out[:, :M, :D] = theta[:, :, :D]
+    out[:, :M, Dp:Dp + D] = theta[:, :, D:2 * D]
+    if setup.config["model"]["bias"]:
+        out[:, :M, 2 * Dp] = theta[:, :, 2 * D]
+    return out
+
+
+def make_ensemble(setup: LimitSetup, block: Block) -> tuple[Problem, Ensemble]:
+    """The shared problem (state dimension block.D) and the block's initial ensemble."""
+    members = list(block.members) + [block.members[-1]] * (block.size - len(block.members))
+    dt = setup.dtype
+    Mp, Dp = block.M, block.D
+    thetas, weights, embs, ros = [], [], [], []
+    model, seed = setup.config["model"], setup.config["seed"]
+    d_in, d_out = setup.x.shape[1], setup.y.shape[1]
+    for m in members:
+        th = _particles(setup, m, block.reference)
+        if (m.M, m.D) != (Mp, Dp):
+            th = _pad_particles(setup, th, m.D, Mp, Dp)
+        thetas.append(th)
+        w = np.zeros((m.L, Mp), dt)
+        w[:, :m.M] = 1.0 / m.M
+        weights.append(w)
+        if model["embedding"] == "random":
+            A = random_embedding(seed, m.D, d_in, stream=m.rep)
+            embs.append(np.pad(A, ((0, Dp - m.D), (0, 0))))
+        if model["readout"] == "random":
+            C = random_readout(seed, m.D, d_out, stream=m.rep)
+            ros.append(np.pad(C, ((0, 0), (0, Dp - m.D))))
+    theta = jnp.asarray(np.stack(thetas, axis=1) if len(thetas) > 1 else thetas[0][:, None], dt)
+    del thetas
+    W = None
+    if any(m.M != Mp for m in members):
+        W = jnp.asarray(np.stack(weights, axis=1), dt)
+    A = jnp.asarray(np.stack(embs), dt) if embs else None
+    C = jnp.asarray(np.stack(ros), dt) if ros else None
+    problem = Problem(setup.feature(Dp), jnp.asarray(setup.x, dt), jnp.asarray(setup.y, dt))
+    return problem, Ensemble(theta, W, A, C)
+
+
+class BlockResult(NamedTuple):
+    """A block's values at the study times, real members only (float64 arrays)."""
+
+    loss: np.ndarray  # (b, n_t)
+    prediction: np.ndarray  # (b, n_t, N, d_out)
+    state: np.ndarray  # (b, n_t, N, D_pad)
+
+
+_forward = eqx.filter_jit(lambda flow, ens: flow.diagnostics(ens, 0.0))
+
+
+def run_block(setup: LimitSetup, block: Block, depth, key, on_progress=None,
+              should_stop=None) -> BlockResult | None:
+    """Train the block's members by the flow and record them at the study times.
+
+    Returns None when ``should_stop()`` became true (the block is dropped).
+    ``on_progress(fraction)`` is called with the fraction of the block's steps
+    done so far.
+    """
+    problem, ens = make_ensemble(setup, block)
+    b, nt = len(block.members), len(setup.steps)
+    N, d_out = setup.x.shape[0], setup.y.shape[1]
+    loss = np.full((b, nt), np.nan)
+    pred = np.full((b, nt, N, d_out), np.nan)
+    state = np.full((b, nt, N, block.D), np.nan)
+    where = {}
+    for j, n in enumerate(setup.steps):
+        where.setdefault(n, []).append(j)
+
+    def keep(step, values):
+        for j in where.get(step, []):
+            loss[:, j] = values["loss"][:b]
+            pred[:, j] = values["prediction"][:b]
+            state[:, j] = values["state"][:b]
+
+    if setup.schedule is None:
+        from .._flow import make_flow
+
+        flow = make_flow(problem, depth, ens, setup.regularization)
+        keep(0, {k: np.asarray(v) for k, v in _forward(flow, ens).items()})
+        if on_progress:
+            on_progress(1.0)
+        return BlockResult(loss, pred, state)
+    total = setup.schedule.n_steps
+    stopped = False
+
+    def callback(rec):
+        nonlocal stopped
+        if rec.history:
+            keep(rec.step, rec.values)
+        if on_progress:
+            on_progress(rec.step / total)
+        stopped = bool(should_stop and should_stop())
+        return stopped
+
+    result = integrate(problem, depth, setup.schedule, theta0=ens,
+                       regularization=setup.regularization, key=key, callback=callback)
+    if result.status == "interrupted" and stopped:
+        return None
+    return BlockResult(loss, pred, state)
+
+
+def measure_values(setup: LimitSetup, problem: Problem, depth, measure0, key) -> BlockResult:
+    """Values of one run of *any* measure representation at the study times: (1, n_t, ...).
+
+    The generic reference path: ``integrate`` is stopped at each study time by its callback
+    (status "interrupted", a resumable ``FlowState``), the measure is read as weighted
+    particles (``Flow.weighted``: particles, or grid cells as weighted points) and one forward
+    pass gives E, g(z(1; x)) and z(1; x); then the flow continues from that state. A grid
+    reference is this function with ``measure0 = GridDensity(...)`` (one per repetition) and
+    ``depth`` the grid's depth discretization.
+    """
+    from .._flow import make_flow
+
+    nt, N = len(setup.steps), setup.x.shape[0]
+    loss, pred = np.full((1, nt), np.nan), np.full((1, nt, N, setup.y.shape[1]), np.nan)
+    state_out = np.full((1, nt, N, problem.d), np.nan)
+    flow = make_flow(problem, depth, measure0, setup.regularization)
+    forward = eqx.filter_jit(_measure_forward)
+    state, initial = None, None
+    for target in sorted(set(setup.steps)):
+        if target > 0 and (state is None or state.step < target):
+            result = integrate(problem, depth, setup.schedule, theta0=measure0, state=state,
+                               regularization=setup.regularization, key=key,
+                               initial_loss=initial,
+                               callback=lambda rec, target=target: rec.step >= target)
+            if initial is None and result.history["loss"].size:
+                initial = float(result.history["loss"][0])
+            if result.status == "diverged":
+                break
+            state = result.state
+        measure = measure0 if state is None else state.measure
+        values = forward(flow, measure)
+        for j, n in enumerate(setup.steps):
+            if n == target:
+                loss[0, j] = float(values[0])
+                pred[0, j], state_out[0, j] = np.asarray(values[1]), np.asarray(values[2])
+    return BlockResult(loss, pred, state_out)
+
+
+def _measure_forward(flow, measure):
+    Theta, weights = flow.weighted(measure)
+    problem = flow.problem
+    z1 = flow.depth.final_state(problem, Theta, problem.embed(problem.x), weights)
+    return problem.loss(z1), problem.readout(z1), z1
+
+
+def block_errors(setup: LimitSetup, block: Block, run: BlockResult, ref: BlockResult,
+                 ref_index=None, ref_D: int | None = None) -> dict[str, np.ndarray]:
+    """Errors (b, n_t) of a block's members against their references.
+
+    ``ref_index[j]`` is the row of ``ref`` that member j is compared with
+    (None: row j, the "continuous" reference of the same member); ``ref_D`` is
+    the reference's state dimension (None: the member's own D).
+    """
+    rows = np.arange(len(block.members)) if ref_index is None else np.asarray(ref_index)
+    out = {"loss": np.abs(run.loss - ref.loss[rows])}
+    diff = run.prediction - ref.prediction[rows]
+    out["output"] = np.sqrt(np.mean(np.sum(diff * diff, axis=-1), axis=-1))
+    hidden = np.empty_like(out["loss"])
+    for j, m in enumerate(block.members):
+        D = m.D
+        Dr = D if ref_D is None else ref_D
+        c = math.sqrt(Dr / D) if setup.random_embedding else 1.0
+        dz = run.state[j, :, :, :D] - c * ref.state[rows[j], :, :, :D]
+        hidden[j] = np.sqrt(np.mean(np.sum(dz * dz, axis=-1), axis=-1))
+    out["hidden"] = hidden
+    return out
