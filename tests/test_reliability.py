@@ -278,6 +278,40 @@ def test_hand_edited_files_exit_2(runs, tmp_path, capsys, edit, needle):
         assert rc == 2 and needle in one_error_line(err), err
 
 
+GRID_EDITS = {
+    "data.kind": '"teacher"', "data.n": "16", "data.dim": "1", "data.teacher_width": "2",
+    "data.teacher_depth": "1", "model.feature": '"linear"', "model.activation": None,
+    "init.std": "0.5", "solver.kind": '"grid"', "solver.M": None, "solver.precision": '"float64"',
+    "train.method": '"ssprk3"', "train.time": "0.6", "train.dt": "0.05", "train.record_every": "1",
+}
+
+
+def test_grid_runs_are_checkpointed_protected_and_resume_bit_identical(tmp_path, capsys):
+    """The grid solver's run files (/state/rho, /snapshots/rho, /grid/...) get the same
+    guarantees: a stopped run resumes to the uninterrupted file, a flipped byte in the
+    density state or in the grid axes is refused with exit 2 and the file left as it was."""
+    text = toml_text(GRID_EDITS) + "[solver.grid]\ncells = 24\nbounds = [-3.0, 3.0]\n"
+    cfg = tmp_path / "grid.toml"
+    cfg.write_text(text)
+    done, stopped = tmp_path / "done.h5", tmp_path / "stopped.h5"
+    assert cli(capsys, "run", cfg, "-o", done, "-q")[0] == 0
+    assert cli(capsys, "run", cfg, "-o", stopped, "-q", "--stop-after-records", "4")[0] == 130
+    regions = _dataset_regions(stopped)
+    assert {"state/rho", "snapshots/rho", "grid/axis_0", "history/wall_mass"} <= set(regions)
+    for name in ("state/rho", "snapshots/rho", "grid/axis_0"):
+        bad = tmp_path / f"bad_{name.replace('/', '_')}.h5"
+        shutil.copyfile(stopped, bad)
+        offset, size = regions[name][0]
+        _flip(bad, offset + size // 2)
+        before = bad.read_bytes()
+        rc, _, err = cli(capsys, "run", cfg, "-o", bad, "-q", "--resume")
+        assert rc == 2 and name.split("/")[0] in one_error_line(err), (name, err)
+        assert bad.read_bytes() == before
+    assert cli(capsys, "run", cfg, "-o", stopped, "-q", "--resume")[0] == 0
+    assert_same_run(stopped, done)
+
+
+
 # ----------------------------------------------------------------------------- the lock
 
 

@@ -307,10 +307,10 @@ def _append(ds: h5py.Dataset, rows: np.ndarray) -> None:
 def _canonical(value) -> bytes:
     """Bytes that identify an attribute or array value (dtype, shape, contents)."""
     if isinstance(value, (str, bytes)):
-        return b"s:" + _text(value).encode("utf-8")
+        return b"s:" + _text(value).encode("utf-8", "surrogateescape")
     a = np.asarray(value)
     if a.dtype.kind in "OSU":
-        return b"S:" + repr([_text(v) for v in a.ravel().tolist()]).encode("utf-8")
+        return b"S:" + repr([_text(v) for v in a.ravel().tolist()]).encode("utf-8", "surrogateescape")
     return f"{a.dtype.str}{a.shape}".encode() + np.ascontiguousarray(a).tobytes()
 
 
@@ -781,6 +781,15 @@ def _read_checked(path: str, *, all_snapshots: bool = True) -> tuple[dict, dict]
                     raise r.fail("/state", "is damaged: its checksum sha256 does not match "
                                  "(the resumable state cannot be trusted)")
             out[f"state/{sname}"], out["state/step"], out["state/key"] = arr, step, key
+
+        if sealed:  # written by wflow: every part of a run file must be there
+            wanted = ["snapshots/s", "state/step", "state/key"]
+            wanted += [f"snapshots/{name}"] if name is not None else ["snapshots/<theta or rho>"]
+            wanted += [k for k in out if k.startswith("state/")] or ["state/<theta or rho>"]
+            missing = [w for w in wanted if w not in out]
+            if missing:
+                raise r.fail(f"/{missing[0]}", "is missing (the file was written by wflow: it "
+                             "has been edited or damaged)")
 
         # any further fixed arrays (grid axes, ...)
         def visit(path_, obj):

@@ -26,8 +26,9 @@ N samples, d the state dimension, k parameters per particle:
   adjoint plus a few (N, d) buffers, (L + 4) N d b; continuous, diffrax's
   stages and checkpoints, 64 N d b (+ 12 L M k b for the backsolve adjoint's
   augmented state);
-* per-layer temporaries of the neuron kernel, (N, M) each: 4 N M b layered
-  (activation, derivative, adjoint products), 8 N M b continuous; the linear
+* per-layer temporaries of the neuron kernel, (N, M) blocks of B = min(N M,
+  solver.tile) elements each (the kernel works in tiles, ``_features``):
+  4 B b layered (activation, derivative, adjoint products), 8 B b continuous; the linear
   feature has none;
 * data: x, y in the run precision on the device and three float64 host
   copies while they are built; teacher data: the teacher's parameters and
@@ -173,6 +174,15 @@ def _record_parts(config: dict, snapshot_bytes: int, n_columns: int) -> list[Par
     ]
 
 
+def _block(N: int, M: int, solver: dict) -> int:
+    """Elements of the largest (N, M) block the neuron kernel holds: it works in blocks of at
+    most ``solver.tile`` elements (default ``_features.default_tile()``)."""
+    from ._features import default_tile
+
+    tile = solver.get("tile") or default_tile()
+    return min(N * M, tile)
+
+
 def _particle_parts(config: dict, b: int) -> list[Part]:
     data, model, solver, train = (config[s] for s in ("data", "model", "solver", "train"))
     L, M, N, d, k = solver["L"], solver["M"], _n_samples(data), model["dim"], _k(model)
@@ -185,15 +195,15 @@ def _particle_parts(config: dict, b: int) -> list[Part]:
         parts.append(Part("layer states (L, N, d) for the adjoint",
                           ("solver.L", "data.n", "model.dim"), (L + 4) * N * d * b))
         if neuron:
-            parts.append(Part("per-layer (N, M) temporaries", ("data.n", "solver.M"),
-                              4 * N * M * b))
+            parts.append(Part("per-layer (N, M) temporaries", ("data.n", "solver.M", "solver.tile"),
+                              4 * _block(N, M, solver) * b))
     else:
         extra = 12 * theta if solver["adjoint"] == "backsolve" else 0
         parts.append(Part("ODE solver states and checkpoints (N, d)",
                           ("data.n", "model.dim", "solver.adjoint"), 64 * N * d * b + extra))
         if neuron:
-            parts.append(Part("per-stage (N, M) temporaries", ("data.n", "solver.M"),
-                              8 * N * M * b))
+            parts.append(Part("per-stage (N, M) temporaries", ("data.n", "solver.M", "solver.tile"),
+                              8 * _block(N, M, solver) * b))
     n_columns = 4 if train["l2"] > 0 else 2
     return parts + _data_parts(config, b) + _record_parts(config, theta, n_columns)
 
