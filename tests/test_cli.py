@@ -8,9 +8,11 @@ import threading
 import time
 import tomllib
 
+import _helpers
 import h5py
 import numpy as np
 import pytest
+from _helpers import cli
 
 import wflow
 from wflow.cli import main
@@ -29,32 +31,13 @@ N_HIST, N_SNAP = 6, 3  # steps 0, 2, 4, 6, 8, 10; snapshots at 0, 5, 10
 
 def toml_text(edits=None):
     """BASE with edits {"section.key": raw TOML literal or None (delete)} as TOML text."""
-    cfg = {k: (dict(v) if isinstance(v, dict) else v) for k, v in BASE.items()}
-    for name, raw in (edits or {}).items():
-        section, _, key = name.rpartition(".")
-        table = cfg.setdefault(section, {}) if section else cfg
-        if raw is None:
-            table.pop(key, None)
-        else:
-            table[key] = raw
-    lines = [f"{k} = {v}" for k, v in cfg.items() if not isinstance(v, dict)]
-    for section, table in cfg.items():
-        if isinstance(table, dict):
-            lines.append(f"[{section}]")
-            lines += [f"{k} = {v}" for k, v in table.items()]
-    return "\n".join(lines) + "\n"
+    return _helpers.toml_text(BASE, edits)
 
 
 def write_config(tmp_path, edits=None, name="cfg.toml"):
     path = tmp_path / name
     path.write_text(toml_text(edits))
     return str(path)
-
-
-def cli(capsys, *args):
-    rc = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def history(path):

@@ -36,6 +36,7 @@ import h5py
 import jax
 import numpy as np
 import pytest
+from _helpers import datasets
 
 from wflow import _io
 from wflow._config import load_config
@@ -426,14 +427,6 @@ def _damage_run_file(rng, path) -> str:
     return f"{op} {name}"
 
 
-def _datasets(path) -> dict:
-    out = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda n, o: out.__setitem__(n, o[()])
-                     if isinstance(o, h5py.Dataset) and "wall_time" not in n else None)
-    return out
-
-
 def _case_runfile(capsys, tmp, rng, stopped, cfg, reference, label):
     path = os.path.join(tmp, "run.h5")
     shutil.copyfile(stopped, path)
@@ -454,7 +447,7 @@ def _case_runfile(capsys, tmp, rng, stopped, cfg, reference, label):
     elif resume:
         # A resume that went through: the damage was harmless (free space, an extra group),
         # so the run must end exactly as the uninterrupted one -- never silently different.
-        got = _datasets(path)
+        got = datasets(path)
         assert got.keys() >= reference.keys(), f"{label}: {reference.keys() - got.keys()}"
         for name, value in reference.items():
             np.testing.assert_array_equal(got[name], value, err_msg=f"{label}: {name}")
@@ -471,7 +464,7 @@ def stopped_run(tmp_path_factory):
     assert main(["run", str(cfg), "-o", str(path), "-q", "--stop-after-records", "3"]) == 130
     done = tmp / "done.h5"
     assert main(["run", str(cfg), "-o", str(done), "-q"]) == 0
-    return str(path), str(cfg), _datasets(done)
+    return str(path), str(cfg), datasets(done)
 
 
 def _campaign(capsys, tmp_path, stopped_run, family, n, seed):

@@ -13,9 +13,11 @@ import os
 import shutil
 import time
 
+import _helpers
 import h5py
 import numpy as np
 import pytest
+from _helpers import cli, datasets
 
 from wflow import _io, _preflight
 from wflow.cli import main
@@ -31,20 +33,7 @@ BASE = {
 
 
 def toml_text(edits=None, base=BASE):
-    cfg = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
-    for name, raw in (edits or {}).items():
-        section, _, key = name.rpartition(".")
-        table = cfg.setdefault(section, {}) if section else cfg
-        if raw is None:
-            table.pop(key, None)
-        else:
-            table[key] = raw
-    lines = [f"{k} = {v}" for k, v in cfg.items() if not isinstance(v, dict)]
-    for section, table in cfg.items():
-        if isinstance(table, dict):
-            lines.append(f"[{section}]")
-            lines += [f"{k} = {v}" for k, v in table.items()]
-    return "\n".join(lines) + "\n"
+    return _helpers.toml_text(base, edits)
 
 
 def write_config(folder, edits=None, name="cfg.toml"):
@@ -53,31 +42,14 @@ def write_config(folder, edits=None, name="cfg.toml"):
     return str(path)
 
 
-def cli(capsys, *args):
-    rc = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
 def one_error_line(err: str) -> str:
     lines = [ln for ln in err.strip().splitlines() if ln.startswith("wflow: error")]
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
 
 
-def arrays(path) -> dict:
-    """Every dataset but the wall times (which differ between runs)."""
-    out = {}
-    with h5py.File(path, "r") as f:
-        def visit(name, obj):
-            if isinstance(obj, h5py.Dataset) and "wall_time" not in name:
-                out[name] = obj[()]
-        f.visititems(visit)
-    return out
-
-
 def assert_same_run(a, b):
-    x, y = arrays(a), arrays(b)
+    x, y = datasets(a), datasets(b)
     assert x.keys() == y.keys()
     for name in x:
         np.testing.assert_array_equal(x[name], y[name], err_msg=name)
@@ -598,7 +570,7 @@ def test_loss_rise_warns_with_a_stable_step_that_is_stable(tmp_path, capsys):
     rc, _, err = cli(capsys, "run", _circles(tmp_path, round(0.8 * stable, 4), name="ok.toml"),
                      "-o", out2, "-q")
     assert rc == 0 and "rose" not in err
-    loss = arrays(out2)["history/loss"]
+    loss = datasets(out2)["history/loss"]
     assert np.all(np.diff(loss) <= 0)
     # on_increase = "stop": a clean stop, status "unstable", exit 3, not resumable
     out3 = tmp_path / "stop.h5"

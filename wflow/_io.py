@@ -662,6 +662,18 @@ def _read_checked(path: str, *, all_snapshots: bool = True) -> tuple[dict, dict]
         f = h5py.File(path, "r")
     except (OSError, ValueError) as e:
         raise RunFileError(f"{path}: not a readable HDF5 file ({_one_line(e)})") from None
+    try:
+        return _read_open(path, f, attrs, out, all_snapshots)
+    except RunFileError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError, IndexError) as e:
+        # HDF5 found damage below the checks (an attribute heap, an object header): the
+        # file cannot be trusted, whatever part it was
+        raise RunFileError(f"{path}: the file is damaged: {_one_line(e)}") from None
+
+
+def _read_open(path: str, f: h5py.File, attrs: dict, out: dict, all_snapshots: bool):
+    """The body of ``_read_checked`` on the open file ``f`` (closed on return)."""
     with f:
         r = _Reader(path, f)
         raw_attrs = {}
