@@ -240,6 +240,89 @@ def test_depth_slope_on_the_linear_exact_problem(tmp_path, capsys):
         assert np.all(np.abs(s + 1.0) < 0.1), (metric, s)
 
 
+LINEAR_GRID = LINEAR.replace("mean = 0.2", "mean = 0.0").replace("dt = 0.25", """dt = 0.25
+method = "ssprk3"
+""").replace("""L = [4, 8, 16]
+M = [4]
+seeds = 2
+times = [0.0, 0.5]
+sampling = "shared"
+reference = "continuous"
+bootstrap = 20
+""", """L = [4, 8, 16]
+M = [4, 16, 64]
+seeds = 32
+times = [0.0, 0.5]
+sampling = "iid"
+reference = "grid"
+reference_L = 1
+bootstrap = 50
+[study.grid]
+cells = 64
+bounds = [-3.0, 3.0]
+""")
+
+
+def _closed_form_A(X2, a, s, A0=0.0, n=4000):
+    """SPEC §5: dA/ds = -X2 (e^A - a) e^A by classical RK4 (error ~ (s/n)^4, far below 1e-12)."""
+    rhs = lambda A: -X2 * (math.exp(A) - a) * math.exp(A)
+    A, h = A0, s / n
+    for _ in range(n):
+        k1 = rhs(A)
+        k2 = rhs(A + h / 2 * k1)
+        k3 = rhs(A + h / 2 * k2)
+        k4 = rhs(A + h * k3)
+        A += h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+    return A
+
+
+def test_grid_reference_on_the_linear_exact_problem(tmp_path, capsys):
+    """study.reference = "grid" on SPEC §5 (linear, d = 1, y = a x, rho_ini = N(0, 0.5^2)).
+
+    The reference: z(1; x) = x e^A with A(s) the mean of rho, dA/ds = -X2 (e^A - a) e^A. The
+    velocity is the same at every theta, so the flux-form scheme moves the mean at exactly that
+    velocity (upwind exactly; MUSCL up to the limited slopes' sum, which telescopes to the
+    ~0 wall values); what remains is SSP-RK3's time error with substeps ~ cfl h / |v| ~ 0.1,
+    about 1e-8 in A here, and diffrax's rtol 1e-9. Hence rtol 1e-6 on e^A (1e-5 on E, which
+    amplifies dA by 2 e^A / |e^A - a| ~ 17): a wrong velocity, mean or step count is off by
+    more than 1e-3.
+
+    The finite networks against it at s = 0 (forward pass, iid layers): z_L(1) = x prod_l
+    (1 + m_l / L) with m_l the mean of M N(0, std^2) draws, so the output error is
+    sqrt(X2) |S| (1 + O(1/(LM))), S = sum_l m_l / L ~ N(0, std^2 / (L M)): depth acts as
+    width, error = b / sqrt(L M) with b = sqrt(X2) std and no 1/L term. Checked: every slope
+    against L and against M is -1/2 within 3 bootstrap standard deviations (+ 0.02 for the
+    O(1/(LM)) bias), and the fitted b equals sqrt(X2) std within 3 of its bootstrap errors.
+    """
+    out = tmp_path / "grid.h5"
+    rc, text, err = cli(capsys, "study", "limit", write(tmp_path, LINEAR_GRID), "-o", out, "-q",
+                        "--no-plot")
+    assert rc == 0, err
+    assert "reference grid (64 cells, muscl, L = 1, continuous depth)" in text
+    data = read_study(str(out))
+    x, y = data["data/x"][:, 0], data["data/y"][:, 0]
+    X2 = float(np.mean(x * x))
+    a = float(np.sum(x * y) / np.sum(x * x))
+    assert np.max(np.abs(y - a * x)) < 1e-12  # a linear teacher: y = a x exactly
+    # the reference against the closed form, at s = 0 and s = 0.5, for every repetition
+    for t, s in enumerate(data["study/times"]):
+        A = _closed_form_A(X2, a, float(s))
+        gain = data["reference/prediction"][:, t, :, 0] / x  # (seeds, N): e^A for every x
+        np.testing.assert_allclose(gain, math.exp(A), rtol=1e-6)
+        np.testing.assert_allclose(data["reference/loss"][:, t], X2 / 2 * (math.exp(A) - a) ** 2,
+                                   rtol=1e-5)
+    assert _closed_form_A(X2, a, 0.5) > 0.1  # the mean did move by ~ 0.2 std
+    assert np.all(data["reference/wall_mass"] < 1e-8)  # a 6 std box
+    # the finite networks against it: b / sqrt(L M)
+    for metric in ("output", "hidden"):
+        for name in ("slope_L", "slope_M"):
+            s, e = data[f"fit/{metric}/{name}"][0], data[f"fit/{metric}/{name}_err"][0]
+            assert np.all(np.abs(s + 0.5) <= 3 * e + 0.02), (metric, name, s, e)
+        b, b_err = data[f"fit/{metric}/model"][0, 1], data[f"fit/{metric}/model_err"][0, 1]
+        assert abs(b - math.sqrt(X2) * 0.5) <= 3 * b_err, (metric, b, b_err, math.sqrt(X2) * 0.5)
+        assert b_err < 0.1 * b  # the check has teeth
+
+
 STUDY = """
 seed = 0
 [data]
@@ -300,7 +383,7 @@ def test_interrupted_study_resumes_to_the_same_file(tmp_path, capsys):
 
 @pytest.mark.parametrize("edit, message", [
     ("Lz = [2]", "study.Lz"),
-    ('reference = "grid"', "needs the grid solver"),
+    ('reference = "grid"', "needs k <= 3 parameters per particle, this model has k = 5"),
     ('reference = "continuous"\nreference_M = 8', "only used with"),
     ("box = 2.0", "not used by wflow study limit"),
     ("times = [0.3]", "not a multiple of train.dt"),
@@ -407,3 +490,31 @@ def test_generic_measure_path_matches_the_ensemble(tmp_path):
     one = measure_values(setup, problem, setup.depth, theta, key)
     np.testing.assert_allclose(one.loss[0], ens.loss[j], rtol=1e-5)
     np.testing.assert_allclose(one.prediction[0], ens.prediction[j], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("edit, message", [
+    ("[study.grid]\ncells = 64\nbounds = [-3.0, 3.0]\n", 'needs a [study.grid] section'),
+    ("cells = 64", "study.grid.cells = [64, 64]: give one integer or a list of k = 1"),
+    ("bounds = [-3.0, 3.0]", "study.grid.bounds"),
+    ('method = "ssprk3"', 'train.method = "adaptive": the grid reference'),
+    ('reference = "grid"', 'study.grid = '),
+    ("reference_L = 1", "study.reference_M = 8: only used with study.reference = \"particles\""),
+    ("seeds = 32", "study.dims = [1]: not used with study.reference = \"grid\""),
+])
+def test_bad_grid_reference_exits_2_with_one_line(tmp_path, capsys, edit, message):
+    replacement = {"[study.grid]\ncells = 64\nbounds = [-3.0, 3.0]\n": "",
+                   "cells = 64": "cells = [64, 64]",
+                   "bounds = [-3.0, 3.0]": "bounds = [-0.5, 0.5]",
+                   'method = "ssprk3"': 'method = "adaptive"',
+                   'reference = "grid"': 'reference = "continuous"\nreference_L = 2',
+                   "reference_L = 1": "reference_L = 1\nreference_M = 8",
+                   "seeds = 32": "seeds = 2\ndims = [1]"}
+    assert edit in LINEAR_GRID
+    text = LINEAR_GRID.replace(edit, replacement[edit], 1)
+    if edit == 'reference = "grid"':
+        text = text.replace("reference_L = 1\n", "")
+    out = tmp_path / "bad.h5"
+    rc, _, err = cli(capsys, "study", "limit", write(tmp_path, text), "-o", out)
+    assert rc == 2, err
+    assert err.count("\n") == 1 and err.startswith("wflow: error: ") and message in err, err
+    assert not out.exists()

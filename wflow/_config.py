@@ -46,7 +46,8 @@ Schema (defaults in brackets)::
     [study]  keys of ``wflow study limit`` / ``wflow study zero-loss`` (``wflow.study``):
              L, M, dims, seeds, times, metrics, sampling, reference, reference_M,
              reference_L, reference_dim, reference_depth, bootstrap, memory; inits, box,
-             box_points, tail_radius. Defaults (None here) and the cross-key rules belong to
+             box_points, tail_radius; [study.grid] (the keys of [solver.grid]: the grid of
+             study.reference = "grid"). Defaults (None here) and the cross-key rules belong to
              the study verbs (``wflow/study/_keys.py``); ``wflow run`` ignores the section.
              The resolved config holds [study] only when the file (or --set) has one.
 
@@ -228,6 +229,8 @@ SUBTABLES: dict[tuple[str, str], dict[str, Key]] = {
     },
     **{("compare", name): keys for name, keys in OPTIMIZER_KEYS.items()},
 }
+# The grid of a study's grid reference (study.reference = "grid", wflow/study/_keys.py).
+SUBTABLES[("study", "grid")] = SUBTABLES[("solver", "grid")]
 TOP_KEYS = {"seed": int_key(0, 0, 2**32 - 1)}
 PATH_KEYS = (("data", "path"), ("init", "path"))
 

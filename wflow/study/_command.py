@@ -160,6 +160,10 @@ def limit_table(data: dict) -> str:
         rd = f", D = {st['reference_dim']}" if "reference_dim" in st else ""
         ref += (f" (L = {st['reference_L']}, M = {st['reference_M']}{rd}, "
                 f"{st['reference_depth']} depth)")
+    elif ref == "grid":
+        g = st["grid"]
+        ref += (f" ({'x'.join(map(str, g['cells']))} cells, {g['scheme']}, "
+                f"L = {st['reference_L']}, {st['reference_depth']} depth)")
     n_shapes = len(L) * len(M) * (len(dims) if dims is not None else 1)
     lines.append(f"wflow study limit: {n_shapes} shapes x {S} seeds, sampling {st['sampling']}, "
                  f"reference {ref}; errors at s = {times[t]:g} (RMS over seeds, ± bootstrap std)")

@@ -20,9 +20,13 @@ study file stores.
                                  particles in every layer
     reference ["continuous"]     "continuous": the same particles in continuous depth;
                                  "particles": one large run per repetition; "grid": the
-                                 grid solver (not in this version)
-    reference_M [4 max(M)], reference_L [max(L)], reference_dim [max(dims)],
-    reference_depth ["continuous"]   the "particles" reference (only with it)
+                                 grid solver (k <= 3, needs [study.grid])
+    reference_M [4 max(M)], reference_dim [max(dims)]   the "particles" reference (only with it)
+    reference_L [max(L)], reference_depth ["continuous"]   depth slices and depth of the
+                                 "particles" or "grid" reference
+    [study.grid]                 the grid of reference = "grid": cells, bounds, scheme, limiter,
+                                 cfl with the meaning and defaults of [solver.grid] (_grid.py);
+                                 the section must be given (the box has to fit the problem)
     bootstrap [200]              bootstrap resamples of the seeds for the fits' errors
     memory [4.0]                 GiB one compiled block of runs may use
 
@@ -40,6 +44,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from .._config import SCHEMA
 from .._schema import ConfigError, check_table, fmt
 
@@ -47,7 +53,7 @@ __all__ = ["LIMIT_KEYS", "ZERO_LOSS_KEYS", "resolve_limit", "resolve_zero_loss",
 
 LIMIT_KEYS = ("L", "M", "dims", "seeds", "times", "metrics", "sampling", "reference",
               "reference_M", "reference_L", "reference_dim", "reference_depth", "bootstrap",
-              "memory")
+              "memory", "grid")
 ZERO_LOSS_KEYS = ("inits", "box", "box_points", "tail_radius")
 _REFERENCE_KEYS = ("reference_M", "reference_L", "reference_dim", "reference_depth")
 
@@ -123,9 +129,11 @@ def resolve_limit(config: dict) -> dict:
     reference = study["reference"] or "continuous"
     out["reference"] = reference
     if reference == "grid":
-        raise ConfigError('study.reference = "grid": needs the grid solver, which is not in this '
-                          'version; use "continuous" or "particles"')
-    if reference != "particles":
+        out.update(_grid_reference(config, study, dims))
+    elif study.get("grid") is not None:
+        raise ConfigError(f"study.grid = {fmt(study['grid'])}: only used with study.reference = "
+                          f'"grid" (study.reference is {fmt(reference)})')
+    elif reference != "particles":
         for name in _REFERENCE_KEYS:
             if study[name] is not None:
                 raise ConfigError(f"study.{name} = {fmt(study[name])}: only used with "
@@ -165,3 +173,59 @@ def resolve_zero_loss(config: dict) -> dict:
     if not math.isfinite(out["box"]):
         raise ConfigError(f"study.box = {fmt(out['box'])}: must be a finite number > 0")
     return out
+
+
+def _grid_reference(config: dict, study: dict, dims) -> dict:
+    """The resolved keys of ``study.reference = "grid"``: reference_L, reference_depth, grid.
+
+    The reference is the grid solver (``wflow._grid``) on the [study.grid] box, started from
+    init's density (exact cell averages), with ``reference_L`` depth slices in
+    ``reference_depth``, trained by train.method / train.dt. Raises ConfigError for k > 3, a
+    missing or invalid [study.grid], study.dims, the particle-only reference keys and a
+    train.method the grid cannot take.
+    """
+    from .._features import make_feature
+    from .._grid import GRID_METHODS, MAX_K, FiniteVolume, Grid, init_density
+
+    model, init, train = config["model"], config["init"], config["train"]
+    if dims is not None:
+        raise ConfigError(f"study.dims = {fmt(dims)}: not used with study.reference = \"grid\" "
+                          "(the grid reference has the state dimension model.dim, k <= "
+                          f"{MAX_K})")
+    for name in ("reference_M", "reference_dim"):
+        if study[name] is not None:
+            raise ConfigError(f"study.{name} = {fmt(study[name])}: only used with "
+                              'study.reference = "particles" (the grid reference is sized by '
+                              "[study.grid] and has the state dimension model.dim)")
+    k = make_feature(model["feature"], model["dim"], model["activation"], model["bias"],
+                     model["sharpness"]).k
+    if k > MAX_K:
+        raise ConfigError(f'study.reference = "grid": the grid solver needs k <= {MAX_K} '
+                          f"parameters per particle, this model has k = {k} (k = d^2 for "
+                          "linear, 2d + 1 for neuron with bias, 2d without)")
+    if study.get("grid") is None:
+        raise ConfigError('study.reference = "grid": needs a [study.grid] section (cells, bounds '
+                          "and optionally scheme, limiter, cfl, as in [solver.grid]) giving the "
+                          "theta-box of the reference")
+    if train["method"] not in GRID_METHODS:
+        raise ConfigError(f"train.method = {fmt(train['method'])}: the grid reference takes "
+                          "CFL-limited SSP Runge-Kutta substeps; allowed with study.reference = "
+                          '"grid" are ' + ", ".join(f'"{m}"' for m in GRID_METHODS))
+    g = dict(study["grid"])
+
+    def bad(e: Exception) -> ConfigError:
+        return ConfigError(str(e).splitlines()[0].replace("solver.grid", "study.grid"))
+
+    try:
+        grid = Grid.box(g["cells"], g["bounds"], k)
+        fv = FiniteVolume(g["scheme"], g["limiter"], g["cfl"])
+        init_density(init["kind"], grid, 1, mean=init["mean"], std=init["std"], low=init["low"],
+                     high=init["high"], dtype=np.float32, fv=fv)
+    except (ValueError, TypeError) as e:  # DataError is a ValueError
+        raise bad(e) from None
+    resolved = {"cells": list(grid.cells), "bounds": [[lo, hi] for lo, hi in zip(grid.lo, grid.hi)],
+                "scheme": fv.scheme, "limiter": fv.limiter, "cfl": fv.cfl}
+    return {"reference_M": None, "reference_dim": None,
+            "reference_L": study["reference_L"] or max(study["L"] or [config["solver"]["L"]]),
+            "reference_depth": study["reference_depth"] or "continuous",
+            "grid": {key: v for key, v in resolved.items() if v is not None}}

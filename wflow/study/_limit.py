@@ -30,6 +30,15 @@ References (``study.reference``):
   network of that shape, as in Chaintron, Chizat and Maass): the limit in both
   L and M, up to the reference's own error. Its random maps are the
   repetition's (nested in D), its particles are independent of the sweep's.
+* "grid": the density itself, moved by the grid solver (``wflow._grid``, k <=
+  3) on the [study.grid] box with ``reference_L`` slices in ``reference_depth``,
+  from init's law as exact cell averages: the limit in both L and M with no
+  sampling noise, up to the grid's discretization error (cell width h, the
+  scheme's order). It is deterministic, so it is computed once, or once per
+  repetition with random maps (each repetition's maps), through the generic
+  measure path ``measure_values``. The study file keeps the grid's wall mass at
+  every study time (``reference/wall_mass``; above 1e-3 the box is too small
+  and a warning is printed).
 
 Repetition r of shape (L, M, D) draws its particles from NumPy's PCG64 seeded
 by SeedSequence([seed, 1, r, 0, L, M, D]) (the reference: tag 0x5EF instead of
@@ -68,8 +77,8 @@ from .._schema import ConfigError
 from ._ensemble import Ensemble
 from ._keys import time_steps
 
-__all__ = ["Block", "LimitSetup", "Member", "block_errors", "build_limit", "measure_values", "plan",
-           "run_block"]
+__all__ = ["Block", "LimitSetup", "Member", "block_errors", "build_limit", "grid_reference",
+           "grid_values", "measure_values", "plan", "run_block"]
 
 # Cost model of the planner, measured on a 2-core CPU (benchmarks/README.md):
 # seconds per unit L * M * D * N of one member-step, and seconds to compile one
@@ -146,6 +155,11 @@ class LimitSetup(NamedTuple):
 
     def reference_depth(self):
         return self.continuous if self.study["reference_depth"] == "continuous" else LayeredDepth()
+
+    @property
+    def random_maps(self) -> bool:
+        m = self.config["model"]
+        return m["embedding"] == "random" or m["readout"] == "random"
 
 
 def build_limit(config: dict, study: dict) -> LimitSetup:
@@ -246,6 +260,13 @@ def plan(setup: LimitSetup) -> list[Block]:
     _, lm, ld = best
     budget = study["memory"] * 2**30
     blocks: list[Block] = []
+    if study["reference"] == "grid":
+        # deterministic: one run for all repetitions, or one per repetition's random maps
+        Lr, D = study["reference_L"], Ds[-1]
+        cells = math.prod(study["grid"]["cells"])
+        members = [Member((-1, -1, -1), Lr, cells, D, r) for r in range(S)]
+        groups = [[m] for m in members] if setup.random_maps else [members]
+        blocks += [Block(Lr, cells, D, tuple(g), 1, reference=True) for g in groups]
     if study["reference"] == "particles":
         Lr, Mr, Dr = setup.reference_shape()
         members = [Member((-1, -1, -1), Lr, Mr, Dr, r) for r in range(S)]
@@ -355,7 +376,11 @@ def make_ensemble(setup: LimitSetup, block: Block) -> tuple[Problem, Ensemble]:
         W = jnp.asarray(np.stack(weights, axis=1), dt)
     A = jnp.asarray(np.stack(embs), dt) if embs else None
     C = jnp.asarray(np.stack(ros), dt) if ros else None
-    problem = Problem(setup.feature(Dp), jnp.asarray(setup.x, dt), jnp.asarray(setup.y, dt))
+    # the shared problem carries member 0's maps (the ensemble swaps in each member's own), so
+    # that a state dimension below d_in / d_out passes Problem's checks
+    problem = Problem(setup.feature(Dp), jnp.asarray(setup.x, dt), jnp.asarray(setup.y, dt),
+                      embedding=None if A is None else A[0],
+                      readout_matrix=None if C is None else C[0])
     return problem, Ensemble(theta, W, A, C)
 
 
@@ -421,15 +446,20 @@ def run_block(setup: LimitSetup, block: Block, depth, key, on_progress=None,
     return BlockResult(loss, pred, state)
 
 
-def measure_values(setup: LimitSetup, problem: Problem, depth, measure0, key) -> BlockResult:
+def measure_values(setup: LimitSetup, problem: Problem, depth, measure0, key, *,
+                   inspect=None, on_progress=None, should_stop=None) -> BlockResult | None:
     """Values of one run of *any* measure representation at the study times: (1, n_t, ...).
 
     The generic reference path: ``integrate`` is stopped at each study time by its callback
     (status "interrupted", a resumable ``FlowState``), the measure is read as weighted
     particles (``Flow.weighted``: particles, or grid cells as weighted points) and one forward
-    pass gives E, g(z(1; x)) and z(1; x); then the flow continues from that state. A grid
-    reference is this function with ``measure0 = GridDensity(...)`` (one per repetition) and
-    ``depth`` the grid's depth discretization.
+    pass gives E, g(z(1; x)) and z(1; x); then the flow continues from that state. The grid
+    reference is this function with ``measure0 = GridDensity(...)`` (``grid_reference``) and
+    ``depth`` the reference's depth discretization.
+
+    ``inspect(j, flow, measure)`` is called at study time j (e.g. to read the grid's wall
+    mass); ``on_progress(fraction)`` after every record; returns None when ``should_stop()``
+    became true (the run is dropped).
     """
     from .._flow import make_flow
 
@@ -438,17 +468,29 @@ def measure_values(setup: LimitSetup, problem: Problem, depth, measure0, key) ->
     state_out = np.full((1, nt, N, problem.d), np.nan)
     flow = make_flow(problem, depth, measure0, setup.regularization)
     forward = eqx.filter_jit(_measure_forward)
+    total = setup.schedule.n_steps if setup.schedule is not None else 0
     state, initial = None, None
+    stopped = False
+
+    def callback(rec, target):
+        nonlocal stopped
+        if on_progress and total:
+            on_progress(rec.step / total)
+        stopped = bool(should_stop and should_stop())
+        return stopped or rec.step >= target
+
     for target in sorted(set(setup.steps)):
         if target > 0 and (state is None or state.step < target):
             result = integrate(problem, depth, setup.schedule, theta0=measure0, state=state,
                                regularization=setup.regularization, key=key,
                                initial_loss=initial,
-                               callback=lambda rec, target=target: rec.step >= target)
+                               callback=lambda rec, target=target: callback(rec, target))
             if initial is None and result.history["loss"].size:
                 initial = float(result.history["loss"][0])
             if result.status == "diverged":
                 break
+            if stopped and result.state.step < target:
+                return None
             state = result.state
         measure = measure0 if state is None else state.measure
         values = forward(flow, measure)
@@ -456,7 +498,61 @@ def measure_values(setup: LimitSetup, problem: Problem, depth, measure0, key) ->
             if n == target:
                 loss[0, j] = float(values[0])
                 pred[0, j], state_out[0, j] = np.asarray(values[1]), np.asarray(values[2])
+                if inspect is not None:
+                    inspect(j, flow, measure)
+    if on_progress:
+        on_progress(1.0)
     return BlockResult(loss, pred, state_out)
+
+
+def grid_reference(setup: LimitSetup, rep: int):
+    """(problem, depth, GridDensity) of the grid reference of repetition ``rep``.
+
+    The problem has state dimension model.dim and repetition ``rep``'s random maps (stream
+    rep, as the sweep's members); the density is init's law as exact cell averages on the
+    [study.grid] box (``init_density``) in every one of ``reference_L`` slices.
+    """
+    from .._grid import FiniteVolume, Grid, init_density
+
+    st, model, init = setup.study, setup.config["model"], setup.config["init"]
+    D, seed, dt = setup.dims[-1], setup.config["seed"], setup.dtype
+    d_in, d_out = setup.x.shape[1], setup.y.shape[1]
+    feature = setup.feature(D)
+    g = st["grid"]
+    grid = Grid.box(g["cells"], g["bounds"], feature.k)
+    fv = FiniteVolume(g["scheme"], g.get("limiter"), g["cfl"])
+    density = init_density(init["kind"], grid, st["reference_L"], mean=init["mean"],
+                           std=init["std"], low=init["low"], high=init["high"], dtype=dt, fv=fv)
+    A = (jnp.asarray(random_embedding(seed, D, d_in, stream=rep), dt)
+         if model["embedding"] == "random" else None)
+    C = (jnp.asarray(random_readout(seed, D, d_out, stream=rep), dt)
+         if model["readout"] == "random" else None)
+    problem = Problem(feature, jnp.asarray(setup.x, dt), jnp.asarray(setup.y, dt),
+                      embedding=A, readout_matrix=C)
+    return problem, setup.reference_depth(), density
+
+
+def grid_values(setup: LimitSetup, block: Block, key, on_progress=None, should_stop=None):
+    """The grid reference of a block's repetitions: (BlockResult (b, ...), wall mass (b, n_t)).
+
+    One run (``measure_values``) serves every member of the block: they are the repetitions
+    sharing it (all of them without random maps). Returns None when stopped.
+    """
+    from .._grid import wall_mass
+
+    problem, depth, density = grid_reference(setup, block.members[0].rep)
+    wall = np.full((1, len(setup.steps)), np.nan)
+
+    def inspect(j, flow, measure):
+        wall[0, j] = float(wall_mass(measure))
+
+    res = measure_values(setup, problem, depth, density, key, inspect=inspect,
+                         on_progress=on_progress, should_stop=should_stop)
+    if res is None:
+        return None
+    b = len(block.members)
+    tile = lambda a: np.repeat(a, b, axis=0)
+    return BlockResult(*(tile(a) for a in res)), tile(wall)
 
 
 def _measure_forward(flow, measure):

@@ -9,6 +9,7 @@ holds the same numbers.
 
 from __future__ import annotations
 
+import sys
 import time
 import tomllib
 import warnings
@@ -20,7 +21,7 @@ import numpy as np
 from .._schema import ConfigError, to_toml
 from ._file import check_study_file, read_study, write_study
 from ._fit import aggregate, bootstrap_indices, fit_model, model_terms, slope
-from ._limit import LimitSetup, block_errors, build_limit, plan, run_block
+from ._limit import LimitSetup, block_errors, build_limit, grid_values, plan, run_block
 
 __all__ = ["LimitState", "fit_limit", "run_limit"]
 
@@ -40,6 +41,7 @@ class LimitState:
         self.done = np.zeros(self.grid + (S,), np.uint8)
         self.ref = None  # "particles": dict of (S, T, ...) arrays, filled by reference blocks
         self.ref_done = np.zeros((S,), np.uint8)
+        self.ref_wall = None  # "grid": the reference's wall mass (S, T)
         if st["reference"] == "continuous":
             self.ref_loss = np.full(self.grid + (S, T), np.nan)
         self.wall = 0.0
@@ -65,6 +67,8 @@ class LimitState:
             for name, value in self.ref.items():
                 out[f"reference/{name}"] = value
             out["reference/done"] = self.ref_done
+            if self.ref_wall is not None:
+                out["reference/wall_mass"] = self.ref_wall
         for name, value in self.fits.items():
             out[f"fit/{name}"] = value
         return out
@@ -78,6 +82,7 @@ class LimitState:
         elif "reference/loss" in data:
             self.ref = {k: data[f"reference/{k}"] for k in ("loss", "prediction", "state")}
             self.ref_done = data["reference/done"]
+            self.ref_wall = data.get("reference/wall_mass")
         self.wall = float(data["attrs"].get("wall_time", 0.0))
 
 
@@ -160,12 +165,15 @@ def run_limit(config: dict, study: dict, path: str, *, resume: bool = False,
             progress_of = _Progress(bar, desc, done_frac, weights[i] / total)
 
             if block.reference:
-                # reference = "grid" (once the grid solver is merged): one block per repetition,
-                # res = measure_values(setup, problem, depth, GridDensity(...), key) -- the
-                # generic path of _limit.measure_values, which reads any measure as weighted
-                # particles; everything below stays as it is.
-                res = run_block(setup, block, setup.reference_depth(), key, progress_of(0.0, 1.0),
-                                should_stop)
+                if st["reference"] == "grid":
+                    # the generic measure path: the grid's cells read as weighted particles
+                    out = grid_values(setup, block, key, progress_of(0.0, 1.0), should_stop)
+                    res = None if out is None else out[0]
+                    if out is not None:
+                        _note_wall_mass(state, block, out[1], st["times"])
+                else:
+                    res = run_block(setup, block, setup.reference_depth(), key,
+                                    progress_of(0.0, 1.0), should_stop)
                 if res is None:
                     status = "interrupted"
                     break
@@ -220,6 +228,21 @@ def run_limit(config: dict, study: dict, path: str, *, resume: bool = False,
         state.fits = fit_limit(setup, state)
     checkpoint(status)
     return status
+
+
+def _note_wall_mass(state: LimitState, block, wall: np.ndarray, times) -> None:
+    """Keep the grid reference's wall mass (S, n_t) and warn once per run above the limit."""
+    from .._grid import WALL_MASS_WARNING
+
+    if state.ref_wall is None:
+        state.ref_wall = np.full((state.setup.study["seeds"], len(times)), np.nan)
+    for j, m in enumerate(block.members):
+        state.ref_wall[m.rep] = wall[j]
+    worst = int(np.nanargmax(wall[0])) if np.any(np.isfinite(wall[0])) else None
+    if worst is not None and wall[0, worst] > WALL_MASS_WARNING:
+        print(f"wflow: warning: the grid reference has wall_mass = {wall[0, worst]:.3g} at "
+            f"s = {times[worst]:g} (above {WALL_MASS_WARNING:g}): mass reaches the walls of the "
+            "box, which changes the flow; widen study.grid.bounds", file=sys.stderr)
 
 
 class _Progress:
