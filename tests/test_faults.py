@@ -156,8 +156,11 @@ def reference(tmp_path_factory):
 
 
 def _kill_campaign(reference, tmp_path, n_kills, seed):
-    cfg, _ref_path, ref, lifetime = reference
+    cfg, ref_path, ref, lifetime = reference
     rng = np.random.default_rng(seed)
+    with h5py.File(ref_path, "r") as f:  # how long the reference spent recording
+        wall = f["history/wall_time"][()]
+    recording = float(wall[-1] - wall[0])
     killed, stats = [], {"absent": 0, "records": []}
     for i in range(n_kills):
         out = tmp_path / f"k{i}.h5"
@@ -166,7 +169,7 @@ def _kill_campaign(reference, tmp_path, n_kills, seed):
             time.sleep(rng.uniform(0.0, lifetime))
         else:  # while records are being committed
             wait_until(lambda out=out: n_records(out) > 0, proc)
-            time.sleep(rng.uniform(0.0, 0.5))
+            time.sleep(rng.uniform(0.0, 1.5 * recording))
         proc.kill()
         proc.communicate(timeout=60)
         if not out.exists():
