@@ -21,6 +21,10 @@ rho. The public surface:
                    ``random_embedding``, ``random_readout`` (fixed random maps, ``Problem``)
 """
 
+from ._signals import guard_startup as _guard_startup
+
+_guard_startup()  # the ``wflow`` command: Ctrl-C / SIGTERM during these imports -> exit 130
+
 from importlib.metadata import PackageNotFoundError, version
 
 from ._activations import ACTIVATIONS, Activation, get_activation

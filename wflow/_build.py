@@ -6,6 +6,7 @@ one-line ``ConfigError``; nothing here writes a file.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -21,10 +22,10 @@ from ._grid import FiniteVolume, Grid, grid_arrays, init_density
 from ._integrate import Schedule
 from ._measures import init_particles
 from ._problem import Problem, random_embedding, random_readout
-from ._schema import ConfigError
+from ._schema import ConfigError, fmt
 from ._sharding import shard_depth
 
-__all__ = ["RunSetup", "build_run", "dtype_of", "random_maps"]
+__all__ = ["RunSetup", "build_run", "check_start", "dtype_of", "random_maps"]
 
 
 class RunSetup(NamedTuple):
@@ -52,6 +53,70 @@ def dtype_of(config: dict):
         jax.config.update("jax_enable_x64", True)
         return jnp.float64
     return jnp.float32
+
+
+def _culprit(config: dict, section: str) -> str:
+    """The key that sets the magnitude of the data (section "data") or initial particles."""
+    c = config[section]
+    if section == "data":
+        if c["kind"] == "file":
+            return "data.path"
+        if c["noise"] > 0 and c["kind"] in ("teacher", "sine", "circles"):
+            return "data.noise"
+        return "data.teacher_std" if c["kind"] == "teacher" else "data.kind"
+    if c["kind"] == "file":
+        return "init.path"
+    if c["kind"] == "uniform" and (c["low"] is not None or c["high"] is not None):
+        return "init.low" if c["low"] is not None and np.max(np.abs(c["low"])) > np.max(
+            np.abs(c["high"] if c["high"] is not None else 0.0)) else "init.high"
+    if c["kind"] == "point" or np.max(np.abs(c["mean"])) > np.max(np.abs(c["std"])):
+        return "init.mean"
+    return "init.std"
+
+
+def _check_representable(config: dict, section: str, arrays: dict, dtype) -> None:
+    """Every value finite in float64 and in the run's dtype; else ConfigError naming the key."""
+    limit = float(jnp.finfo(dtype).max)
+    name = jnp.dtype(dtype).name
+    for what, tree in arrays.items():
+        leaves = [np.asarray(a) for a in jax.tree_util.tree_leaves(tree)]
+        leaves = [a for a in leaves if a.size and np.issubdtype(a.dtype, np.number)]
+        if not leaves:
+            continue
+        big = max(float(np.max(np.abs(a.astype(np.float64)))) for a in leaves)
+        if not np.isfinite(big) or big > limit:
+            key = _culprit(config, section)
+            value = config[section][key.split(".")[1]]
+            shown = value if isinstance(value, str) else fmt(value)
+            size = "non-finite values" if not np.isfinite(big) else f"values up to {big:.3g}"
+            raise ConfigError(f"{key} = {shown}: gives {what} with {size}, which {name} "
+                              f"(solver.precision) cannot hold (largest {limit:.3g})")
+
+
+def check_start(setup: RunSetup) -> dict:
+    """The diagnostics at the start (E, ...); ConfigError if the loss is not finite there.
+
+    Runs the time loop's own compiled diagnostics (so ``integrate`` reuses them):
+    a non-finite loss at s = 0 means the data or the initial particles make the
+    network's output overflow in the run's precision -- bad input, not a divergence.
+    """
+    import equinox as eqx
+
+    from ._integrate import _diagnostics
+
+    measure = setup.measure0
+    dtype = jax.tree_util.tree_leaves(measure)[0].dtype
+    flow = setup.flow
+    flow = eqx.tree_at(lambda f: f.problem, flow, setup.problem.astype(dtype))
+    values = _diagnostics(flow, measure, jnp.asarray(0.0, dtype))
+    values = {name: float(values[name]) for name in flow.history_names}
+    if not np.isfinite(values["loss"]):
+        raise ConfigError(f"the loss at s = 0 is {values['loss']} in {jnp.dtype(dtype).name}: the "
+                          "data or the initial particles make the network's output overflow; "
+                          "reduce the scale of init.std / init.mean (or init.path) or of the data "
+                          "(data.noise, data.teacher_std, data.path), or use solver.precision = "
+                          '"float64"')
+    return values
 
 
 def build_run(config: dict) -> RunSetup:
@@ -84,10 +149,12 @@ def build_run(config: dict) -> RunSetup:
         if y.shape[1] != data["out_dim"]:
             raise ConfigError(f"data.out_dim = {data['out_dim']}: the data have d_out = "
                               f"{y.shape[1]}")
+        _check_representable(config, "data", {"inputs x": x, "targets y": y}, dtype)
         arrays = {}
         x_test = y_test = None
         if data["test_n"] > 0:
             xt, yt = make_test_set(data["kind"], test_n=data["test_n"], **data_args)
+            _check_representable(config, "data", {"test inputs": xt, "test targets": yt}, dtype)
             arrays = {"data/x_test": np.asarray(xt, dtype), "data/y_test": np.asarray(yt, dtype)}
             x_test, y_test = (jnp.asarray(a) for a in arrays.values())
         problem = Problem(feature, jnp.asarray(np.asarray(x, dtype)), jnp.asarray(np.asarray(y, dtype)),
@@ -102,24 +169,29 @@ def build_run(config: dict) -> RunSetup:
                                     rtol=solver["rtol"], atol=solver["atol"])
         schedule = Schedule(train["time"], train["dt"], train["method"], train["record_every"],
                             train["snapshots"], train["rtol"], train["atol"],
-                            train["divergence_factor"])
+                            train["divergence_factor"], train["on_increase"])
         regularization = Regularization(train["l2"], train["l2_schedule"], train["l2_decay"],
                                         train["temperature"])
         root = jax.random.PRNGKey(seed)
-        if solver["kind"] == "grid":
-            g = solver["grid"]
-            grid = Grid.box(g["cells"], g["bounds"], feature.k)
-            theta0 = init_density(init["kind"], grid, solver["L"], mean=init["mean"],
-                                  std=init["std"], low=init["low"], high=init["high"],
-                                  path=init["path"], dtype=dtype,
-                                  fv=FiniteVolume(g["scheme"], g["limiter"], g["cfl"]))
-            arrays.update(grid_arrays(grid, depth.times(solver["L"])))
-        else:
-            theta0 = init_particles(init["kind"], jax.random.fold_in(root, 1), solver["L"],
-                                    solver["M"], feature.k, mean=init["mean"], std=init["std"],
-                                    low=init["low"], high=init["high"], path=init["path"],
-                                    dtype=dtype,
-                                    reflection=feature.reflection if init["symmetric"] else None)
+        with warnings.catch_warnings(), np.errstate(over="ignore", invalid="ignore"):
+            # an overflow in the cast is reported below as one line naming the key
+            warnings.simplefilter("ignore", RuntimeWarning)
+            if solver["kind"] == "grid":
+                g = solver["grid"]
+                grid = Grid.box(g["cells"], g["bounds"], feature.k)
+                theta0 = init_density(init["kind"], grid, solver["L"], mean=init["mean"],
+                                      std=init["std"], low=init["low"], high=init["high"],
+                                      path=init["path"], dtype=dtype,
+                                      fv=FiniteVolume(g["scheme"], g["limiter"], g["cfl"]))
+                arrays.update(grid_arrays(grid, depth.times(solver["L"])))
+            else:
+                theta0 = init_particles(init["kind"], jax.random.fold_in(root, 1), solver["L"],
+                                        solver["M"], feature.k, mean=init["mean"],
+                                        std=init["std"], low=init["low"], high=init["high"],
+                                        path=init["path"], dtype=dtype,
+                                        reflection=(feature.reflection if init["symmetric"]
+                                                    else None))
+        _check_representable(config, "init", {"initial state": theta0}, dtype)
         key = jax.random.fold_in(root, 2)
         reordering = Reordering(train["reorder"], train["reorder_every"], seed)
         # Many devices: split the data or the particles (one device: depth unchanged).

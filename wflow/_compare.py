@@ -713,61 +713,58 @@ def _stack(trajs: list, name: str, n: int) -> np.ndarray:
 
 
 def write_compare(path: str, result: CompareResult, config_text: str) -> None:
-    """Write the compare file atomically (temporary file in the same folder, then rename)."""
+    """Write the compare file atomically and durably (``_io.commit_h5``: a temporary file in
+    the same folder, fsync, rename; a kill leaves the old file or the new one)."""
     from . import __version__
+    from ._io import commit_h5
 
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["wflow_version"] = __version__
-            f.attrs["config"] = config_text
-            f.attrs["seed"] = int(result.config["seed"])
-            f.attrs["created_utc"] = datetime.now(UTC).isoformat(timespec="seconds")
-            f.attrs["jax_version"] = jax.__version__
-            f.attrs["backend"] = jax.default_backend()
-            f.attrs["runs"] = [t.name for t in result.runs]
-            d = f.create_group("data")
-            for name, a in result.data.items():
-                d.create_dataset(name, data=a)
-            for traj in result.runs:
-                g = f.create_group(traj.name)
-                _write_trajectory(g, traj)
-                for name, a in result.predictions[traj.name].items():
-                    g.create_dataset(name, data=a)
-            if result.scales:
-                g = f.create_group("scales")
-                alphas = [a for a, _ in result.scales]
-                trajs = [t for _, t in result.scales]
-                longest = max(trajs, key=lambda t: len(t.s))
-                g.create_dataset("alpha", data=np.asarray(alphas, np.float64))
-                g.create_dataset("s", data=np.asarray(longest.s, np.float64))
-                for name in trajs[0].values:
-                    g.create_dataset(name, data=_stack(trajs, name, len(longest.s)))
-                g.attrs["status"] = [t.status for t in trajs]
-                g.attrs["movement_slope"] = movement_slope(result.scales)
-            if result.reorder:
-                g = f.create_group("reorder")
-                modes = list(dict.fromkeys(m for m, _ in result.reorder))
-                seeds = list(dict.fromkeys(s for _, s in result.reorder))
-                trajs = list(result.reorder.values())
-                longest = max(trajs, key=lambda t: len(t.s))
-                n = len(longest.s)
-                g.create_dataset("modes", data=np.asarray(modes, dtype=h5py.string_dtype()))
-                g.create_dataset("seeds", data=np.asarray(seeds, np.int64))
-                g.create_dataset("s", data=np.asarray(longest.s, np.float64))
-                g.attrs["every"] = int(result.config["train"]["reorder_every"])
-                for name in trajs[0].values:
-                    g.create_dataset(name, data=np.stack([
-                        _stack([result.reorder[(m, s)] for s in seeds], name, n) for m in modes]))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+    def build(f):
+        f.attrs["format"] = FORMAT
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["wflow_version"] = __version__
+        f.attrs["config"] = config_text
+        f.attrs["seed"] = int(result.config["seed"])
+        f.attrs["created_utc"] = datetime.now(UTC).isoformat(timespec="seconds")
+        f.attrs["jax_version"] = jax.__version__
+        f.attrs["backend"] = jax.default_backend()
+        f.attrs["runs"] = [t.name for t in result.runs]
+        d = f.create_group("data")
+        for name, a in result.data.items():
+            d.create_dataset(name, data=a)
+        for traj in result.runs:
+            g = f.create_group(traj.name)
+            _write_trajectory(g, traj)
+            for name, a in result.predictions[traj.name].items():
+                g.create_dataset(name, data=a)
+        if result.scales:
+            g = f.create_group("scales")
+            alphas = [a for a, _ in result.scales]
+            trajs = [t for _, t in result.scales]
+            longest = max(trajs, key=lambda t: len(t.s))
+            g.create_dataset("alpha", data=np.asarray(alphas, np.float64))
+            g.create_dataset("s", data=np.asarray(longest.s, np.float64))
+            for name in trajs[0].values:
+                g.create_dataset(name, data=_stack(trajs, name, len(longest.s)))
+            g.attrs["status"] = [t.status for t in trajs]
+            g.attrs["movement_slope"] = movement_slope(result.scales)
+        if result.reorder:
+            g = f.create_group("reorder")
+            modes = list(dict.fromkeys(m for m, _ in result.reorder))
+            seeds = list(dict.fromkeys(s for _, s in result.reorder))
+            trajs = list(result.reorder.values())
+            longest = max(trajs, key=lambda t: len(t.s))
+            n = len(longest.s)
+            g.create_dataset("modes", data=np.asarray(modes, dtype=h5py.string_dtype()))
+            g.create_dataset("seeds", data=np.asarray(seeds, np.int64))
+            g.create_dataset("s", data=np.asarray(longest.s, np.float64))
+            g.attrs["every"] = int(result.config["train"]["reorder_every"])
+            for name in trajs[0].values:
+                g.create_dataset(name, data=np.stack([
+                    _stack([result.reorder[(m, s)] for s in seeds], name, n) for m in modes]))
+
+    commit_h5(path, build, fresh=True)
 
 
 def check_compare_file(path: str) -> dict:

@@ -38,10 +38,11 @@ Schema (defaults in brackets)::
     [train]  time [10.0]; dt [0.01]; method ["euler"] | "heun" | "adaptive"; l2 [0.0];
              l2_schedule ["constant"] | "inverse" | "exponential"; l2_decay [1.0];
              temperature [0.0]; record_every [10]; snapshots [5]; rtol [1e-4];
-             atol [1e-6]; divergence_factor [1e6];
+             atol [1e-6]; divergence_factor [1e6]; on_increase ["warn"] | "stop";
              reorder ["none"] | "random" | "sort"; reorder_every [10] (block reordering)
     [output] path ["runs/<config file stem>.h5", relative to the current directory];
-             overwrite [false]
+             overwrite [false]; checkpoint_every [10.0] (seconds between checkpoints, 0 = every
+             record; see _io)
     [study]  keys of ``wflow study limit`` / ``wflow study zero-loss`` (``wflow.study``):
              L, M, dims, seeds, times, metrics, sampling, reference, reference_M,
              reference_L, reference_dim, reference_depth, bootstrap, memory; inits, box,
@@ -83,6 +84,7 @@ from ._depth import ADJOINTS, DEPTHS, ODE_SOLVERS
 from ._features import FEATURES
 from ._flow import L2_SCHEDULES, METHODS
 from ._grid import DEFAULT_CFL, LIMITERS, SCHEMES, grid_config_warnings, resolve_grid_config
+from ._integrate import ON_INCREASE
 from ._measures import MEASURES
 from ._schema import (
     ConfigError,
@@ -181,12 +183,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "rtol": float_key(1e-4, 0.0, strict=True),
         "atol": float_key(1e-6, 0.0, strict=True),
         "divergence_factor": float_key(1e6, 1.0, strict=True),
+        "on_increase": choice_key("warn", ON_INCREASE),
         "reorder": choice_key("none", REORDERS),
         "reorder_every": int_key(10, 1),
     },
     "output": {
         "path": path_key(),
         "overwrite": bool_key(False),
+        "checkpoint_every": float_key(10.0, 0.0),
     },
     # Defaults are filled in (and the cross-key rules checked) by the study verbs.
     "study": {

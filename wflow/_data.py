@@ -42,7 +42,6 @@ part (same arguments); ``is_labelled`` says whether accuracies are defined.
 from __future__ import annotations
 
 import os
-import zipfile
 
 import numpy as np
 
@@ -84,14 +83,24 @@ def _circles(rng: np.random.Generator, n: int, noise: float):
 
 
 def load_array_file(path: str, names: tuple[str, ...], key: str) -> dict[str, np.ndarray]:
-    """Read arrays ``names`` from a .npz or .h5 file; DataError naming ``key`` otherwise."""
+    """Read arrays ``names`` from a .npz or .h5 file; DataError naming ``key`` otherwise.
+
+    Whatever the file holds (a .npy renamed .npz, a truncated or corrupt archive,
+    object, string or complex arrays, non-finite values), the result is either
+    real, finite arrays or a one-line DataError.
+    """
     if not os.path.isfile(path):
-        raise DataError(f"{key} = {path!r}: file not found")
+        what = "not a regular file" if os.path.exists(path) else "file not found"
+        raise DataError(f"{key} = {path!r}: {what}")
     ext = os.path.splitext(path)[1].lower()
     out = {}
     try:
         if ext == ".npz":
-            with np.load(path, allow_pickle=False) as f:
+            loaded = np.load(path, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):
+                raise DataError(f"{key} = {path!r}: not an .npz archive (a single .npy array "
+                                "renamed?); save the arrays with numpy.savez(path, x=..., y=...)")
+            with loaded as f:
                 for n in names:
                     if n in f.files:
                         out[n] = np.asarray(f[n])
@@ -106,10 +115,14 @@ def load_array_file(path: str, names: tuple[str, ...], key: str) -> dict[str, np
             raise DataError(f"{key} = {path!r}: allowed file types are .npz, .h5, .hdf5")
     except DataError:
         raise
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:  # corrupt file
-        raise DataError(f"{key} = {path!r}: cannot be read ({type(e).__name__}: {e})") from None
+    except Exception as e:  # noqa: BLE001 - any failure to decode an untrusted file
+        detail = " ".join(str(e).split()) or "no detail"
+        raise DataError(f"{key} = {path!r}: cannot be read ({type(e).__name__}: {detail})") from None
     for n, a in out.items():
-        if not np.issubdtype(a.dtype, np.number):
+        if a.dtype.kind == "c":
+            raise DataError(f"{key} = {path!r}: array {n!r} is complex ({a.dtype}); the arrays "
+                            "must be real")
+        if not np.issubdtype(a.dtype, np.number) or a.dtype.kind not in "fiu":
             raise DataError(f"{key} = {path!r}: array {n!r} has dtype {a.dtype}, must be numeric")
         if not np.all(np.isfinite(a)):
             raise DataError(f"{key} = {path!r}: array {n!r} contains non-finite values")
@@ -241,6 +254,9 @@ def _make(kind, *, n, dim, seed, feature, out_dim, noise, path, teacher_width, t
                 f"data.path = {path!r}: x has {x.shape[0]} rows but y has {y.shape[0]}")
         if x.shape[0] == 0:
             raise DataError(f"data.path = {path!r}: the file holds no samples")
+        if x.shape[1] == 0 or y.shape[1] == 0:
+            raise DataError(f"data.path = {path!r}: x has shape {x.shape} and y {y.shape}; "
+                            "both need at least one column")
         if test_n > 0:
             if test_n >= x.shape[0]:
                 raise DataError(f"data.test_n = {test_n}: the file data.path holds {x.shape[0]} "

@@ -94,6 +94,14 @@ class Regularization:
             return self.l2 / (1.0 + s / self.l2_decay)
         return self.l2 * jnp.exp(-s / self.l2_decay)
 
+    def l2_rate(self, s):
+        """d lambda / ds (<= 0 for every schedule)."""
+        if self.l2_schedule == "constant":
+            return jnp.zeros_like(s)
+        if self.l2_schedule == "inverse":
+            return -self.l2 / self.l2_decay / (1.0 + s / self.l2_decay) ** 2
+        return -self.l2 / self.l2_decay * jnp.exp(-s / self.l2_decay)
+
 
 def finite(*xs) -> jax.Array:
     """True when every leaf of every argument is finite."""
@@ -139,6 +147,25 @@ class Flow(eqx.Module):
             if p.classification:
                 out["test_accuracy"] = p.accuracy(prediction, p.y_test)
         return out
+
+    @property
+    def monotone(self) -> str | None:
+        """The history column the exact flow never increases, or None (with noise).
+
+        Without noise: the loss E when l2 = 0; the regularized energy
+        ("energy", where the flow records it) when l2 > 0 (see ``ParticleFlow``).
+        """
+        reg = self.regularization
+        if reg.temperature > 0:
+            return None
+        if reg.l2 > 0:
+            return "energy" if "energy" in self.history_names else None
+        return "loss"
+
+    def stable_step(self, measure, s: float, method: str) -> tuple[float, float] | None:
+        """(largest step the fixed-step ``method`` keeps stable here, the eigenvalue it
+        comes from), or None where the flow cannot estimate it."""
+        return None
 
     def check(self, measure, method: str) -> None:
         """Static checks (shapes, supported methods); ValueError with one line."""
@@ -191,6 +218,12 @@ class Measure(eqx.Module):
     flow_type: ClassVar[type[Flow]]
 
 
+# Real-axis stability limit h |lambda| < c of the fixed-step methods (lambda a real
+# eigenvalue of the drift's Jacobian): |1 + z| <= 1 (euler) and the SSP-RK2 / RK3
+# stability polynomials 1 + z + z^2/2 and 1 + z + z^2/2 + z^3/6.
+STABILITY_LIMIT = {"euler": 2.0, "heun": 2.0, "ssprk3": 2.5127}
+
+
 def data_history_names(problem: Problem) -> tuple[str, ...]:
     """The names ``Flow.data_diagnostics`` records for this problem, in order."""
     names = ("accuracy",) if problem.classification else ()
@@ -202,11 +235,30 @@ def data_history_names(problem: Problem) -> tuple[str, ...]:
 class ParticleFlow(Flow):
     """Particles Theta (L, M, k) moved by their velocity (module docstring).
 
+    Recorded: ``loss`` E and ``stationarity`` R = sum_l w_l mean_m |v_lm|^2
+    (= int int |grad_theta V|^2 rho, which is -dE/ds when l2 = 0 and there
+    is no noise). With ``l2 > 0`` also
+
+        energy       F(s) = E + (lambda(s)/2) m2,  m2 = sum_l w_l mean_m |theta_lm|^2,
+        dissipation  D(s) = sum_l w_l mean_m |v_lm - lambda(s) theta_lm|^2
+                            - (lambda'(s)/2) m2,
+
+    and along the exact flow d theta/ds = v - lambda theta the identity
+    dF/ds = -D holds exactly (for every schedule of lambda; D >= 0 because
+    lambda' <= 0), so F never increases. E itself obeys
+    dE/ds = -sum_l w_l mean_m v_lm . (v_lm - lambda theta_lm), which need not
+    be negative: with l2 > 0, R is not -dE/ds.
+
     ``reordering`` (default: none) permutes the depth slices before every K-th
     step (``_blocks.Reordering``).
     """
 
     reordering: Reordering = Reordering()
+
+    @property
+    def measure_history_names(self) -> tuple[str, ...]:
+        names = ("loss", "stationarity")
+        return names + (("energy", "dissipation") if self.regularization.l2 > 0 else ())
 
     def check(self, measure, method):
         super().check(measure, method)
@@ -230,7 +282,31 @@ class ParticleFlow(Flow):
 
     def diagnostics(self, theta, s):
         ev = self.depth.evaluate(self.problem, theta)
-        return {"loss": ev.loss, "stationarity": ev.stationarity, **self.data_diagnostics(theta)}
+        out = {"loss": ev.loss, "stationarity": ev.stationarity}
+        reg = self.regularization
+        if reg.l2 > 0:
+            w = self.depth.weights(theta.shape[0], theta.dtype)
+            lam = reg.l2_at(s).astype(theta.dtype)
+            rate = reg.l2_rate(s).astype(theta.dtype)
+
+            def moment(a):  # sum_l w_l mean_m |a_lm|^2
+                return jnp.sum(w * jnp.mean(jnp.sum(a * a, axis=2), axis=1))
+
+            m2 = moment(theta)
+            out["energy"] = ev.loss + 0.5 * lam * m2
+            out["dissipation"] = moment(ev.velocity - lam * theta) - 0.5 * rate * m2
+        return {**out, **self.data_diagnostics(theta)}
+
+    def stable_step(self, theta, s, method):
+        """2 / rho (euler, heun), 2.51 / rho (ssprk3), rho the spectral radius of the drift's
+        Jacobian at ``theta``, from 30 power iterations on central differences of the drift."""
+        limit = STABILITY_LIMIT.get(method)
+        if limit is None:
+            return None
+        rho = float(_spectral_radius(self, theta, jnp.asarray(s, theta.dtype)))
+        if not (math.isfinite(rho) and rho > 0):
+            return None
+        return limit / rho, rho
 
     def step(self, method, theta, key, n, h):
         reg = self.regularization
@@ -265,6 +341,35 @@ class ParticleFlow(Flow):
         new = sol.ys[-1]
         ok = (sol.result == diffrax.RESULTS.successful) & finite(new)
         return jnp.where(ok, new, theta), ok
+
+
+@eqx.filter_jit
+def _spectral_radius(flow: ParticleFlow, theta, s, iterations: int = 30):
+    """|lambda_max| of J = d(drift)/d theta by power iteration, J u by central differences.
+
+    The drift v - lambda theta is -(M / w_l) grad F (F the regularized energy),
+    so J is similar to a symmetric matrix and its eigenvalues are real; Euler
+    is stable near ``theta`` for h < 2 / |lambda_max|. Central differences with
+    eps = sqrt(machine eps) (1 + |theta|) give |lambda| to ~sqrt(eps) relative.
+    """
+    eps = jnp.sqrt(jnp.finfo(theta.dtype).eps) * (1.0 + jnp.linalg.norm(theta))
+
+    def apply(u):
+        plus = flow.velocity(theta + eps * u, s)[1]
+        minus = flow.velocity(theta - eps * u, s)[1]
+        return (plus - minus) / (2 * eps)
+
+    u0 = jax.random.normal(jax.random.PRNGKey(0), theta.shape, theta.dtype)
+    u0 = u0 / jnp.linalg.norm(u0)
+
+    def body(_, carry):
+        u, _ = carry
+        au = apply(u)
+        norm = jnp.linalg.norm(au)
+        return jnp.where(norm > 0, au / norm, u), norm
+
+    _, rho = jax.lax.fori_loop(0, iterations, body, (u0, jnp.zeros((), theta.dtype)))
+    return rho
 
 
 def make_flow(problem: Problem, depth: DepthDiscretization, measure,

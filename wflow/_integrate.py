@@ -20,11 +20,24 @@ non-finite loss or velocity is not applied, the chunk stops there with
 finite state. A loss above ``divergence_factor`` times the initial loss is
 also reported as divergence.
 
+Numerical health. Without noise the exact flow never increases the loss
+(the regularized energy with ``l2 > 0``: ``Flow.monotone``). For the
+fixed-step methods the loop compares that quantity at consecutive records;
+a rise beyond round-off (``increase_tolerance``) means the step is above the
+method's stability limit. The first one triggers a ``StabilityWarning`` --
+also handed to the callback as ``Record.warning`` -- with the largest stable
+step estimated at that state (``Flow.stable_step``: 2 / |lambda_max| for
+euler and heun, 2.51 / |lambda_max| for ssprk3, lambda_max of the drift's
+Jacobian by power iteration). ``Schedule.on_increase = "stop"`` ends the run
+there with status ``"unstable"`` instead. ``adaptive`` is not checked: its
+error control allows rises of the order of its tolerances.
+
 A flow may batch independent runs (``wflow.study``'s ``EnsembleFlow``): its
 diagnostics are then arrays with a leading run axis, and the batch counts as
 diverged only when every run has (a run that diverged alone carries
 non-finite values, which its owner reads from the records). A flow whose
-``snapshot`` returns None stores no snapshots.
+``snapshot`` returns None stores no snapshots. Batched flows are not checked
+for rises.
 
 Why a run may not converge: ds too large (Euler is stable only for
 ds < 2 / (largest Hessian eigenvalue of E in the velocity scaling); halve
@@ -36,6 +49,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -49,9 +63,15 @@ from jax import lax
 from ._blocks import Reordering
 from ._depth import DepthDiscretization
 from ._flow import METHODS, Flow, Measure, Regularization, make_flow
+from ._flow import STABILITY_LIMIT as STABILITY
 from ._problem import Problem
 
-STATUSES = ("running", "complete", "diverged", "interrupted")
+STATUSES = ("running", "complete", "diverged", "unstable", "interrupted")
+ON_INCREASE = ("warn", "stop")
+
+
+class StabilityWarning(RuntimeWarning):
+    """The loss (energy) of a noise-free flow rose between records: the step is too large."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +86,7 @@ class Schedule:
     rtol: float = 1e-4  # adaptive only
     atol: float = 1e-6  # adaptive only
     divergence_factor: float = 1e6
+    on_increase: str = "warn"  # "warn" | "stop" (module docstring, numerical health)
 
     def __post_init__(self):
         if not (math.isfinite(self.time) and self.time > 0):
@@ -82,6 +103,9 @@ class Schedule:
             raise ValueError(f"train.rtol/atol = {self.rtol}/{self.atol}: both must be > 0")
         if not self.divergence_factor > 1:
             raise ValueError(f"train.divergence_factor = {self.divergence_factor}: must be > 1")
+        if self.on_increase not in ON_INCREASE:
+            raise ValueError(f"train.on_increase = {self.on_increase!r}: allowed are "
+                             f"{', '.join(ON_INCREASE)}")
 
     @property
     def n_steps(self) -> int:
@@ -125,6 +149,8 @@ class Record(NamedTuple):
     history: bool  # a history record (record_every / first / last)
     snapshot: np.ndarray | None  # the snapshot array at snapshot steps, else None
     key: np.ndarray  # the Langevin PRNG key at this step: (snapshot, step, key) resumes the run
+    measure: Any = None  # the measure at this step (device arrays): (measure, step, key) resumes
+    warning: str | None = None  # a StabilityWarning's text, at the first rise of the loss
 
     @property
     def loss(self) -> float:
@@ -137,7 +163,7 @@ class Record(NamedTuple):
 
 class FlowResult(NamedTuple):
     state: FlowState
-    status: str  # "complete", "diverged" or "interrupted"
+    status: str  # "complete", "diverged", "unstable" or "interrupted"
     history: dict  # s, wall_time and the flow's history names: (n,) arrays (this call's records)
     snapshot_s: np.ndarray  # (n_snap,)
     snapshots: np.ndarray  # (n_snap, *snapshot shape)
@@ -210,6 +236,10 @@ def integrate(
         callback: called with each ``Record``; returning True stops the run
             with status "interrupted" (the state is then resumable).
 
+    Warns:
+        StabilityWarning: once, at the first rise of ``flow.monotone`` beyond
+            round-off (fixed-step methods; module docstring).
+
     Returns:
         ``FlowResult`` with the final state, status and this call's records.
     """
@@ -234,7 +264,7 @@ def integrate(
     snap_steps = set(schedule.snapshot_steps().tolist())
     t_start = time.perf_counter()
 
-    def emit(step, measure, key, values, diverged=False):
+    def emit(step, measure, key, values, diverged=False, warning=None):
         """Record this boundary and ask the callback; True means stop.
 
         A diverged boundary is a history record only: no snapshot of a blown-up state.
@@ -248,7 +278,7 @@ def integrate(
         if snap is not None:
             snap_s.append(step * h)
             snaps.append(snap)
-        rec = Record(step, step * h, values, wall, is_hist, snap, np.asarray(key))
+        rec = Record(step, step * h, values, wall, is_hist, snap, np.asarray(key), measure, warning)
         return bool(callback(rec)) if callback is not None else False
 
     def result(status):
@@ -278,6 +308,12 @@ def integrate(
     else:
         initial = np.asarray(initial_loss, np.float64)
         threshold = np.where(initial > 0, schedule.divergence_factor * initial, np.inf)
+    watched = flow.monotone if schedule.method != "adaptive" else None
+    if watched is not None and np.ndim(values[watched]) != 0:
+        watched = None  # a batch of runs (study ensembles): each run's owner reads its records
+    y_max = float(jnp.max(jnp.abs(problem.y))) if watched else 0.0
+    previous = (step, values, measure)
+    warned = False
 
     for target in schedule.boundaries():
         target = int(target)
@@ -303,6 +339,50 @@ def integrate(
         if (not ok) or np.all(~np.isfinite(loss) | (loss > threshold)):
             emit(step, measure, key, values, diverged=True)
             return result("diverged")
-        if emit(step, measure, key, values):
+        warning = None
+        if watched and not warned:
+            (step0, before, measure0), after = previous, values
+            if after[watched] - before[watched] > increase_tolerance(before[watched], dtype, y_max):
+                warned = True
+                warning = _rise_message(flow, schedule, watched, before[watched], after[watched],
+                                        step0 * h, step * h, measure0)
+                warnings.warn(warning, StabilityWarning, stacklevel=2)
+        previous = (step, values, measure)
+        if warning is not None and schedule.on_increase == "stop":
+            emit(step, measure, key, values, warning=warning)
+            return result("unstable")
+        if emit(step, measure, key, values, warning=warning):
             return result("interrupted")
     return result("complete")
+
+
+def increase_tolerance(value: float, dtype, y_max: float) -> float:
+    """Largest rise of the loss (energy) E between records that round-off explains.
+
+    E = (1/2N) sum |r_i|^2 with residuals r_i computed to an absolute error of
+    about c eps (1 + max|y|) (eps of the run's dtype, c ~ sqrt(L) <= 64 for the
+    accumulation over layers), so E carries an error of about
+    64 eps (E + (1 + max|y|) sqrt(2 E)).
+    """
+    eps = float(jnp.finfo(dtype).eps)
+    value = abs(value)
+    return 64.0 * eps * (value + (1.0 + y_max) * math.sqrt(2.0 * value))
+
+
+def _rise_message(flow, schedule, name, before, after, s0, s1, measure) -> str:
+    """The warning text; the stable step is estimated at ``measure``, the state at s0 (before
+    the rise: after it the iterates may already oscillate far from the flow's path)."""
+    what = "loss" if name == "loss" else "regularized energy (/history/energy)"
+    text = (f"the {what} rose from {before:.6g} to {after:.6g} between s = {s0:.6g} and "
+            f"s = {s1:.6g}, beyond round-off (the exact flow never increases it): ")
+    h = schedule.step
+    estimate = flow.stable_step(measure, s0, schedule.method)
+    if estimate is not None and estimate[0] < h:
+        stable, rho = estimate
+        return text + (f"train.dt = {h:.3g} is above the stability limit of {schedule.method} "
+                       f"here, dt < {stable:.3g} (= {STABILITY[schedule.method]} / {rho:.4g}, the "
+                       f"largest eigenvalue of the velocity Jacobian at s = {s0:.6g}, by power "
+                       f"iteration); use train.dt <= {0.9 * stable:.2g} or "
+                       f'train.method = "adaptive"')
+    return text + (f"the step train.dt = {h:.3g} is too large for {schedule.method} somewhere "
+                   f'on the path; use a smaller train.dt or train.method = "adaptive"')

@@ -38,7 +38,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from ._io import _text, check_run_file
+from ._io import _text, verify_run
 
 __all__ = ["plot_run"]
 
@@ -86,7 +86,7 @@ class _Run:
 
 def _read(run_path: str) -> _Run:
     name = os.path.basename(run_path)
-    check_run_file(run_path)  # RunFileError (a ValueError) naming the file if it is not a run file
+    verify_run(run_path)  # RunFileError (a ValueError, one line) for a foreign or damaged file
     f = h5py.File(run_path, "r")
     with f:
         try:

@@ -17,6 +17,7 @@ import difflib
 import json
 import math
 import os
+import stat
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -289,18 +290,36 @@ def unknown_key(full: str, value: Any, options: list[str], where: str) -> Config
 # ----------------------------------------------------------------------------- reading
 
 
+MAX_CONFIG_BYTES = 16 * 2**20  # a config is a small text file
+
+
 def read_toml(path: str) -> dict:
+    """Parse a TOML config file; ``ConfigError`` (one line) for anything but a readable,
+    regular, reasonably small file of valid TOML (a FIFO or device is refused, not read)."""
     if not os.path.exists(path):
         raise ConfigError(f"config file {path!r}: file not found")
     if os.path.isdir(path):
         raise ConfigError(f"config file {path!r}: is a directory, expected a .toml file")
     try:
+        st = os.stat(path)
+    except OSError as e:
+        raise ConfigError(f"config file {path!r}: cannot be read ({e.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"config file {path!r}: not a regular file (a FIFO, device or socket); "
+                          "give a .toml file")
+    if st.st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path!r}: {st.st_size} bytes; a config file is at most "
+                          f"{MAX_CONFIG_BYTES // 2**20} MiB of TOML")
+    try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            return tomllib.loads(f.read(MAX_CONFIG_BYTES + 1).decode("utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path!r}: invalid TOML: {e}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"config file {path!r}: not UTF-8 text ({e.reason})") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path!r}: invalid TOML: arrays or tables nested too "
+                          "deeply") from None
     except OSError as e:
         raise ConfigError(f"config file {path!r}: cannot be read ({e.strerror})") from None
 
@@ -322,6 +341,8 @@ def parse_override(item) -> tuple[list[str], Any]:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw  # not a TOML value: take it as a string (paths, names)
+    except RecursionError:
+        raise ConfigError(f"--set {name}: the value is nested too deeply") from None
     return parts, value
 
 

@@ -2,13 +2,31 @@
 
 A thin layer over the public API: ``load_config`` + ``build_run`` validate
 everything (including data and init files) before anything is written, then
-``integrate`` runs with a callback that appends every record to the HDF5 run
-file (``_io.RunWriter``) and drives the progress bar.
+``integrate`` runs with a callback that queues every record for the run file
+(``_io.RunWriter``) and drives the progress bar.
 
-Exit codes: 0 complete; 2 bad config or usage (one line on stderr, nothing
-written); 3 diverged (file kept with status "diverged"); 130 interrupted by
-SIGINT / SIGTERM (file kept with status "interrupted", resumable with
-``--resume``).
+What protects a run, in order (each piece is reusable by other verbs):
+
+1. ``_signals.Interrupts`` is entered first in ``main``: SIGINT / SIGTERM at
+   any moment end the command with exit 130 and one line (``_signals``).
+2. ``_preflight.check_resources``: memory and disk estimated from the config
+   before anything is allocated (``--memory-limit SIZE`` overrides the memory).
+3. ``_io.OutputLock``: one writer per run file (a second one: exit 2 naming
+   the holder's pid).
+4. ``_build.check_start``: data and initial particles representable, the loss
+   finite at s = 0 -- before the file exists.
+5. ``_io.RunWriter``: crash-consistent checkpoints (``_io`` module docstring);
+   ``--resume`` and ``plot`` verify checksums and shapes (``_io.verify_run``).
+6. A failure at run time (out of memory, a write error) is committed as
+   status "failed" with the reason in the attribute ``failure``; anything
+   unforeseen prints one line ("internal error"; ``WFLOW_TRACEBACK=1`` shows the
+   traceback) instead of a traceback.
+
+Exit codes: 0 complete; 1 internal error; 2 bad config, usage or input file
+(one line on stderr, nothing written); 3 diverged or unstable (file kept with
+that status); 4 failed at run time (file kept with status "failed",
+resumable); 130 interrupted by SIGINT / SIGTERM (file kept with status
+"interrupted", resumable with ``--resume``, or no file if none was begun).
 """
 
 from __future__ import annotations
@@ -16,20 +34,30 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import signal
 import sys
-import threading
 import tomllib
+import warnings
 
 import numpy as np
 
-from ._build import build_run
+from ._build import build_run, check_start
 from ._config import ConfigError, config_warnings, load_config, to_toml
-from ._io import RunFileError, RunWriter, check_run_file
+from ._io import (
+    RESUMABLE,
+    OutputLock,
+    RunFileError,
+    RunWriter,
+    check_run_file,
+    read_run,
+    remove_stale_temporaries,
+)
+from ._preflight import check_resources, parse_size
 from ._sharding import describe, initialize_distributed, is_main_process, sync_processes
+from ._signals import Interrupted, Interrupts, current, is_cli_process
 
-EXIT_OK, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 2, 3, 130
-_EXIT = {"complete": EXIT_OK, "diverged": EXIT_DIVERGED, "interrupted": EXIT_INTERRUPTED}
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_DIVERGED, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+_EXIT = {"complete": EXIT_OK, "diverged": EXIT_DIVERGED, "unstable": EXIT_DIVERGED,
+         "interrupted": EXIT_INTERRUPTED, "failed": EXIT_FAILED}
 
 
 class _UsageError(Exception):
@@ -43,46 +71,14 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{message} (see {self.prog} --help)")
 
 
-def _fail(message) -> int:
+def _line(message) -> str:
     text = str(message).strip().splitlines()
-    line = text[0] if text else repr(message)
-    print(f"wflow: error: {line}", file=sys.stderr)
+    return " ".join(text[0].split()) if text else repr(message)
+
+
+def _fail(message) -> int:
+    print(f"wflow: error: {_line(message)}", file=sys.stderr)
     return EXIT_USAGE
-
-
-# ----------------------------------------------------------------------------- signals
-
-
-class _StopRequest:
-    """SIGINT / SIGTERM set a flag the integrate callback reads at the next record.
-
-    A second signal aborts at once (KeyboardInterrupt); the file then keeps
-    status "running" and ``--resume`` continues from its last snapshot.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.requested = False
-        self._old = {}
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print(f"\nwflow: {signal.Signals(signum).name} received: stopping at the next record "
-              "(send it again to abort at once)", file=sys.stderr)
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        return False
 
 
 # ----------------------------------------------------------------------------- run
@@ -113,6 +109,24 @@ def _fmt_value(v) -> str:
     return to_toml({"v": v})[4:].strip()
 
 
+def lock_output(path: str) -> OutputLock | None:
+    """The run file's lock (creating its folder); ConfigError naming the holder if held.
+
+    Only process 0 of a multi-process run writes the file, so only it locks (None elsewhere).
+    """
+    if not is_main_process():
+        return None
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"output.path = {path!r}: cannot be created ({e.strerror or e})") from None
+    try:
+        return OutputLock(path).acquire()
+    except RunFileError as e:
+        raise ConfigError(str(e)) from None
+
+
 class _NullWriter:
     """The run file of processes other than 0 in a multi-process run: nothing is written."""
 
@@ -125,6 +139,10 @@ def _cmd_run(args) -> int:
     if args.output is not None:
         overrides.append(("output.path", args.output))
     try:
+        limit = None if args.memory_limit is None else parse_size(args.memory_limit)
+    except ValueError as e:
+        return _fail(f"--memory-limit {e}")
+    try:
         initialize_distributed()  # multi-process environments (SLURM, Open MPI, coordinator)
     except (RuntimeError, ValueError, KeyError) as e:
         return _fail(f"jax.distributed.initialize failed: {e}")
@@ -135,58 +153,70 @@ def _cmd_run(args) -> int:
         out = config["output"]["path"]
         if os.path.isdir(out):
             raise ConfigError(f"output.path = {out!r}: is a directory; give a file name (OUT.h5)")
+        if args.resume and not os.path.exists(out):
+            raise ConfigError(f"output.path = {out!r}: no run file to resume (run without --resume "
+                              "to start one)")
+        check_resources(config, limit)
+        lock = lock_output(out)
+    except ConfigError as e:
+        return _fail(e)
+    try:
+        remove_stale_temporaries(out)
         if args.resume:
             return _resume(args, config)
-        setup = build_run(config)
         if os.path.exists(out) and not config["output"]["overwrite"]:
             raise ConfigError(f"output.path = {out!r}: the file exists; set output.overwrite = true "
                               "(e.g. --set output.overwrite=true) or use --resume to continue it")
-    except ConfigError as e:
+        setup = build_run(config)
+        check_start(setup)
+        flow = setup.flow
+        sync_processes("wflow-run-checked")  # every process checked before process 0 writes
+        if not is_main_process():
+            writer = _NullWriter()
+        else:
+            try:
+                writer = RunWriter.create(
+                    out, config_text=to_toml(config), seed=config["seed"],
+                    x=np.asarray(setup.problem.x), y=np.asarray(setup.problem.y),
+                    name=flow.snapshot_name, measure0=flow.snapshot(setup.measure0),
+                    key=np.asarray(setup.key), history=flow.history_names, arrays=setup.arrays,
+                    attrs=describe(setup.depth),
+                    checkpoint_every=config["output"]["checkpoint_every"])
+            except OSError as e:
+                raise ConfigError(f"output.path = {out!r}: cannot be created "
+                                  f"({e.strerror or e})") from None
+        return _execute(args, config, setup, writer, out, state=None, initial_loss=None,
+                        wall_offset=0.0, last={})
+    except (ConfigError, RunFileError) as e:
         return _fail(e)
-    flow = setup.flow
-    sync_processes("wflow-run-checked")  # every process checked before process 0 writes
-    if not is_main_process():
-        writer = _NullWriter()
-    else:
-        try:
-            writer = RunWriter.create(
-                out, config_text=to_toml(config), seed=config["seed"],
-                x=np.asarray(setup.problem.x), y=np.asarray(setup.problem.y),
-                name=flow.snapshot_name, measure0=flow.snapshot(setup.measure0),
-                key=np.asarray(setup.key), history=flow.history_names, arrays=setup.arrays,
-                attrs=describe(setup.depth))
-        except OSError as e:
-            return _fail(f"output.path = {out!r}: cannot be created ({e.strerror or e})")
-    return _execute(args, config, setup, writer, out, state=None, initial_loss=None,
-                    wall_offset=0.0)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _resume(args, config) -> int:
-    import h5py
     import jax.numpy as jnp
 
     from ._integrate import FlowState
 
     out = config["output"]["path"]
-    if not os.path.exists(out):
-        raise ConfigError(f"output.path = {out!r}: no run file to resume (run without --resume "
-                          "to start one)")
     try:
-        attrs = check_run_file(out)
+        stored_file = read_run(out)  # checksums, shapes, dtypes, consistency with its config
     except RunFileError as e:
         raise ConfigError(f"output.path: {e}") from None
+    attrs = stored_file["attrs"]
+    if "attrs_sha256" not in attrs:
+        print(f"wflow: warning: {out} has no checksums (written by an older wflow or by hand); "
+              "resuming without verifying its contents", file=sys.stderr)
     status = attrs.get("status")
     if status == "complete":
         raise ConfigError(f"output.path = {out!r}: the run is already complete; nothing to resume")
-    if status == "diverged":
-        raise ConfigError(f"output.path = {out!r}: the run diverged and cannot be resumed; start a "
+    if status in ("diverged", "unstable"):
+        raise ConfigError(f"output.path = {out!r}: the run {status} and cannot be resumed; start a "
                           "new run with a smaller train.dt")
-    if status not in ("running", "interrupted"):
+    if status not in RESUMABLE:
         raise ConfigError(f"output.path = {out!r}: unknown status {status!r}")
-    try:
-        stored = tomllib.loads(attrs.get("config", ""))
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"output.path = {out!r}: the stored config is not valid TOML ({e})") from None
+    stored = tomllib.loads(attrs.get("config", ""))
     stored.pop("output", None)
     diff = _first_difference(_normalized(config), stored)
     if diff:
@@ -194,35 +224,48 @@ def _resume(args, config) -> int:
         raise ConfigError(f"{key} = {_fmt_value(now)}: differs from {_fmt_value(then)} stored in "
                           f"{out}; --resume needs the same config (only [output] may differ)")
     setup = build_run(config)
-    name = setup.flow.snapshot_name
-    try:
-        with h5py.File(out, "r") as f:
-            x, y = f["data/x"][()], f["data/y"][()]
-            stored = f[f"state/{name}"][()]
-            step = int(f["state/step"][()])
-            key = f["state/key"][()]
-            n_hist_file = f["history/s"].shape[0]
-            n_snap_file = f["snapshots/s"].shape[0]
-            wall = f["history/wall_time"][()]
-    except (OSError, KeyError, ValueError) as e:
-        raise ConfigError(f"output.path = {out!r}: unreadable run file ({e})") from None
+    flow = setup.flow
+    name = flow.snapshot_name
+    x, y = stored_file["data/x"], stored_file["data/y"]
     if not (np.array_equal(x, np.asarray(setup.problem.x))
             and np.array_equal(y, np.asarray(setup.problem.y))):
         raise ConfigError(f"data: the data built from the config differ from those stored in {out} "
                           "(was the data file changed?); --resume needs the same data")
-    expected = setup.flow.snapshot(setup.measure0)
-    if stored.shape != expected.shape or stored.dtype != expected.dtype:
-        raise ConfigError(f"output.path = {out!r}: /state/{name} has shape {stored.shape} "
-                          f"({stored.dtype}), the config needs {expected.shape} ({expected.dtype})")
+    if f"state/{name}" not in stored_file:
+        raise ConfigError(f"output.path = {out!r}: no resumable state /state/{name}")
+    state_array = stored_file[f"state/{name}"]
+    step, key = int(stored_file["state/step"]), stored_file["state/key"]
+    expected = flow.snapshot(setup.measure0)
+    if state_array.shape != expected.shape or state_array.dtype != expected.dtype:
+        raise ConfigError(f"output.path = {out!r}: /state/{name} has shape {state_array.shape} "
+                          f"({state_array.dtype}), the config needs {expected.shape} "
+                          f"({expected.dtype})")
+    if not np.all(np.isfinite(state_array)):
+        raise ConfigError(f"output.path = {out!r}: /state/{name} holds non-finite values; it "
+                          "cannot be resumed")
+    history = ("s",) + tuple(flow.history_names) + ("wall_time",)
+    missing = [c for c in history if f"history/{c}" not in stored_file]
+    if missing:
+        raise ConfigError(f"output.path = {out!r}: /history/{missing[0]} is missing; this "
+                          "configuration records it")
     schedule = setup.schedule
     if not 0 <= step <= schedule.n_steps:
-        raise ConfigError(f"output.path = {out!r}: /state/step = {step} is outside 0..{schedule.n_steps}")
+        raise ConfigError(f"output.path = {out!r}: /state/step = {step} is outside "
+                          f"0..{schedule.n_steps}")
     # Records up to the saved state are kept; integrate re-emits the s = 0 record itself.
-    n_hist = int(np.sum(schedule.record_steps() <= step)) if step > 0 else 0
-    n_snap = int(np.sum(schedule.snapshot_steps() <= step)) if step > 0 else 0
-    if n_hist > n_hist_file or n_snap > n_snap_file:
+    rec_steps = schedule.record_steps()
+    snap_steps = schedule.snapshot_steps()
+    n_hist = int(np.sum(rec_steps <= step)) if step > 0 else 0
+    n_snap = int(np.sum(snap_steps <= step)) if step > 0 else 0
+    s_file, snap_s_file = stored_file["history/s"], stored_file["snapshots/s"]
+    if n_hist > s_file.shape[0] or n_snap > snap_s_file.shape[0]:
         raise ConfigError(f"output.path = {out!r}: the file holds fewer records than its state "
                           f"(step {step}); it cannot be resumed")
+    h = schedule.step
+    if not (np.array_equal(s_file[:n_hist], rec_steps[:n_hist] * h)
+            and np.array_equal(snap_s_file[:n_snap], snap_steps[:n_snap] * h)):
+        raise ConfigError(f"output.path = {out!r}: /history/s or /snapshots/s does not match the "
+                          "config's schedule; the file cannot be resumed")
     initial_loss = attrs.get("initial_loss")
     if step > 0 and initial_loss is None:
         raise ConfigError(f"output.path = {out!r}: no initial_loss attribute; it cannot be resumed")
@@ -230,99 +273,148 @@ def _resume(args, config) -> int:
     if not is_main_process():
         writer = _NullWriter()
     else:
-        try:
-            writer = RunWriter.reopen(out)
-        except RunFileError as e:
-            raise ConfigError(str(e)) from None
-    writer.truncate(n_hist, n_snap)
-    writer.set_status("running")
-    state = FlowState(setup.flow.restore(setup.measure0, stored), step, jnp.asarray(key))
+        writer = RunWriter.resume(out, name=name, history=flow.history_names, n_history=n_hist,
+                                  n_snapshots=n_snap,
+                                  checkpoint_every=config["output"]["checkpoint_every"])
+        writer.commit("running")  # drops records past the state; the file is ours again
+    state = FlowState(flow.restore(setup.measure0, state_array), step, jnp.asarray(key))
+    last = {c: float(stored_file[f"history/{c}"][n_hist - 1]) for c in history} if n_hist else {}
+    last["wall_mass_warning"] = "wall_mass_warning" in attrs
     return _execute(args, config, setup, writer, out, state=state,
                     initial_loss=float(initial_loss) if step > 0 else None,
-                    wall_offset=float(wall[n_hist - 1]) if n_hist > 0 else 0.0)
+                    wall_offset=last.get("wall_time", 0.0), last=last)
+
+
+def _failure_text(e: BaseException) -> str:
+    text = _line(e) if str(e).strip() else type(e).__name__
+    if "RESOURCE_EXHAUSTED" in text or isinstance(e, MemoryError):
+        return f"out of memory ({type(e).__name__}: {text[:300]})"
+    return f"{type(e).__name__}: {text[:300]}"
 
 
 def _execute(args, config, setup, writer: RunWriter, out: str, *, state, initial_loss,
-             wall_offset) -> int:
+             wall_offset, last: dict) -> int:
     import equinox as eqx
     from tqdm import tqdm
 
     from ._grid import wall_mass_warning
-    from ._integrate import integrate
+    from ._integrate import StabilityWarning, integrate
 
     schedule = setup.schedule
+    flow = setup.flow
+    h = schedule.step
     stop_after = args.stop_after_records
     n_records = 0
-    warned_wall = "wall_mass_warning" in writer.f.attrs  # once per run, resumed or not
+    last = dict(last)
+    warned_wall = bool(last.pop("wall_mass_warning", False))  # once per run, resumed or not
+    interrupts = current()
+    where = {"step": 0 if state is None else state.step}
+    resume_hint = f"wflow run {args.config} --resume -o {out}"
     main = is_main_process()  # only process 0 writes and shows progress
     layout = describe(setup.depth)
     if layout["devices"] > 1 and main and not args.quiet:
         print(f"wflow: {layout['devices']} devices, solver.shard = \"{layout['shard']}\"",
               file=sys.stderr)
-    bar = tqdm(total=schedule.n_steps, initial=0 if state is None else state.step, unit="step",
+    bar = tqdm(total=schedule.n_steps, initial=where["step"], unit="step",
                disable=args.quiet or not main, file=sys.stderr, dynamic_ncols=True, leave=True,
                desc=os.path.basename(out))
 
-    with _StopRequest() as stop:
+    def state_of(measure, step, key):
+        return lambda: (flow.snapshot(measure), step, np.asarray(key))
 
-        def on_record(rec) -> bool:
-            nonlocal n_records, warned_wall
-            if rec.step == 0 and rec.history:
-                writer.set_attr("initial_loss", float(rec.loss))
-            if rec.history:
-                writer.append_history({"s": rec.s, **rec.values, "wall_time": rec.wall_time})
-            if rec.snapshot is not None:
-                writer.append_snapshot(rec.s, rec.snapshot)
-                writer.save_state(rec.snapshot, rec.step, rec.key)
-            writer.flush()
-            if not warned_wall and (text := wall_mass_warning(rec.values, rec.s)) is not None:
-                warned_wall = True
-                writer.set_attr("wall_mass_warning", text)
+    def on_record(rec) -> bool:
+        nonlocal n_records, warned_wall
+        if rec.step == 0 and rec.history:
+            writer.set_attr("initial_loss", float(rec.loss))
+        row = {"s": rec.s, **rec.values, "wall_time": rec.wall_time} if rec.history else None
+        writer.add(history=row,
+                   snapshot=(rec.s, rec.snapshot) if rec.snapshot is not None else None,
+                   state=state_of(rec.measure, rec.step, rec.key))
+        where["step"] = rec.step
+        if row is not None:
+            last.update(row)
+        if rec.warning is not None:
+            bar.clear()
+            if main:
+                print(f"wflow: warning: {rec.warning}", file=sys.stderr)
+            writer.set_attr("stability_warning", rec.warning)
+        if not warned_wall and (text := wall_mass_warning(rec.values, rec.s)) is not None:
+            warned_wall = True
+            writer.set_attr("wall_mass_warning", text)
+            if main:
                 tqdm.write(f"wflow: warning: {text}", file=sys.stderr)
-            bar.update(rec.step - bar.n)
-            bar.set_postfix_str(f"s={rec.s:.4g} loss={rec.loss:.3e} "
-                                f"stationarity={rec.stationarity:.3e}")
-            n_records += 1
-            return stop.requested or (stop_after is not None and n_records >= stop_after)
+        if writer.due():
+            writer.commit()
+        bar.update(rec.step - bar.n)
+        bar.set_postfix_str(f"s={rec.s:.4g} loss={rec.loss:.3e} "
+                            f"stationarity={rec.stationarity:.3e}")
+        n_records += 1
+        stop = interrupts is not None and interrupts.requested
+        return stop or (stop_after is not None and n_records >= stop_after)
 
-        try:
+    def finish_interrupted() -> str:
+        """Commit what is queued as "interrupted" (the main thread or the signal watcher)."""
+        writer.commit("interrupted")
+        return (f"wflow: interrupted at s = {where['step'] * h:.6g}; {out} keeps status "
+                f"\"interrupted\"; continue with: {resume_hint}")
+
+    if interrupts is not None:
+        interrupts.running(finish_interrupted)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", StabilityWarning)
             result = integrate(setup.problem, setup.depth, schedule, theta0=setup.measure0,
                                regularization=setup.regularization, reordering=setup.reordering,
                                key=setup.key, state=state,
                                initial_loss=initial_loss, wall_offset=wall_offset,
                                callback=on_record)
-            final = result.state
-            flow = setup.flow
-            writer.save_state(flow.snapshot(final.measure), final.step, np.asarray(final.key))
-            if result.status == "complete":
-                predict = eqx.filter_jit(lambda flow, measure: flow.predict(measure))
-                writer.write_final(np.asarray(predict(flow, final.measure)))
-            writer.set_status(result.status)
-            if not main:
-                return _EXIT[result.status]
-            loss = float(writer.f["history/loss"][-1])
-            stationarity = float(writer.f["history/stationarity"][-1])
-            wall = float(writer.f["history/wall_time"][-1])
-        except KeyboardInterrupt:
-            bar.close()
-            writer.close()
-            print(f"wflow: aborted; {out} keeps status \"running\" and --resume continues it from "
-                  "its last snapshot", file=sys.stderr)
-            return EXIT_INTERRUPTED
-        finally:
-            bar.close()
-            if main and writer.f.id.valid:
-                writer.close()
+        final = result.state
+        writer.add(state=state_of(final.measure, final.step, final.key))
+        if result.status == "complete":
+            predict = eqx.filter_jit(lambda flow, measure: flow.predict(measure))
+            writer.set_final(np.asarray(predict(flow, final.measure)))
+        writer.commit(result.status)
+        if not main:
+            return _EXIT[result.status]
+    except Interrupted:
+        bar.close()
+        raise
+    except RunFileError as e:  # a checkpoint could not be written (disk full, ...)
+        bar.close()
+        print(f"wflow: error: {_line(e)}; continue later with: {resume_hint}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as e:
+        bar.close()
+        failure = _failure_text(e)
+        expected = isinstance(e, (MemoryError, OSError)) or type(e).__name__ == "JaxRuntimeError"
+        if not expected:
+            failure = f"internal error: {failure}"
+        try:
+            writer.set_attr("failure", failure)
+            writer.commit("failed")
+            kept = f"{out} keeps status \"failed\" at s = {where['step'] * h:.6g} (resumable)"
+        except RunFileError as e2:
+            kept = f"and the run file could not be updated ({_line(e2)})"
+        if not expected and os.environ.get("WFLOW_TRACEBACK"):
+            raise
+        print(f"wflow: error: the run failed: {failure}; {kept}", file=sys.stderr)
+        return EXIT_FAILED if expected else EXIT_INTERNAL
+    finally:
+        bar.close()
 
-    s = final.step * schedule.step
+    s = final.step * h
+    loss, stationarity = last.get("loss", math.nan), last.get("stationarity", math.nan)
+    wall = last.get("wall_time", wall_offset)
     print(f"status={result.status}  s={s:.6g}  loss={_num(loss)}  "
           f"stationarity={_num(stationarity)}  wall={wall:.1f}s  -> {out}")
     if result.status == "interrupted":
-        print(f"wflow: interrupted at s = {s:.6g}; continue with: wflow run {args.config} "
-              f"--resume -o {out}", file=sys.stderr)
+        print(f"wflow: interrupted at s = {s:.6g}; continue with: {resume_hint}", file=sys.stderr)
     elif result.status == "diverged":
         print(f"wflow: the run diverged at s = {s:.6g} (non-finite or exploding loss); "
               "try a smaller train.dt or train.method = \"adaptive\"", file=sys.stderr)
+    elif result.status == "unstable":
+        print(f"wflow: stopped at s = {s:.6g} (train.on_increase = \"stop\"): the loss rose; see "
+              "the warning above", file=sys.stderr)
     return _EXIT[result.status]
 
 
@@ -336,7 +428,7 @@ def _num(v: float) -> str:
 def _cmd_plot(args) -> int:
     path = args.run
     try:
-        check_run_file(path)
+        check_run_file(path)  # fast: a foreign file fails before matplotlib is imported
     except RunFileError as e:
         return _fail(e)
     out_dir = args.output
@@ -357,11 +449,17 @@ def _cmd_plot(args) -> int:
 def _cmd_study(args) -> int:
     from .study._command import main as study_main
 
-    with _StopRequest() as stop:
-        try:
-            return study_main(args, lambda: stop.requested)
-        except ConfigError as e:
-            return _fail(e)
+    interrupts = current()
+    if interrupts is not None:
+        # The first SIGINT / SIGTERM stops the sweep after its current block, which is saved
+        # (every study file write is atomic); a second one ends the command at once, and the
+        # study file keeps its last saved block.
+        interrupts.running(lambda: "wflow: interrupted; the study file keeps its last saved "
+                                   "block; continue with --resume")
+    try:
+        return study_main(args, lambda: interrupts is not None and interrupts.requested)
+    except ConfigError as e:
+        return _fail(e)
 
 
 def _cmd_info(args) -> int:
@@ -409,6 +507,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="continue the interrupted run file OUT (the config stored in it must equal "
                    "CONFIG with --set applied; only [output] may differ)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--memory-limit", metavar="SIZE", default=None,
+                   help="memory the run may use, e.g. 64GiB, instead of what the machine has "
+                   "available; 'none' skips the memory check")
     # Test hook: behave as if interrupted after K records (deterministic resume tests).
     r.add_argument("--stop-after-records", type=int, default=None, help=argparse.SUPPRESS)
     r.set_defaults(func=_cmd_run)
@@ -435,22 +536,43 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``wflow`` console script; returns the exit code."""
-    parser = _parser()
-    try:
-        args = parser.parse_args(argv)
-    except _UsageError as e:
-        return _fail(e)
-    except SystemExit as e:  # --help, --version
-        return e.code if isinstance(e.code, int) else EXIT_USAGE
-    if args.verb is None:
-        parser.print_help(sys.stderr)
-        return EXIT_USAGE
-    try:
-        return args.func(args)
-    except KeyboardInterrupt:  # before the run's own handlers are installed, or a second Ctrl-C
-        print("wflow: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    """Entry point of the ``wflow`` console script; returns the exit code.
+
+    Signal handling comes first (``_signals.Interrupts``), so SIGINT / SIGTERM at
+    any moment give exit 130 and one line; nothing ends in a traceback (an
+    unforeseen exception prints one line, exit 1; ``WFLOW_TRACEBACK=1`` re-raises).
+    """
+    with Interrupts() as interrupts:
+        try:
+            parser = _parser()
+            try:
+                args = parser.parse_args(argv)
+            except _UsageError as e:
+                return _fail(e)
+            except SystemExit as e:  # --help, --version
+                return e.code if isinstance(e.code, int) else EXIT_USAGE
+            if args.verb is None:
+                parser.print_help(sys.stderr)
+                return EXIT_USAGE
+            return args.func(args)
+        except (Interrupted, KeyboardInterrupt) as e:
+            interrupts.claim_finish()
+            name = e.name if isinstance(e, Interrupted) else "SIGINT"
+            line = interrupts.finish_line(name)
+            print(line, file=sys.stderr)
+            if is_cli_process():
+                # The interrupted work may have left native threads running (an XLA
+                # compilation): a normal interpreter shutdown could crash in them.
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(EXIT_INTERRUPTED)
+            return EXIT_INTERRUPTED
+        except Exception as e:
+            if os.environ.get("WFLOW_TRACEBACK"):
+                raise
+            print(f"wflow: internal error: {type(e).__name__}: {_line(e)} (please report it; "
+                  "WFLOW_TRACEBACK=1 shows the traceback)", file=sys.stderr)
+            return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -68,24 +68,20 @@ def write_study(path: str, attrs: dict, arrays: dict) -> None:
     import jax
 
     from .. import __version__
+    from .._io import commit_h5
 
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     base = {"format": FORMAT, "format_version": FORMAT_VERSION, "wflow_version": __version__,
             "jax_version": jax.__version__, "backend": jax.default_backend(),
             "created_utc": datetime.now(UTC).isoformat(timespec="seconds")}
-    try:
-        with h5py.File(tmp, "w") as f:
-            for name, value in {**base, **attrs}.items():
-                f.attrs[name] = value
-            for name, value in arrays.items():
-                f.create_dataset(name, data=value if isinstance(value, str) else np.asarray(value))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+
+    def build(f):
+        for name, value in {**base, **attrs}.items():
+            f.attrs[name] = value
+        for name, value in arrays.items():
+            f.create_dataset(name, data=value if isinstance(value, str) else np.asarray(value))
+
+    commit_h5(path, build, fresh=True)  # temporary file, fsync, rename: old or new, never half
 
 
 def check_study_file(path: str) -> dict:

@@ -1,0 +1,298 @@
+"""Fault injection with real processes: SIGINT / SIGTERM at start-up, mid-run and twice,
+SIGKILL at random instants followed by ``--resume``, two writers on one file.
+
+Every process is ``python -m wflow.cli`` on a tiny problem (sine data, so the numbers
+do not depend on the x64 flag of the process; L = 2, M = 8). Resumes run in one
+driver process (``_DRIVER``) so that JAX compiles once for all of them. The default
+run kills a handful of processes; ``-m slow`` runs the long campaign.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import h5py
+import numpy as np
+import pytest
+from _helpers import datasets
+
+from wflow import _io
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT + os.pathsep
+           + os.environ.get("PYTHONPATH", ""))
+
+CONFIG = """seed = 0
+[data]
+kind = "sine"
+n = 32
+[solver]
+L = 2
+M = 8
+[train]
+time = {time}
+dt = 0.1
+method = "heun"
+temperature = 0.01
+record_every = 1
+snapshots = 7
+[output]
+checkpoint_every = 0.0
+"""
+
+# Resumes many files in one process (JAX compiles once) and prints one JSON line per file.
+_DRIVER = r"""
+import io, json, sys, contextlib
+from wflow.cli import main
+cfg = sys.argv[1]
+for path in sys.argv[2:]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        rc = main(["run", cfg, "-o", path, "-q", "--resume"])
+    print(json.dumps({"path": path, "rc": rc, "err": err.getvalue()[-500:]}), flush=True)
+"""
+
+
+def write_config(folder, time_=20.0, name="cfg.toml"):
+    path = folder / name
+    path.write_text(CONFIG.format(time=time_))
+    return str(path)
+
+
+def spawn(*args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "wflow.cli", *map(str, args)], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+class Output:
+    """Collects a process's stderr while it runs."""
+
+    def __init__(self, proc):
+        self.proc, self.buf = proc, bytearray()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        for chunk in iter(lambda: self.proc.stderr.read1(4096), b""):
+            self.buf.extend(chunk)
+
+    def text(self) -> str:
+        self.thread.join(5)
+        return bytes(self.buf).decode(errors="replace")
+
+
+def wait_until(predicate, proc, timeout=120.0) -> bool:
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.01)
+    return False
+
+
+def n_records(path) -> int:
+    try:
+        with h5py.File(path, "r") as f:
+            return f["history/s"].shape[0]
+    except (OSError, KeyError):
+        return 0
+
+
+def resume_all(cfg, paths) -> list[dict]:
+    if not paths:
+        return []
+    res = subprocess.run([sys.executable, "-c", _DRIVER, cfg, *map(str, paths)], env=ENV, check=False,
+                         capture_output=True, text=True, timeout=1800)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+
+
+def assert_prefix_of(path, ref):
+    """The file on disk is a valid prefix of the reference run (module docstring of _io)."""
+    got = _io.read_run(str(path))  # checksums, shapes: RunFileError if anything is wrong
+    if got["attrs"]["status"] == "complete":  # killed after its last commit: the whole run
+        assert datasets(path).keys() == ref.keys()
+        for name, value in ref.items():
+            np.testing.assert_array_equal(got[name], value, err_msg=name)
+        return got["history/s"].shape[0]
+    assert got["attrs"]["status"] in ("running", "interrupted")
+    n, n_snap = got["history/s"].shape[0], got["snapshots/s"].shape[0]
+    for name, value in ref.items():
+        if name.startswith("history/"):
+            np.testing.assert_array_equal(got[name], value[:n], err_msg=name)
+        elif name.startswith("snapshots/"):
+            np.testing.assert_array_equal(got[name], value[:n_snap], err_msg=name)
+        elif name.startswith("data/"):
+            np.testing.assert_array_equal(got[name], value, err_msg=name)
+    step = int(got["state/step"])
+    h = 0.1
+    assert step == (round(got["history/s"][-1] / h) if n else 0)
+    if n_snap and round(got["snapshots/s"][-1] / h) == step:
+        np.testing.assert_array_equal(got["state/theta"], got["snapshots/theta"][-1])
+    return n
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ref")
+    cfg = write_config(tmp)
+    out = tmp / "ref.h5"
+    t0 = time.time()
+    proc = spawn("run", cfg, "-o", out, "-q")
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err.decode()
+    return cfg, out, datasets(out), time.time() - t0
+
+
+# ----------------------------------------------------------------------------- SIGKILL
+
+
+def _kill_campaign(reference, tmp_path, n_kills, seed):
+    cfg, ref_path, ref, lifetime = reference
+    rng = np.random.default_rng(seed)
+    with h5py.File(ref_path, "r") as f:  # how long the reference spent recording
+        wall = f["history/wall_time"][()]
+    recording = float(wall[-1] - wall[0])
+    killed, stats = [], {"absent": 0, "records": []}
+    for i in range(n_kills):
+        out = tmp_path / f"k{i}.h5"
+        proc = spawn("run", cfg, "-o", out, "-q")
+        if i % 2 == 0:  # anywhere in the process's life
+            time.sleep(rng.uniform(0.0, lifetime))
+        else:  # while records are being committed
+            wait_until(lambda out=out: n_records(out) > 0, proc)
+            time.sleep(rng.uniform(0.0, 1.5 * recording))
+        proc.kill()
+        proc.communicate(timeout=60)
+        if not out.exists():
+            stats["absent"] += 1
+            assert not [p for p in os.listdir(tmp_path) if p.startswith(f"k{i}.h5")
+                        and p != f"k{i}.h5.lock"]
+            continue
+        stats["records"].append(assert_prefix_of(out, ref))
+        if _io.read_run(str(out))["attrs"]["status"] != "complete":
+            killed.append(out)
+    for result in resume_all(cfg, killed):
+        assert result["rc"] == 0, result
+        got = datasets(result["path"])
+        assert got.keys() == ref.keys()
+        for name in ref:
+            np.testing.assert_array_equal(got[name], ref[name], err_msg=f"{result['path']} {name}")
+        assert _io.verify_run(result["path"])["status"] == "complete"
+    return stats
+
+
+def test_sigkill_at_random_instants_then_resume_is_bit_identical(reference, tmp_path):
+    stats = _kill_campaign(reference, tmp_path, n_kills=6, seed=0)
+    assert stats["absent"] + len(stats["records"]) == 6
+
+
+@pytest.mark.slow
+def test_sigkill_campaign(reference, tmp_path):
+    stats = _kill_campaign(reference, tmp_path, n_kills=120, seed=1)
+    # the campaign must have hit every phase: before the file, and at many record counts
+    assert stats["absent"] > 0 and len(set(stats["records"])) > 10, stats
+
+
+# ----------------------------------------------------------------------------- SIGINT / SIGTERM
+
+
+def _last_line(err: str) -> str:
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_during_startup(tmp_path, sig):
+    """Imports, config, data, compilation: 130, one line, no file (or a valid one)."""
+    cfg = write_config(tmp_path)
+    rng = np.random.default_rng(int(sig))
+    for delay in (0.3, float(rng.uniform(0.6, 2.0))):
+        out = tmp_path / f"s{delay:.2f}.h5"
+        proc = spawn("run", cfg, "-o", out, "-q")
+        time.sleep(delay)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+        err = err.decode()
+        assert proc.returncode == 130, err
+        assert "Traceback" not in err and _last_line(err).startswith("wflow: interrupted"), err
+        if out.exists():
+            assert _io.verify_run(str(out))["status"] in ("interrupted", "running")
+
+
+@pytest.mark.parametrize("sig, twice", [(signal.SIGINT, False), (signal.SIGTERM, False),
+                                        (signal.SIGTERM, True), (signal.SIGINT, True)],
+                         ids=["SIGINT", "SIGTERM", "SIGTERM-twice", "SIGINT-twice"])
+def test_signal_mid_run_then_resume(reference, tmp_path, sig, twice):
+    cfg, _, ref, _ = reference
+    out = tmp_path / "o.h5"
+    proc = spawn("run", cfg, "-o", out, "-q")
+    output = Output(proc)
+    assert wait_until(lambda: n_records(out) >= 3, proc), output.text()
+    proc.send_signal(sig)
+    if twice:
+        time.sleep(0.005)
+        proc.send_signal(sig)
+    proc.wait(timeout=120)
+    err = output.text()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in _last_line(err)
+    assert _io.verify_run(str(out))["status"] == "interrupted"
+    assert_prefix_of(out, ref)
+    (result,) = resume_all(cfg, [out])
+    assert result["rc"] == 0, result
+    got = datasets(out)
+    for name in ref:
+        np.testing.assert_array_equal(got[name], ref[name], err_msg=name)
+
+
+def test_second_signal_stops_a_long_compiled_chunk_at_once(tmp_path):
+    """The main thread is inside one long XLA call (a chunk of 10^5 steps); Python could not
+    run a handler before it ends, but the signal watcher commits and exits within ~1 s."""
+    cfg = tmp_path / "long.toml"
+    cfg.write_text(CONFIG.format(time=100000.0).replace("record_every = 1",
+                                                        "record_every = 1000000")
+                   .replace("snapshots = 7", "snapshots = 2"))
+    out = tmp_path / "long.h5"
+    proc = spawn("run", cfg, "-o", out, "-q")
+    output = Output(proc)
+    assert wait_until(lambda: n_records(out) >= 1 or (
+        out.exists() and os.path.getsize(out) > 0), proc), output.text()
+    time.sleep(1.5)  # inside the first chunk
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    t0 = time.time()
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=60)
+    elapsed = time.time() - t0
+    err = output.text()
+    assert proc.returncode == 130 and elapsed < 5.0, (elapsed, err)
+    assert "Traceback" not in err and "interrupted" in _last_line(err)
+    attrs = _io.verify_run(str(out))
+    assert attrs["status"] == "interrupted"
+
+
+# ----------------------------------------------------------------------------- two writers
+
+
+def test_two_writers_started_together(tmp_path):
+    cfg = write_config(tmp_path, time_=2.0)
+    out = tmp_path / "same.h5"
+    procs = [spawn("run", cfg, "-o", out, "-q") for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read().decode()) for p in procs]
+    codes = sorted(rc for rc, _ in results)
+    assert codes == [0, 2], results
+    (err,) = [e for rc, e in results if rc == 2]
+    assert "same.h5" in err and "Traceback" not in err
+    # refused because another process writes it (pid named), or, if the first one already
+    # finished, because the file exists
+    assert ("is writing" in err and any(str(p.pid) in err for p in procs)) or "exists" in err
+    assert _io.verify_run(str(out))["status"] == "complete"

@@ -1,0 +1,348 @@
+"""Memory and disk preflight: will this run fit, decided from the resolved config alone?
+
+``check_resources(config, memory_limit=None)`` runs before anything is
+allocated or written: it estimates the peak memory of the run and the size
+of its run file with exact integer arithmetic (no array is made, so a size
+such as ``solver.L = 2**63`` is refused in microseconds instead of ending in
+an overflow, a MemoryError or an XLA abort) and raises ``ConfigError`` with one
+line naming the keys that dominate, the estimate and what the machine has.
+
+Memory available: the host's ``MemAvailable`` (``/proc/meminfo``; else
+``os.sysconf`` physical pages) and, on an accelerator, the device's
+``bytes_limit`` (``jax.Device.memory_stats``). ``memory_limit`` (the CLI's
+``--memory-limit SIZE``) replaces both; ``memory_limit = math.inf``
+(``--memory-limit none``) skips the memory check. The disk check always runs:
+a checkpoint writes a copy of the run file beside it (``_io``), so the
+folder must hold twice the final file.
+
+The estimate is a sum of ``Part``s, each with the config keys it scales with.
+For particles (``_particle_parts``), with b the bytes of the run precision,
+N samples, d the state dimension, k parameters per particle:
+
+* parameters Theta (L, M, k) and the copies one step keeps alive: c_method
+  L M k b with c = 5 (euler), 7 (heun), 9 (ssprk3), 14 (adaptive: Tsit5
+  stages and error estimate), +1 with temperature > 0;
+* depth states: layered, the stored layer inputs z_0..z_{L-1} for the
+  adjoint plus a few (N, d) buffers, (L + 4) N d b; continuous, diffrax's
+  stages and checkpoints, 64 N d b (+ 12 L M k b for the backsolve adjoint's
+  augmented state);
+* per-layer temporaries of the neuron kernel, (N, M) blocks of B = min(N M,
+  solver.tile) elements each (the kernel works in tiles, ``_features``):
+  4 B b layered (activation, derivative, adjoint products), 8 B b continuous; the linear
+  feature has none;
+* data: x, y in the run precision on the device and three float64 host
+  copies while they are built; teacher data: the teacher's parameters and
+  states in float64;
+* snapshots: ``integrate`` keeps them all and the writer queues them:
+  2 n_snap L M k b; history: 64 bytes per value (Python floats in lists);
+* a fixed 256 MiB for the XLA runtime and compiled programs.
+
+Measured against XLA's own ``memory_analysis`` in
+``benchmarks/bench_preflight.py``: the estimate is an upper bound by design
+(a factor 1-3 above the measured peak), so it refuses only runs that would
+not fit or barely would.
+
+The grid solver's estimate (``_grid_parts``, the hook for ``solver.kind =
+"grid"``): density rho (n_t, *cells) with C cells per slice, SSP stages and
+face fluxes (k per cell), per-slice (N, C) temporaries of the shared kernel
+(a cell is a weighted particle) and snapshots (n_snap, n_t, *cells).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+from ._schema import ConfigError
+
+__all__ = ["Estimate", "Part", "available_memory", "check_resources", "estimate", "format_bytes",
+           "parse_size"]
+
+MIB = 2**20
+RUNTIME_BYTES = 256 * MIB  # XLA runtime, compiled programs, Python objects
+HOPELESS = 2**50  # 1 PiB: no machine has this; refuse without asking the backend
+STEP_COPIES = {"euler": 5, "heun": 7, "ssprk3": 9, "adaptive": 14}
+DIGITS_N = 1797  # scikit-learn's digits data set
+
+
+@dataclass(frozen=True)
+class Part:
+    """One term of the estimate: what it is, the keys it scales with, its bytes, where it lives."""
+
+    what: str
+    keys: tuple[str, ...]
+    bytes: int
+    device: bool = True  # on the accelerator (the host when the backend is the CPU)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    parts: tuple[Part, ...]
+    file_bytes: int  # the final run file
+
+    @property
+    def total(self) -> int:
+        return sum(p.bytes for p in self.parts)
+
+    def on(self, device: bool) -> int:
+        return sum(p.bytes for p in self.parts if p.device == device)
+
+    def largest(self, n: int = 2, device: bool | None = None) -> list[Part]:
+        parts = [p for p in self.parts if device is None or p.device == device]
+        return sorted(parts, key=lambda p: -p.bytes)[:n]
+
+
+def format_bytes(n: float) -> str:
+    if n == math.inf:
+        return "unlimited"
+    for unit, size in (("EiB", 2**60), ("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30),
+                       ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            v = n / size
+            return f"{v:.3g} {unit}" if v < 1e4 else f"{v:.3e} {unit}"
+    return f"{int(n)} B"
+
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
+          "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
+          "tib": 2**40}
+
+
+def parse_size(text: str) -> float:
+    """'8GiB', '500MB', '1.5e9', 'none' (no limit) -> bytes; ValueError otherwise."""
+    s = str(text).strip().lower().replace(" ", "")
+    if s in ("none", "off", "unlimited", "inf"):
+        return math.inf
+    i = len(s)
+    while i > 0 and s[i - 1].isalpha():
+        i -= 1
+    number, unit = s[:i], s[i:]
+    if unit not in _UNITS or not number:
+        raise ValueError(f"{text!r}: expected a size such as 8GiB, 500MB, 2e9 or none")
+    try:
+        value = float(number) * _UNITS[unit]
+    except ValueError:
+        raise ValueError(f"{text!r}: expected a size such as 8GiB, 500MB, 2e9 or none") from None
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{text!r}: must be a positive size")
+    return value
+
+
+# ----------------------------------------------------------------------------- estimates
+
+
+def _k(model: dict) -> int:
+    d = model["dim"]
+    return d * d if model["feature"] == "linear" else 2 * d + (1 if model["bias"] else 0)
+
+
+def _n_samples(data: dict) -> int:
+    return min(data["n"], DIGITS_N) if data["kind"] == "digits" else data["n"]
+
+
+def _n_records(train: dict) -> int:
+    n_steps = max(1, math.ceil(train["time"] / train["dt"] - 1e-9))
+    return n_steps // train["record_every"] + 2
+
+
+def _data_parts(config: dict, b: int) -> list[Part]:
+    data, model = config["data"], config["model"]
+    N, d_in, d_out, d = _n_samples(data), data["dim"], data["out_dim"], model["dim"]
+    parts = [
+        Part("data x, y and the embedded inputs", ("data.n", "data.dim", "model.dim"),
+             N * (d_in + d_out + 2 * d) * b),
+        Part("data while they are built (float64)", ("data.n", "data.dim"),
+             3 * N * (d_in + d_out) * 8, device=False),
+    ]
+    if data["kind"] == "teacher":
+        tw, td, k = data["teacher_width"], data["teacher_depth"], _k(model)
+        parts.append(Part("teacher network (float64)",
+                          ("data.teacher_width", "data.teacher_depth", "data.n", "model.dim"),
+                          (td * tw * k + (td + 4) * N * d + 4 * N * tw) * 8, device=False))
+    return parts
+
+
+def _record_parts(config: dict, snapshot_bytes: int, n_columns: int) -> list[Part]:
+    train = config["train"]
+    return [
+        Part("snapshots kept in memory", ("train.snapshots", "solver.L", "solver.M"),
+             2 * train["snapshots"] * snapshot_bytes, device=False),
+        Part("history", ("train.time", "train.dt", "train.record_every"),
+             64 * (n_columns + 2) * _n_records(train), device=False),
+        Part("XLA runtime and compiled programs", (), RUNTIME_BYTES, device=False),
+    ]
+
+
+def _block(N: int, M: int, solver: dict) -> int:
+    """Elements of the largest (N, M) block the neuron kernel holds: it works in blocks of at
+    most ``solver.tile`` elements (default ``_features.default_tile()``)."""
+    from ._features import default_tile
+
+    tile = solver.get("tile") or default_tile()
+    return min(N * M, tile)
+
+
+def _particle_parts(config: dict, b: int) -> list[Part]:
+    data, model, solver, train = (config[s] for s in ("data", "model", "solver", "train"))
+    L, M, N, d, k = solver["L"], solver["M"], _n_samples(data), model["dim"], _k(model)
+    theta = L * M * k * b
+    copies = STEP_COPIES[train["method"]] + (1 if train["temperature"] > 0 else 0)
+    parts = [Part("parameters (L, M, k) and their copies in a step",
+                  ("solver.L", "solver.M", "model.dim"), copies * theta)]
+    neuron = model["feature"] == "neuron"
+    if solver["depth"] == "layers":
+        parts.append(Part("layer states (L, N, d) for the adjoint",
+                          ("solver.L", "data.n", "model.dim"), (L + 4) * N * d * b))
+        if neuron:
+            parts.append(Part("per-layer (N, M) temporaries", ("data.n", "solver.M", "solver.tile"),
+                              4 * _block(N, M, solver) * b))
+    else:
+        extra = 12 * theta if solver["adjoint"] == "backsolve" else 0
+        parts.append(Part("ODE solver states and checkpoints (N, d)",
+                          ("data.n", "model.dim", "solver.adjoint"), 64 * N * d * b + extra))
+        if neuron:
+            parts.append(Part("per-stage (N, M) temporaries", ("data.n", "solver.M", "solver.tile"),
+                              8 * _block(N, M, solver) * b))
+    n_columns = 4 if train["l2"] > 0 else 2
+    return parts + _data_parts(config, b) + _record_parts(config, theta, n_columns)
+
+
+def _grid_cells(config: dict, k: int) -> list[int]:
+    grid = config["solver"].get("grid") or {}
+    cells = grid.get("cells", 32)
+    return list(cells) if isinstance(cells, list) else [int(cells)] * k
+
+
+def _grid_parts(config: dict, b: int) -> list[Part]:
+    """Hook for ``solver.kind = "grid"`` (see the module docstring)."""
+    data, model, solver = config["data"], config["model"], config["solver"]
+    k = _k(model)
+    n_t, N, d = solver["L"], _n_samples(data), model["dim"]
+    C = math.prod(_grid_cells(config, k))
+    rho = n_t * C * b
+    parts = [
+        Part("density rho (n_t, *cells) and its SSP stages", ("solver.L", "solver.grid.cells"),
+             8 * rho),
+        Part("face velocities and fluxes", ("solver.L", "solver.grid.cells", "model.dim"),
+             2 * k * rho),
+        Part("depth states (n_t, N, d)", ("solver.L", "data.n", "model.dim"),
+             (n_t + 4) * N * d * b),
+        Part("per-slice (N, C) temporaries", ("data.n", "solver.grid.cells"), 4 * N * C * b),
+    ]
+    return parts + _data_parts(config, b) + _record_parts(config, rho, 3)
+
+
+ESTIMATORS = {"particles": _particle_parts, "grid": _grid_parts}
+
+
+def estimate(config: dict) -> Estimate:
+    """The run's memory parts and final file size from a resolved config (no allocation)."""
+    b = 8 if config["solver"]["precision"] == "float64" else 4
+    kind = config["solver"]["kind"]
+    parts = tuple(ESTIMATORS[kind](config, b))
+    snap = next(p for p in parts if p.what == "snapshots kept in memory").bytes // 2
+    hist = next(p for p in parts if p.what == "history").bytes // 8
+    data = next(p for p in parts if p.what.startswith("data x")).bytes
+    file_bytes = snap + snap // max(1, config["train"]["snapshots"]) + hist + 2 * data + 2**20
+    return Estimate(parts, file_bytes)
+
+
+# ----------------------------------------------------------------------------- the machine
+
+
+def available_memory() -> int:
+    """Host memory available to a new allocation, in bytes (MemAvailable)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 2**62  # unknown: do not refuse
+
+
+def _device_memory() -> tuple[str, int | None]:
+    """(backend, bytes the first device can allocate or None for the CPU / unknown)."""
+    import jax
+
+    backend = jax.default_backend()
+    if backend == "cpu":
+        return backend, None
+    try:
+        stats = jax.devices()[0].memory_stats() or {}
+        return backend, int(stats.get("bytes_limit") or 0) or None
+    except Exception:  # noqa: BLE001 - a backend without memory statistics
+        return backend, None
+
+
+def _free_disk(path: str) -> int | None:
+    folder = os.path.dirname(os.path.abspath(path))
+    while folder and not os.path.isdir(folder):
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder = parent
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _keys(parts: list[Part]) -> str:
+    return ", ".join(f"{p.what} ({' x '.join(p.keys) or 'fixed'}) {format_bytes(p.bytes)}"
+                     for p in parts)
+
+
+def check_resources(config: dict, memory_limit: float | None = None,
+                    output: str | None = None) -> Estimate:
+    """Raise ``ConfigError`` (one line) when the run cannot fit; return the estimate.
+
+    Args:
+        config: the resolved config.
+        memory_limit: bytes to compare with instead of the machine's memory;
+            ``math.inf`` skips the memory check.
+        output: the run file path (default ``config["output"]["path"]``) for the disk check.
+    """
+    est = estimate(config)
+    hint = "reduce them, or pass --memory-limit SIZE (--memory-limit none skips this check)"
+    if memory_limit != math.inf:
+        total = est.total
+        if memory_limit is not None:
+            if total > memory_limit:
+                raise ConfigError(f"memory: this run needs about {format_bytes(total)} (largest: "
+                                  f"{_keys(est.largest())}), above --memory-limit = "
+                                  f"{format_bytes(memory_limit)}; {hint}")
+        else:
+            host = available_memory()
+            # A hopeless size needs no backend (which would take time to start).
+            backend, device = ("cpu", None) if total > HOPELESS else _device_memory()
+            if device is None:  # CPU: everything is host memory
+                if total > host:
+                    raise ConfigError(f"memory: this run needs about {format_bytes(total)} "
+                                      f"(largest: {_keys(est.largest())}), this machine has "
+                                      f"{format_bytes(host)} available (MemAvailable); {hint}")
+            else:
+                on_device, on_host = est.on(True), est.on(False)
+                if on_device > device:
+                    raise ConfigError(f"memory: this run needs about {format_bytes(on_device)} "
+                                      f"on the {backend} device (largest: "
+                                      f"{_keys(est.largest(device=True))}), the device has "
+                                      f"{format_bytes(device)}; {hint}")
+                if on_host > host:
+                    raise ConfigError(f"memory: this run needs about {format_bytes(on_host)} of "
+                                      f"host memory (largest: {_keys(est.largest(device=False))}),"
+                                      f" this machine has {format_bytes(host)} available; {hint}")
+    path = output if output is not None else config["output"]["path"]
+    free = _free_disk(path)
+    if free is not None and 2 * est.file_bytes > free:
+        raise ConfigError(f"output.path = {path!r}: the run file will grow to about "
+                          f"{format_bytes(est.file_bytes)} (train.snapshots x solver.L x solver.M "
+                          f"x k), and a checkpoint needs twice that; the disk has "
+                          f"{format_bytes(free)} free")
+    return est
