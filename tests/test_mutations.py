@@ -36,7 +36,7 @@ import h5py
 import jax
 import numpy as np
 import pytest
-from _helpers import datasets
+from _helpers import datasets, toml_text
 
 from wflow import _io
 from wflow._config import load_config
@@ -136,12 +136,8 @@ def _tables(text: str) -> dict:
 
 
 def _render(tables: dict) -> str:
-    lines = [f"{k} = {v}" for k, v in tables.get("", {}).items()]
-    for section, table in tables.items():
-        if section:
-            lines.append(f"[{section}]")
-            lines += [f"{k} = {v}" for k, v in table.items()]
-    return "\n".join(lines) + "\n"
+    """``_tables``' form back to TOML text (top-level keys first, then the sections)."""
+    return toml_text({**tables.get("", {}), **{s: tab for s, tab in tables.items() if s}})
 
 
 # Every key the resolved config knows, per section (so values are set on real keys too,

@@ -37,7 +37,7 @@ diagnostics are then arrays with a leading run axis, and the batch counts as
 diverged only when every run has (a run that diverged alone carries
 non-finite values, which its owner reads from the records). A flow whose
 ``snapshot`` returns None stores no snapshots. Batched flows are not checked
-for rises.
+for rises (their ``monotone`` is None).
 
 Why a run may not converge: ds too large (Euler is stable only for
 ds < 2 / (largest Hessian eigenvalue of E in the velocity scaling); halve
@@ -309,8 +309,6 @@ def integrate(
         initial = np.asarray(initial_loss, np.float64)
         threshold = np.where(initial > 0, schedule.divergence_factor * initial, np.inf)
     watched = flow.monotone if schedule.method != "adaptive" else None
-    if watched is not None and np.ndim(values[watched]) != 0:
-        watched = None  # a batch of runs (study ensembles): each run's owner reads its records
     y_max = float(jnp.max(jnp.abs(problem.y))) if watched else 0.0
     previous = (step, values, measure)
     warned = False

@@ -279,10 +279,10 @@ def _resume(args, config) -> int:
         writer.commit("running")  # drops records past the state; the file is ours again
     state = FlowState(flow.restore(setup.measure0, state_array), step, jnp.asarray(key))
     last = {c: float(stored_file[f"history/{c}"][n_hist - 1]) for c in history} if n_hist else {}
-    last["wall_mass_warning"] = "wall_mass_warning" in attrs
     return _execute(args, config, setup, writer, out, state=state,
                     initial_loss=float(initial_loss) if step > 0 else None,
-                    wall_offset=last.get("wall_time", 0.0), last=last)
+                    wall_offset=last.get("wall_time", 0.0), last=last,
+                    warned_wall="wall_mass_warning" in attrs)
 
 
 def _failure_text(e: BaseException) -> str:
@@ -293,7 +293,10 @@ def _failure_text(e: BaseException) -> str:
 
 
 def _execute(args, config, setup, writer: RunWriter, out: str, *, state, initial_loss,
-             wall_offset, last: dict) -> int:
+             wall_offset, last: dict, warned_wall: bool = False) -> int:
+    """Integrate from ``state`` (None: the start), recording into ``writer``; ``last`` holds
+    the last stored history row, ``warned_wall`` whether the wall-mass warning was given
+    (once per run, resumed or not)."""
     import equinox as eqx
     from tqdm import tqdm
 
@@ -306,7 +309,6 @@ def _execute(args, config, setup, writer: RunWriter, out: str, *, state, initial
     stop_after = args.stop_after_records
     n_records = 0
     last = dict(last)
-    warned_wall = bool(last.pop("wall_mass_warning", False))  # once per run, resumed or not
     interrupts = current()
     where = {"step": 0 if state is None else state.step}
     resume_hint = f"wflow run {args.config} --resume -o {out}"

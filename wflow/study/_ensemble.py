@@ -80,6 +80,12 @@ class EnsembleFlow(Flow):
     """
 
     history_names: ClassVar[tuple[str, ...]] = ("loss", "prediction", "state")
+
+    @property
+    def monotone(self) -> None:
+        """Not checked by the time loop: the loss is one value per run (the study reads each
+        run's records itself)."""
+        return None
     snapshot_name: ClassVar[str] = "prediction"
 
     def member(self, m: Ensemble) -> ParticleFlow:
