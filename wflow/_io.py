@@ -126,6 +126,7 @@ __all__ = [
     "OutputLock",
     "RunFileError",
     "RunWriter",
+    "check_format",
     "check_run_file",
     "commit_h5",
     "create_array",
@@ -573,28 +574,36 @@ def check_run_file(path: str) -> dict:
     Only opens the file and checks ``format`` / ``format_version``; ``verify_run``
     checks everything.
     """
+    return check_format(path, FORMAT, FORMAT_VERSION, "run", RunFileError)
+
+
+def check_format(path: str, fmt: str, version_max: int, kind: str,
+                 error: type[Exception]) -> dict:
+    """Root attributes (text decoded) of a wflow HDF5 file whose ``format`` is ``fmt`` and
+    ``format_version`` an integer <= ``version_max``; else ``error`` naming the file (the run,
+    study and compare files share this check; ``kind`` names the file in messages)."""
     if not os.path.exists(path):
-        raise RunFileError(f"{path}: file not found")
+        raise error(f"{path}: file not found")
     if not os.path.isfile(path):
-        raise RunFileError(f"{path}: not a regular file")
+        raise error(f"{path}: not a regular file")
     try:
         with h5py.File(path, "r") as f:
             attrs = {k: (_text(v) if isinstance(v, (str, bytes)) else v) for k, v in f.attrs.items()}
     except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise RunFileError(f"{path}: not a readable HDF5 file ({_one_line(e)})") from None
-    if attrs.get("format") != FORMAT:
-        raise RunFileError(f"{path}: not a wflow run file (root attribute format = "
-                           f"{attrs.get('format')!r}, expected {FORMAT!r})")
+        raise error(f"{path}: not a readable HDF5 file ({_one_line(e)})") from None
+    if attrs.get("format") != fmt:
+        raise error(f"{path}: not a wflow {kind} file (root attribute format = "
+                    f"{attrs.get('format')!r}, expected {fmt!r})")
     version = attrs.get("format_version", 0)
     try:
         if isinstance(version, (str, bytes)) or np.asarray(version).shape != ():
             raise TypeError
         version = int(version)
     except (TypeError, ValueError, OverflowError):
-        raise RunFileError(f"{path}: format_version = {version!r} is not an integer") from None
-    if version > FORMAT_VERSION:
-        raise RunFileError(f"{path}: format_version {version} is newer than this "
-                           f"wflow understands ({FORMAT_VERSION})")
+        raise error(f"{path}: format_version = {version!r} is not an integer") from None
+    if version > version_max:
+        raise error(f"{path}: format_version {version} is newer than this "
+                    f"wflow understands ({version_max})")
     return attrs
 
 

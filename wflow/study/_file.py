@@ -51,7 +51,7 @@ from datetime import UTC, datetime
 import h5py
 import numpy as np
 
-from .._io import _text
+from .._io import _text, check_format
 
 FORMAT = "wflow-study"
 FORMAT_VERSION = 1
@@ -86,25 +86,7 @@ def write_study(path: str, attrs: dict, arrays: dict) -> None:
 
 def check_study_file(path: str) -> dict:
     """Root attributes of a study file; ``StudyFileError`` naming the file otherwise."""
-    if not os.path.isfile(path):
-        raise StudyFileError(f"{path}: file not found")
-    try:
-        with h5py.File(path, "r") as f:
-            attrs = {k: (_text(v) if isinstance(v, (str, bytes)) else v) for k, v in f.attrs.items()}
-    except (OSError, ValueError) as e:
-        detail = " ".join(str(e).split())
-        raise StudyFileError(f"{path}: not a readable HDF5 file ({detail})") from None
-    if attrs.get("format") != FORMAT:
-        raise StudyFileError(f"{path}: not a wflow study file (root attribute format = "
-                             f"{attrs.get('format')!r}, expected {FORMAT!r})")
-    try:
-        version = int(attrs.get("format_version", 0))
-    except (TypeError, ValueError):
-        raise StudyFileError(f"{path}: format_version is not an integer") from None
-    if version > FORMAT_VERSION:
-        raise StudyFileError(f"{path}: format_version {version} is newer than this wflow "
-                             f"understands ({FORMAT_VERSION})")
-    return attrs
+    return check_format(path, FORMAT, FORMAT_VERSION, "study", StudyFileError)
 
 
 def read_study(path: str) -> dict:
