@@ -288,7 +288,7 @@ def test_continuous_depth_order_sweep():
 
 
 # ---------------------------------------------------------------------------------------
-# SPEC §5 closed form at the level of one evaluation
+# docs/theory.md, "Closed form: linear, d = 1", at the level of one evaluation
 
 
 def _linear_problem(a=1.5, n=32, seed=0):
@@ -394,7 +394,7 @@ def test_first_variation_gradient_rejects_bad_query_shapes():
 
 
 # ---------------------------------------------------------------------------------------
-# SPEC §6: the degenerate stationary point
+# docs/theory.md, "Degenerate start": the degenerate stationary point
 
 
 @pytest.mark.parametrize("activation", wflow.ACTIVATIONS)

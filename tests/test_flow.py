@@ -1,6 +1,7 @@
 """The particle gradient flow in training time s (``integrate``), against mathematics.
 
-Closed form (SPEC §5), degenerate stationary point (SPEC §6), energy identity,
+Closed form (docs/theory.md, "Closed form: linear, d = 1"), degenerate stationary point
+(docs/theory.md, "Degenerate start"), energy identity,
 symmetries, convergence orders of the time steppers, regularization, seeding,
 dtype, compilation and divergence handling. Float64 unless a test says otherwise.
 """
@@ -42,7 +43,7 @@ def _run(problem, theta0, depth=None, **schedule):
 
 
 # ---------------------------------------------------------------------------------------
-# SPEC §5: linear features, d = 1, y = a x
+# docs/theory.md, "Closed form: linear, d = 1": linear features, y = a x
 
 
 A_TARGET = 1.5
@@ -115,7 +116,7 @@ def test_closed_form_continuous_flow_any_L(L):
 
 
 # ---------------------------------------------------------------------------------------
-# SPEC §6: degenerate point vs full support
+# docs/theory.md, "Degenerate start": degenerate point vs full support
 
 
 # Layered depth in the default run, continuous depth (5-10 s of compilation each) in -m slow.

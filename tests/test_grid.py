@@ -1,10 +1,11 @@
 """The grid solver (``wflow/_grid.py``) against mathematics, and grid runs through the CLI.
 
-* SPEC §5 on the grid: rigid translation by the closed-form shift, E(s), convergence order in h;
+* docs/theory.md, "Closed form: linear, d = 1", on the grid: rigid translation by the
+  closed-form shift, E(s), convergence order in h;
 * cell weights = particle weights: the grid's loss and velocity field are the weighted-particle
   ones at the cell centres;
 * the grid against particles sampled from the same rho_ini (M^-1/2, slow);
-* SPEC §6: delta_0 stays put; a full-support density fits teacher data;
+* docs/theory.md, "Degenerate start": delta_0 stays put; a full-support density fits teacher data;
 * invariants for every scheme x stepper: mass to round-off, rho >= 0, wall mass;
 * geometry, initial densities, config rules, run files, resume, plots.
 
@@ -37,7 +38,8 @@ def _scheme_id(scheme, limiter):
 
 
 # ---------------------------------------------------------------------------------------
-# SPEC §5: linear features, d = 1, y = a x. The exact flow translates every slice rigidly.
+# docs/theory.md, "Closed form: linear, d = 1": y = a x. The exact flow translates every
+# slice rigidly.
 
 A_TARGET = 3.0
 STD0 = 0.3          # rho_ini = N(0, STD0^2) in every slice
@@ -217,7 +219,7 @@ def test_cell_weights_are_particle_weights(bias, depth):
 
 
 # ---------------------------------------------------------------------------------------
-# SPEC §6: the degenerate point and a full-support start
+# docs/theory.md, "Degenerate start": the degenerate point and a full-support start
 
 
 @pytest.mark.parametrize("bias, depth", [

@@ -1,6 +1,6 @@
 """Figures of a run file: ``wflow._plot.plot_run`` on small synthetic run files.
 
-The files are written here with h5py following the SPEC §3 contract, so these
+The files are written here with h5py following the contract of README.md, "The run file", so these
 tests do not depend on the solver or the CLI.
 """
 
@@ -83,7 +83,8 @@ def neuron_run(path, rng, L=6, M=3000):
 
 
 def linear_run(path, rng):
-    """linear features, d = 1 (k = 1): rigid translation of a Gaussian (SPEC §5)."""
+    """linear features, d = 1 (k = 1): rigid translation of a Gaussian
+    (docs/theory.md, "Closed form: linear, d = 1")."""
     theta0 = 0.2 * rng.normal(size=(8, 500, 1))
     theta = theta0[None] + np.linspace(0, 0.7, 5)[:, None, None, None]
     x = rng.normal(size=(40, 1))
@@ -93,7 +94,8 @@ def linear_run(path, rng):
 
 
 def degenerate_run(path, rng):
-    """SPEC §6: every particle at 0, constant loss, stationarity exactly 0."""
+    """Every particle at 0, constant loss, stationarity exactly 0
+    (docs/theory.md, "Degenerate start")."""
     x = rng.uniform(-1, 1, size=(32, 1))
     y = np.sin(3 * x)
     return write_run(path, config=_config("neuron", 1, L=4, M=50), theta=np.zeros((5, 4, 50, 3)),

@@ -225,7 +225,8 @@ bootstrap = 20
 
 
 def test_depth_slope_on_the_linear_exact_problem(tmp_path, capsys):
-    """SPEC §5: the same measure (shared sampling, the same particles for every L) against
+    """docs/theory.md, "Closed form: linear, d = 1": the same measure (shared sampling, the
+    same particles for every L) against
     continuous depth: the layered network is x prod_l (1 + m_l / L), the limit x e^A, error O(1/L)."""
     out = tmp_path / "lin.h5"
     rc, text, err = cli(capsys, "study", "limit", write(tmp_path, LINEAR),
@@ -264,7 +265,8 @@ bounds = [-3.0, 3.0]
 
 
 def _closed_form_A(X2, a, s, A0=0.0, n=4000):
-    """SPEC §5: dA/ds = -X2 (e^A - a) e^A by classical RK4 (error ~ (s/n)^4, far below 1e-12)."""
+    """docs/theory.md, "Closed form: linear, d = 1": dA/ds = -X2 (e^A - a) e^A by classical RK4
+    (error ~ (s/n)^4, far below 1e-12)."""
     rhs = lambda A: -X2 * (math.exp(A) - a) * math.exp(A)
     A, h = A0, s / n
     for _ in range(n):
@@ -277,7 +279,8 @@ def _closed_form_A(X2, a, s, A0=0.0, n=4000):
 
 
 def test_grid_reference_on_the_linear_exact_problem(tmp_path, capsys):
-    """study.reference = "grid" on SPEC §5 (linear, d = 1, y = a x, rho_ini = N(0, 0.5^2)).
+    """study.reference = "grid" on docs/theory.md, "Closed form: linear, d = 1"
+    (y = a x, rho_ini = N(0, 0.5^2)).
 
     The reference: z(1; x) = x e^A with A(s) the mean of rho, dA/ds = -X2 (e^A - a) e^A. The
     velocity is the same at every theta, so the flux-form scheme moves the mean at exactly that
@@ -440,7 +443,8 @@ def test_zero_loss_delta0_stuck_full_support_decreasing(tmp_path, capsys):
     assert "point" in text and "gaussian" in text
     d = read_study(str(out))
     h = lambda name, c: d[f"runs/{name}/history/{c}"]
-    # delta_0 (SPEC §6): F = 0 and grad V(0) = 0 exactly; the loss never moves ...
+    # delta_0 (docs/theory.md, "Degenerate start"): F = 0 and grad V(0) = 0 exactly;
+    # the loss never moves ...
     assert np.all(h("point", "loss") == h("point", "loss")[0]) and h("point", "loss")[0] > 0
     assert np.all(h("point", "stationarity") == 0) and np.all(h("point", "grad_v_origin") == 0)
     # ... yet it is not a minimizer: grad V does not vanish on the box

@@ -9,7 +9,8 @@ bounded derivatives, and ``relu`` is not. Use ``smooth_relu`` with a large
     smooth_relu(x; beta) = ( x + sqrt(x^2 + 1/beta^2) ) / 2 - 1 / (2 beta),
 
 which is C^infinity, satisfies smooth_relu(0) = 0 (so the degenerate point of
-SPEC §6 exists for it, as for tanh) and converges uniformly to relu with error
+docs/theory.md, "Degenerate start", exists for it, as for tanh) and converges
+uniformly to relu with error
 at most 1/(2 beta).
 """
 

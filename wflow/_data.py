@@ -1,4 +1,4 @@
-"""Datasets (SPEC §3 ``[data]``), deterministic from a seed.
+"""Datasets (``[data]``, README.md, "Configuration reference"), deterministic from a seed.
 
 All generators return float64 NumPy arrays x (N, d_in) and y (N, d_out); the
 caller casts to the run's precision.
@@ -142,7 +142,8 @@ def teacher_targets(x, feature, *, width: int, depth: int, std: float, out_dim: 
     dummy_y = np.zeros((x.shape[0], out_dim))
     # Always float64 on the CPU, whatever the process's x64 flag and devices: the
     # same seed gives the same targets everywhere, and y = teacher(x) holds to
-    # float64 round-off (the linear teacher gives y = a x exactly, SPEC §5).
+    # float64 round-off (the linear teacher gives y = a x exactly,
+    # docs/theory.md, "Closed form: linear, d = 1").
     enable_x64 = getattr(jax, "enable_x64", None)
     if enable_x64 is None:  # jax < 0.6
         from jax.experimental import enable_x64

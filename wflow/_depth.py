@@ -6,7 +6,8 @@ a grid density (omega_c = rho_c |C| at cell centres, ``_grid.py``); every
 kernel below takes both, so particles and grids share one forward pass, one
 adjoint and one loss. F_l(z) = sum_m omega_{l,m} f(z; theta_{l,m}).
 
-The first variation V(theta, t) = dE/drho (SPEC §1) is discretized per slice:
+The first variation V(theta, t) = dE/drho (docs/theory.md, "Continuum limit") is discretized
+per slice:
 ``first_variation_gradient`` returns grad_theta V_l(q) at any query points q,
 defined as the derivative of the discretized loss with respect to an
 infinitesimal mass added at q in slice l, divided by the slice's depth

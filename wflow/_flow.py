@@ -7,7 +7,7 @@ between two times (where the representation supports it), the diagnostics
 recorded in the history, and the array a snapshot stores. Two flows exist:
 
 * ``ParticleFlow`` (here): the measure is the particle array Theta (L, M, k),
-  moved by the gradient flow of SPEC §1-2,
+  moved by the gradient flow of docs/theory.md, "Gradient flow",
 
       d theta_{l,m} / ds = v_{l,m}(Theta) - lambda(s) theta_{l,m}  [+ sqrt(2 tau) dW/ds],
 

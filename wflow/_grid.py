@@ -1,4 +1,6 @@
-"""The grid: the Eulerian finite-volume solver for the density rho(theta, t) (SPEC §2.3).
+"""The grid: the Eulerian finite-volume solver for the density rho(theta, t).
+
+The mathematics: docs/theory.md, "Discretizations" (finite volumes on a grid).
 
 Everything about the grid lives here: its geometry (``Grid``), the scheme
 (``FiniteVolume``), the density it carries (``GridDensity``, a ``Measure``),

@@ -41,7 +41,8 @@ for rises (their ``monotone`` is None).
 
 Why a run may not converge: ds too large (Euler is stable only for
 ds < 2 / (largest Hessian eigenvalue of E in the velocity scaling); halve
-``dt`` or use ``adaptive``); a degenerate initial measure (SPEC §6: all mass
+``dt`` or use ``adaptive``); a degenerate initial measure
+(docs/theory.md, "Degenerate start": all mass
 at a stationary point never moves); too small a width M for the data.
 """
 

@@ -7,7 +7,7 @@ below do not depend on t.
 * ``uniform``: uniform on the box [low, high]; when low/high are not given the
   box is mean +- sqrt(3) std (the uniform law with that mean and std).
 * ``point``: every particle at ``mean`` (the Dirac mass; mean = 0 is the
-  degenerate stationary point of SPEC §6).
+  degenerate stationary point of docs/theory.md, "Degenerate start").
 * ``file``: ``theta`` of shape (L, M, k) from a .npz/.h5 file.
 
 ``symmetric`` (config ``init.symmetric``; not for ``file``): the symmetrized

@@ -1,4 +1,4 @@
-"""Figures of one run file (SPEC §3): ``plot_run(run_path, out_dir)``.
+"""Figures of one run file (README.md, "Reading the figures"): ``plot_run(run_path, out_dir)``.
 
 Reads a ``wflow-run`` HDF5 file and writes PNGs into ``out_dir``:
 
@@ -385,7 +385,8 @@ def _plot_particles(run: _Run, out_dir: str) -> str:
 
     if k == 1:
         # histograms of a few slices, and every slice's particles against depth t
-        # (for linear d = 1 the exact flow translates each slice rigidly, SPEC §5)
+        # (for linear d = 1 the exact flow translates each slice rigidly,
+        # docs/theory.md, "Closed form: linear, d = 1")
         fig = Figure(figsize=(3.3 * len(layers) + 5.0, 4.2), layout="constrained")
         grid = fig.add_gridspec(1, len(layers) + 1, width_ratios=[1] * len(layers) + [1.5])
         axes = [fig.add_subplot(grid[0, 0])]

@@ -1,4 +1,4 @@
-"""The learning problem: data, feature map, readout and loss (SPEC §1).
+"""The learning problem: data, feature map, readout and loss (docs/theory.md, "Conventions").
 
     embedding   z(0; x) = (x, 0, ..., 0) in R^d,  d >= d_in
     readout     g(z)    = z[:d_out],              d_out <= d

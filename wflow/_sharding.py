@@ -9,7 +9,7 @@ loop and the CLI are unchanged: they call the wrapper as they call any
 ``DepthDiscretization``; ``integrate`` lays the problem and the measure out
 with ``place``.
 
-Two ways to split one gradient evaluation (SPEC §1, N samples, L slices of M
+Two ways to split one gradient evaluation (docs/theory.md, "Conventions": N samples, L slices of M
 weighted particles, state dimension d, k parameters per particle):
 
 * ``"data"``: device r holds N/n samples x, y and their states z_l and

@@ -1,7 +1,8 @@
 """``wflow study zero-loss``: does the flow reach zero loss? Full support against delta_0.
 
 For each initial measure of ``study.inits`` (``init.kind`` variants with
-[init]'s mean and std; "point" at mean 0 is delta_0, SPEC §6) one run of the
+[init]'s mean and std; "point" at mean 0 is delta_0,
+docs/theory.md, "Degenerate start") one run of the
 config's [solver] / [train] is made, and at every record the history holds
 
     loss           E(s)
