@@ -51,7 +51,7 @@ from ._features import FEATURES, FeatureMap, Linear, Neuron, make_feature
 from ._flow import METHODS, Flow, Measure, ParticleFlow, Regularization, make_flow
 from ._grid import FiniteVolume, Grid, GridDensity, GridFlow, init_density, positivity_limit
 from ._integrate import FlowResult, FlowState, Record, Schedule, integrate
-from ._measures import MEASURES, init_particles
+from ._init_particles import INIT_KINDS, MEASURES, init_particles
 from ._problem import Problem, random_embedding, random_readout
 from ._sharding import SHARD_MODES, ShardedDepth, make_mesh, shard_depth
 
@@ -66,6 +66,7 @@ __all__ = [
     "DATASETS",
     "DEPTHS",
     "FEATURES",
+    "INIT_KINDS",
     "MEASURES",
     "METHODS",
     "OPTIMIZERS",

@@ -20,7 +20,7 @@ from ._features import make_feature
 from ._flow import Flow, Regularization, make_flow
 from ._grid import FiniteVolume, Grid, grid_arrays, init_density
 from ._integrate import Schedule
-from ._measures import init_particles
+from ._init_particles import init_particles
 from ._problem import Problem, random_embedding, random_readout
 from ._schema import ConfigError, fmt
 from ._sharding import shard_depth

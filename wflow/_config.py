@@ -87,7 +87,7 @@ from ._features import FEATURES
 from ._flow import L2_SCHEDULES, METHODS
 from ._grid import DEFAULT_CFL, LIMITERS, SCHEMES, grid_config_warnings, resolve_grid_config
 from ._integrate import ON_INCREASE
-from ._measures import MEASURES
+from ._init_particles import INIT_KINDS
 from ._schema import (
     ConfigError,
     Key,
@@ -150,7 +150,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "readout": choice_key("coordinates", READOUTS),
     },
     "init": {
-        "kind": choice_key("gaussian", MEASURES),
+        "kind": choice_key("gaussian", INIT_KINDS),
         "mean": numbers_key(0.0),
         "std": numbers_key(1.0, lo=0.0),
         "low": numbers_key(None),

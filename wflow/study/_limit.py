@@ -71,7 +71,7 @@ from .._depth import ContinuousDepth, LayeredDepth
 from .._features import make_feature
 from .._flow import Regularization
 from .._integrate import Schedule, integrate
-from .._measures import _per_coord
+from .._init_particles import _per_coord
 from .._problem import Problem, random_embedding, random_readout
 from .._schema import ConfigError
 from ._ensemble import Ensemble

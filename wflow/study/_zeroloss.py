@@ -45,7 +45,7 @@ import numpy as np
 from .._build import build_run
 from .._flow import Flow, Measure, ParticleFlow
 from .._integrate import FlowState, integrate
-from .._measures import init_particles
+from .._init_particles import init_particles
 from .._schema import ConfigError, to_toml
 from ._file import check_study_file, read_study, write_study
 

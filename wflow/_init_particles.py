@@ -1,7 +1,10 @@
-"""Initial measures rho_ini and their particle samples Theta (L, M, k).
+"""Sampling the initial particles: Theta (L, M, k) drawn from an initial measure rho_ini.
 
-Layer l's M particles are i.i.d. samples of rho_ini(., t_l); the measures
-below do not depend on t.
+``init_particles(kind, ...)`` with ``kind`` one of ``INIT_KINDS`` (config
+``init.kind``). Layer l's M particles are i.i.d. samples of rho_ini(., t_l);
+the laws below do not depend on t. (Not to be confused with ``_flow.Measure``,
+the base class of measure representations other than a particle array, such
+as the grid's density; the grid's initial densities are ``_grid.init_density``.)
 
 * ``gaussian``: N(mean, diag(std^2)); mean and std scalars or length-k lists.
 * ``uniform``: uniform on the box [low, high]; when low/high are not given the
@@ -28,7 +31,8 @@ import numpy as np
 
 from ._data import DataError, load_array_file
 
-MEASURES = ("gaussian", "uniform", "point", "file")
+INIT_KINDS = ("gaussian", "uniform", "point", "file")
+MEASURES = INIT_KINDS  # the former name, kept for ``wflow.MEASURES``
 
 
 def _per_coord(value, k: int, key: str) -> np.ndarray:
@@ -100,4 +104,4 @@ def init_particles(
                 f"init.path = {path!r}: theta has shape {theta.shape}, the model needs (L, M, k) = "
                 f"({L}, {M}, {k})")
         return jnp.asarray(theta, dtype)
-    raise DataError(f"init.kind = {kind!r}: allowed are {', '.join(MEASURES)}")
+    raise DataError(f"init.kind = {kind!r}: allowed are {', '.join(INIT_KINDS)}")
