@@ -1,6 +1,6 @@
 """Feature maps f(z; theta) and their weighted particle sum F(z) = sum_m omega_m f(z; theta_m).
 
-Two feature maps (SPEC §1):
+Two feature maps (docs/theory.md, "Model"):
 
 * ``Neuron``:  theta = (u, w, b) in R^d x R^d x R,  f(z; theta) = u * sigma(w . z + b),
   k = 2d + 1 (k = 2d without bias). Coordinates of theta are laid out as

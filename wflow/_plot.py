@@ -169,7 +169,7 @@ def _fmt(v: float) -> str:
 
 
 def _coord_names(feature: str | None, k: int) -> list[str]:
-    """Mathtext names of the k coordinates of theta (layout of SPEC §1)."""
+    """Mathtext names of the k coordinates of theta (layout: docs/theory.md, "Model")."""
     if feature == "neuron" and k >= 2:
         d = k // 2
         names = [f"$u_{{{i}}}$" for i in range(d)] + [f"$w_{{{i}}}$" for i in range(d)]
