@@ -10,7 +10,7 @@ import pytest
 
 import wflow
 from wflow.cli import main
-from wflow.study import Ensemble, fit_model, model_terms, read_study, slope
+from wflow.study import Batch, fit_model, model_terms, read_study, slope
 from wflow.study._fit import aggregate
 
 
@@ -118,10 +118,10 @@ dt = 0.1
         assert f["model/readout"].shape == (2, 2)
 
 
-# ----------------------------------------------------------------------------- ensembles
+# ----------------------------------------------------------------------------- batches
 
 
-def test_padded_ensemble_members_equal_separate_runs():
+def test_padded_batch_members_equal_separate_runs():
     """Zero-weight particles and zero coordinates change nothing (float64, to round-off)."""
     rng = np.random.default_rng(2)
     N, d_in, d_out, L = 6, 2, 1, 3
@@ -146,10 +146,10 @@ def test_padded_ensemble_members_equal_separate_runs():
         w[:, :M] = 1.0 / M
         weights.append(w)
         embs.append(np.pad(A, ((0, Dp - D), (0, 0))))
-    ens = Ensemble(jnp.asarray(np.stack(thetas, 1)), jnp.asarray(np.stack(weights, 1)),
-                   jnp.asarray(np.stack(embs)))
+    batch = Batch(jnp.asarray(np.stack(thetas, 1)), jnp.asarray(np.stack(weights, 1)),
+                  jnp.asarray(np.stack(embs)))
     problem = wflow.Problem(wflow.Neuron(d=Dp), jnp.asarray(x), jnp.asarray(y))
-    res = wflow.integrate(problem, wflow.LayeredDepth(), schedule, theta0=ens,
+    res = wflow.integrate(problem, wflow.LayeredDepth(), schedule, theta0=batch,
                           regularization=wflow.Regularization(l2=0.1))
     assert res.status == "complete" and res.snapshots is None
     assert res.history["loss"].shape == (3, 2)  # records (steps 0, 3, 6) x members
@@ -475,25 +475,25 @@ def test_zero_loss_resume(tmp_path, capsys):
             np.testing.assert_array_equal(A[key], B[key], err_msg=key)
 
 
-def test_generic_measure_path_matches_the_ensemble(tmp_path):
-    """``measure_values`` (the path a grid reference takes) gives a run's ensemble values."""
+def test_generic_measure_path_matches_the_batch(tmp_path):
+    """``measure_values`` (the path a grid reference takes) gives a batch member's values."""
     from wflow.study._keys import resolve_limit
-    from wflow.study._limit import build_limit, make_ensemble, measure_values, plan, run_block
+    from wflow.study._limit import build_limit, make_batch, measure_values, plan, run_block
 
     config = wflow.load_config(write(tmp_path, STUDY))
     setup = build_limit(config, resolve_limit(config))
     block = next(b for b in plan(setup) if not b.reference)
     key = jax.random.PRNGKey(0)
-    ens = run_block(setup, block, setup.depth, key)
-    problem, ensemble = make_ensemble(setup, block)
+    res = run_block(setup, block, setup.depth, key)
+    problem, batch = make_batch(setup, block)
     j = 0
     m = block.members[j]
-    theta = ensemble.theta[:, j]
-    if ensemble.weights is not None:  # a padded member: drop its zero-weight particles
+    theta = batch.theta[:, j]
+    if batch.weights is not None:  # a padded member: drop its zero-weight particles
         theta = theta[:, : m.M]
     one = measure_values(setup, problem, setup.depth, theta, key)
-    np.testing.assert_allclose(one.loss[0], ens.loss[j], rtol=1e-5)
-    np.testing.assert_allclose(one.prediction[0], ens.prediction[j], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(one.loss[0], res.loss[j], rtol=1e-5)
+    np.testing.assert_allclose(one.prediction[0], res.prediction[j], rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("edit, message", [

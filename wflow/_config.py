@@ -110,6 +110,7 @@ from ._schema import (
     unknown_key,
 )
 from ._sharding import SHARD_MODES
+from .study._metrics import STUDY_METRICS as _STUDY_METRIC_REGISTRY
 
 __all__ = ["ConfigError", "config_warnings", "load_config", "to_toml"]
 
@@ -117,7 +118,7 @@ __all__ = ["ConfigError", "config_warnings", "load_config", "to_toml"]
 GRID_SCHEMES = ("upwind", "muscl")
 EMBEDDINGS = ("pad", "random")
 READOUTS = ("coordinates", "random")
-STUDY_METRICS = ("loss", "output", "hidden")
+STUDY_METRICS = tuple(_STUDY_METRIC_REGISTRY)  # wflow/study/_metrics: one file per metric
 STUDY_SAMPLINGS = ("iid", "shared")
 STUDY_REFERENCES = ("continuous", "particles", "grid")
 STUDY_INITS = ("point", "gaussian", "uniform")

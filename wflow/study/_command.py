@@ -1,5 +1,10 @@
 """``wflow study limit|zero-loss|plot``: the command-line layer over ``run_limit`` / ``run_zero_loss``.
 
+Both study verbs have the shape of ``wflow compare``: resolve the keys (the config,
+``-o``, the [study] section) -> execute (which writes the study file, checkpointing
+it as it goes: a study is resumable) -> report from the file (the printed table) ->
+figures. A verb is a row of ``VERBS``.
+
 ``cli.py`` registers the verb (``add_parser``) and calls ``main(args, should_stop)``
 inside its SIGINT/SIGTERM handler; every bad input is a ``ConfigError`` (one
 line, exit 2, nothing written).
@@ -14,30 +19,42 @@ import argparse
 import math
 import os
 import sys
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
 from .._config import load_config
 from .._schema import ConfigError
 from ._file import StudyFileError, check_study_file, read_study
+from ._keys import resolve_limit, resolve_zero_loss
+from ._metrics import STUDY_METRICS
+from ._sweep import run_limit
+from ._zeroloss import run_zero_loss
 
-__all__ = ["add_parser", "main"]
+__all__ = ["VERBS", "StudyVerb", "add_parser", "main"]
 
 EXIT_OK, EXIT_INTERRUPTED = 0, 130
+
+
+class StudyVerb(NamedTuple):
+    """One ``wflow study`` verb: keys -> execute (writes the file) -> table -> figures."""
+
+    help: str
+    resolve: Callable[[dict], dict]  # config -> the resolved [study] section (``_keys``)
+    execute: Callable[..., str]  # (config, study, path, *, resume, should_stop, progress,
+    #                              stop_after) -> "complete" | "interrupted"
+    table: Callable[[dict], str]  # the study file (``read_study``) -> the printed summary
 
 
 def add_parser(sub, func) -> None:
     """Register ``study`` and its sub-verbs on an argparse sub-parser set; ``func(args)`` runs them."""
     s = sub.add_parser("study", help="theory studies: limit (finite vs mean-field), zero-loss",
                        description="Studies of the mean-field theory; see the README.")
-    verbs = s.add_subparsers(dest="study_verb", metavar="{limit,zero-loss,plot}")
-    texts = {"limit": ("sweep shapes (L, M[, D]) x seeds, errors against the limit, fits and "
-                       "figures"),
-             "zero-loss": ("long runs from several initial measures: loss, residual, "
-                           "sup |grad V| on a box, tail mass")}
-    for name, text in texts.items():
-        p = verbs.add_parser(name, help=text, description=text + ". Exit 0 complete, 2 bad "
-                             "config, 130 interrupted (resumable with --resume).")
+    verbs = s.add_subparsers(dest="study_verb", metavar="{" + ",".join([*VERBS, "plot"]) + "}")
+    for name, verb in VERBS.items():
+        p = verbs.add_parser(name, help=verb.help, description=verb.help + ". Exit 0 complete, "
+                             "2 bad config, 130 interrupted (resumable with --resume).")
         p.add_argument("config", metavar="CONFIG", help="TOML config with a [study] section")
         p.add_argument("-o", "--output", metavar="STUDY.h5",
                        help=f"study file (default: runs/<CONFIG stem>_{name.replace('-', '')}.h5)")
@@ -65,16 +82,36 @@ def _plots_dir(path: str) -> str:
 
 def main(args, should_stop) -> int:
     """Run ``wflow study <verb>``; raises ConfigError for bad input."""
-    verb = getattr(args, "study_verb", None)
-    if verb is None:
-        raise ConfigError("wflow study needs a sub-command: limit, zero-loss or plot "
+    name = getattr(args, "study_verb", None)
+    if name is None:
+        raise ConfigError("wflow study needs a sub-command: " + ", ".join(VERBS) + " or plot "
                           "(see wflow study --help)")
-    if verb == "plot":
+    if name == "plot":
         return _plot(args.study, args.output)
-    overrides = list(args.set or [])
-    config = load_config(args.config, overrides)
+    verb = VERBS[name]
+    config = load_config(args.config, list(args.set or []))  # keys
+    out = _output(args, config, name)
+    study = verb.resolve(config)
+    status = verb.execute(config, study, out, resume=args.resume,  # execute, writing the file
+                          should_stop=should_stop, progress=not args.quiet,
+                          stop_after=args.stop_after)
+    if status != "complete":
+        print(f"wflow: study interrupted; continue with: wflow study {name} {args.config} "
+              f"--resume -o {out}" + "".join(f" --set {s}" for s in args.set or []),
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(verb.table(read_study(out)))  # the file -> the report
+    if not args.no_plot:
+        _plot(out, None, quiet=True)  # the file -> the figures
+    print(f"study complete -> {out}")
+    return EXIT_OK
+
+
+def _output(args, config: dict, name: str) -> str:
+    """The study file: ``-o`` or runs/<CONFIG stem>_<verb>.h5, checked against --resume and
+    output.overwrite."""
     stem = os.path.splitext(os.path.basename(args.config))[0]
-    out = args.output or os.path.join("runs", f"{stem}_{verb.replace('-', '')}.h5")
+    out = args.output or os.path.join("runs", f"{stem}_{name.replace('-', '')}.h5")
     if os.path.isdir(out):
         raise ConfigError(f"-o {out}: is a directory; give a file name (STUDY.h5)")
     if args.resume and not os.path.exists(out):
@@ -82,32 +119,7 @@ def main(args, should_stop) -> int:
     if not args.resume and os.path.exists(out) and not config["output"]["overwrite"]:
         raise ConfigError(f"-o {out}: the file exists; set output.overwrite = true (e.g. --set "
                           "output.overwrite=true) or use --resume to continue it")
-    if verb == "limit":
-        from ._keys import resolve_limit
-        from ._sweep import run_limit
-
-        study = resolve_limit(config)
-        status = run_limit(config, study, out, resume=args.resume, should_stop=should_stop,
-                           progress=not args.quiet, stop_after_blocks=args.stop_after)
-        report = limit_table
-    else:
-        from ._keys import resolve_zero_loss
-        from ._zeroloss import run_zero_loss
-
-        study = resolve_zero_loss(config)
-        status = run_zero_loss(config, study, out, resume=args.resume, should_stop=should_stop,
-                               progress=not args.quiet, stop_after_records=args.stop_after)
-        report = zero_loss_table
-    if status != "complete":
-        print(f"wflow: study interrupted; continue with: wflow study {verb} {args.config} "
-              f"--resume -o {out}" + "".join(f" --set {s}" for s in args.set or []),
-              file=sys.stderr)
-        return EXIT_INTERRUPTED
-    print(report(read_study(out)))
-    if not args.no_plot:
-        _plot(out, None, quiet=True)
-    print(f"study complete -> {out}")
-    return EXIT_OK
+    return out
 
 
 def _plot(path: str, out_dir: str | None, quiet: bool = False) -> int:
@@ -144,17 +156,12 @@ def _sci(v: float, err: float | None = None) -> str:
 
 
 def limit_table(data: dict) -> str:
-    """The printed summary of a limit study at its last time."""
+    """The printed summary of a limit study at its last time: one section per metric."""
     import tomllib
 
-    cfg = tomllib.loads(data["attrs"]["config"])
-    st = cfg["study"]
-    L, M = data["study/L"], data["study/M"]
-    dims = data.get("study/dims")
+    st = tomllib.loads(data["attrs"]["config"])["study"]
+    L, M, dims = data["study/L"], data["study/M"], data.get("study/dims")
     times = data["study/times"]
-    t = len(times) - 1
-    S = len(data["study/seeds"])
-    lines = []
     ref = st["reference"]
     if ref == "particles":
         rd = f", D = {st['reference_dim']}" if "reference_dim" in st else ""
@@ -165,40 +172,50 @@ def limit_table(data: dict) -> str:
         ref += (f" ({'x'.join(map(str, g['cells']))} cells, {g['scheme']}, "
                 f"L = {st['reference_L']}, {st['reference_depth']} depth)")
     n_shapes = len(L) * len(M) * (len(dims) if dims is not None else 1)
-    lines.append(f"wflow study limit: {n_shapes} shapes x {S} seeds, sampling {st['sampling']}, "
-                 f"reference {ref}; errors at s = {times[t]:g} (RMS over seeds, ± bootstrap std)")
-    model = data["attrs"].get("fit_model", "")
-    for metric in [m for m in ("loss", "output", "hidden") if f"errors/{m}" in data]:
-        def f(name, metric=metric):
-            return data.get(f"fit/{metric}/{name}")
-
-        lines.append(f"\n[{metric}]")
-        rms = f("rms")
-        if rms is not None and dims is None and len(L) * len(M) <= 120:
-            lines.append("  error        " + " ".join(f"M={m:<9d}" for m in M))
-            for i, l in enumerate(L):
-                lines.append(f"  L={l:<9d} " + " ".join(f"{rms[i, j, t]:<11.3e}"
-                                                       for j in range(len(M))))
-        for name, over, per in (("slope_L", "L", "M"), ("slope_M", "M", "L"), ("slope_D", "D", "")):
-            s = f(name)
-            if s is None or (over == "L" and len(L) < 2) or (over == "M" and len(M) < 2):
-                continue
-            err = f(name + "_err")
-            s = s[t]
-            e = err[t] if err is not None else np.full_like(s, np.nan)
-            labels = _line_labels(name, L, M, dims)
-            for lab, v, ev in zip(labels, s.ravel(), e.ravel(), strict=True):
-                lines.append(f"  slope vs {over:<2s} at {lab:<22s} {_num(v, ev)}")
-        coef, cerr = f("model"), f("model_err")
-        if coef is not None:
-            c = coef[t]
-            ce = cerr[t] if cerr is not None else np.full_like(c, np.nan)
-            names = "abc"
-            parts = ", ".join(f"{names[i]} = {_sci(c[i], ce[i])}" if math.isfinite(c[i])
-                              else f"{names[i]}: not swept" for i in range(len(c)))
-            lines.append(f"  fit err ~ {model}: {parts}, R^2 = {f('model_r2')[t]:.3f} "
-                         f"({int(f('model_n')[t])} points)")
+    lines = [f"wflow study limit: {n_shapes} shapes x {len(data['study/seeds'])} seeds, "
+             f"sampling {st['sampling']}, reference {ref}; errors at s = {times[-1]:g} (RMS over "
+             "seeds, ± bootstrap std)"]
+    for metric in st["metrics"]:
+        if f"errors/{metric}" in data:
+            lines += _metric_lines(data, metric)
     return "\n".join(lines)
+
+
+def _metric_lines(data: dict, metric: str) -> list[str]:
+    """One metric's section of ``limit_table``: RMS errors, slopes and the model fit."""
+    L, M, dims = data["study/L"], data["study/M"], data.get("study/dims")
+    t = len(data["study/times"]) - 1
+
+    def f(name):
+        return data.get(f"fit/{metric}/{name}")
+
+    known = STUDY_METRICS.get(metric)  # None: a metric this version does not know
+    lines = [f"\n[{metric}]" + (f" {known.label}" if known is not None else "")]
+    rms = f("rms")
+    if rms is not None and dims is None and len(L) * len(M) <= 120:
+        lines.append("  error        " + " ".join(f"M={m:<9d}" for m in M))
+        for i, l in enumerate(L):
+            lines.append(f"  L={l:<9d} " + " ".join(f"{rms[i, j, t]:<11.3e}"
+                                                   for j in range(len(M))))
+    for name, over in (("slope_L", "L"), ("slope_M", "M"), ("slope_D", "D")):
+        s = f(name)
+        if s is None or (over == "L" and len(L) < 2) or (over == "M" and len(M) < 2):
+            continue
+        err = f(name + "_err")
+        s = s[t]
+        e = err[t] if err is not None else np.full_like(s, np.nan)
+        labels = _line_labels(name, L, M, dims)
+        for lab, v, ev in zip(labels, s.ravel(), e.ravel(), strict=True):
+            lines.append(f"  slope vs {over:<2s} at {lab:<22s} {_num(v, ev)}")
+    coef, cerr = f("model"), f("model_err")
+    if coef is not None:
+        c = coef[t]
+        ce = cerr[t] if cerr is not None else np.full_like(c, np.nan)
+        parts = ", ".join(f"{n} = {_sci(c[i], ce[i])}" if math.isfinite(c[i]) else f"{n}: not swept"
+                          for i, n in enumerate("abc"[:len(c)]))
+        lines.append(f"  fit err ~ {data['attrs'].get('fit_model', '')}: {parts}, "
+                     f"R^2 = {f('model_r2')[t]:.3f} ({int(f('model_n')[t])} points)")
+    return lines
 
 
 def _line_labels(name, L, M, dims):
@@ -229,3 +246,12 @@ def zero_loss_table(data: dict) -> str:
             f"{h('sup_grad_v')[-1]:.2e}  |grad V(0)| {h('grad_v_origin')[-1]:.2e}  "
             f"tail {h('tail_mass')[0]:.3f} -> {h('tail_mass')[-1]:.3f}")
     return "\n".join(lines)
+
+
+VERBS: dict[str, StudyVerb] = {
+    "limit": StudyVerb("sweep shapes (L, M[, D]) x seeds, errors against the limit, fits and "
+                       "figures", resolve_limit, run_limit, limit_table),
+    "zero-loss": StudyVerb("long runs from several initial measures: loss, residual, "
+                           "sup |grad V| on a box, tail mass", resolve_zero_loss, run_zero_loss,
+                           zero_loss_table),
+}

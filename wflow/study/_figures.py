@@ -1,6 +1,7 @@
 """Figures of a study file: ``plot_study(path, out_dir)`` -> list of PNG paths.
 
-Limit study (``kind = "limit"``), at the last study time, one column per metric:
+Limit study (``kind = "limit"``), at the last study time, one column per metric of
+the study (``study.metrics``), its axis labelled with the metric's ``label``:
 
 * ``limit_L.png``   RMS error against L, one line per M (per D: the largest D),
                     with the fitted model a/L + b/sqrt(LM) [+ c/sqrt(D)] drawn over the
@@ -28,20 +29,19 @@ from matplotlib.figure import Figure
 
 from ._file import read_study
 from ._fit import model_terms
+from ._metrics import STUDY_METRICS
 
-__all__ = ["plot_study"]
+__all__ = ["limit_figures", "plot_study", "zero_loss_figures"]
 
 DPI = 120
-METRIC_LABEL = {"loss": "|E - E_ref|", "output": "RMS |g - g_ref| (output)",
-                "hidden": "RMS |z(1) - z_ref(1)| (hidden)"}
 
 
 def plot_study(path: str, out_dir: str) -> list[str]:
     data = read_study(path)
     os.makedirs(out_dir, exist_ok=True)
-    if data["attrs"].get("kind") == "limit":
-        return _limit(data, out_dir)
-    return _zero_loss(data, out_dir)
+    kind = data["attrs"].get("kind")
+    figures = limit_figures(data) if kind == "limit" else zero_loss_figures(data)
+    return [_save(fig, out_dir, name) for name, fig in figures.items()]
 
 
 def _save(fig: Figure, out_dir: str, name: str) -> str:
@@ -57,109 +57,118 @@ def _colors(n):
     return [cmap(0.9 * i / max(n - 1, 1)) for i in range(n)]
 
 
-def _limit(data: dict, out_dir: str) -> list[str]:
-    cfg = tomllib.loads(data["attrs"]["config"])
-    metrics = [m for m in ("loss", "output", "hidden") if f"fit/{m}/rms" in data]
-    L, M = data["study/L"].astype(float), data["study/M"].astype(float)
-    dims = data.get("study/dims")
-    times = data["study/times"]
-    t = len(times) - 1
-    model = data["attrs"].get("fit_model", "")
-    paths = []
-    ref = cfg["study"]["reference"]
-    title = f"s = {times[t]:g}, reference {ref}, {len(data['study/seeds'])} seeds"
+def _label(metric: str) -> str:
+    """The metric's axis label (its name for a metric this version does not know)."""
+    known = STUDY_METRICS.get(metric)
+    return metric if known is None else known.label
 
-    def panel_grid(n):
-        fig = Figure(figsize=(4.6 * n, 3.9), layout="constrained")
-        return fig, [fig.add_subplot(1, n, i + 1) for i in range(n)]
 
-    def rms_of(metric):
+class _Limit:
+    """A limit study file's errors at its last time, as the figures read them."""
+
+    def __init__(self, data: dict):
+        cfg = tomllib.loads(data["attrs"]["config"])
+        self.data = data
+        # the study's metrics, in its own order, that have fits (a complete study)
+        self.metrics = [m for m in cfg["study"].get("metrics", []) if f"fit/{m}/rms" in data]
+        self.L, self.M = data["study/L"].astype(float), data["study/M"].astype(float)
+        self.dims = data.get("study/dims")
+        times = data["study/times"]
+        self.t = len(times) - 1
+        self.model = data["attrs"].get("fit_model", "")
+        self.title = (f"s = {times[self.t]:g}, reference {cfg['study']['reference']}, "
+                      f"{len(data['study/seeds'])} seeds")
+        self.D = self.dims.astype(float) if self.dims is not None else np.asarray([np.nan])
+        self.iD = len(self.D) - 1
+        self.dlabel = f", D = {int(self.D[self.iD])}" if self.dims is not None else ""
+
+    def rms(self, metric):
+        """RMS over seeds and its bootstrap std, (n_L, n_M, n_D) (n_D = 1 without dims)."""
+        t, data = self.t, self.data
         rms, err = data[f"fit/{metric}/rms"][..., t], data.get(f"fit/{metric}/rms_err")
         err = err[..., t] if err is not None else np.zeros_like(rms)
-        if dims is not None:  # (L, M, D)
+        if self.dims is not None:  # (L, M, D)
             return rms, err
         return rms[..., None], err[..., None]
 
-    def model_of(metric, Lv, Mv, Dv):
-        coef = data[f"fit/{metric}/model"][t]
+    def model_at(self, metric, Lv, Mv, Dv):
+        """The fitted model at the points (Lv, Mv, Dv), or None if it was not fitted."""
+        coef = self.data[f"fit/{metric}/model"][self.t]
         if not np.any(np.isfinite(coef)):
             return None
         coef = np.where(np.isfinite(coef), coef, 0.0)  # a term not swept is left out
-        return model_terms(Lv, Mv, Dv if dims is not None else None) @ coef
+        return model_terms(Lv, Mv, Dv if self.dims is not None else None) @ coef
 
-    D_all = dims.astype(float) if dims is not None else np.asarray([np.nan])
-    iD = len(D_all) - 1
-    dlabel = f", D = {int(D_all[iD])}" if dims is not None else ""
+    def panels(self):
+        """A figure with one panel per metric: (fig, [(ax, metric), ...])."""
+        n = len(self.metrics)
+        fig = Figure(figsize=(4.6 * n, 3.9), layout="constrained")
+        return fig, [(fig.add_subplot(1, n, i + 1), m) for i, m in enumerate(self.metrics)]
 
-    # error against L, one line per M
-    if len(L) >= 2:
-        fig, axes = panel_grid(len(metrics))
-        cols = _colors(len(M))
-        for ax, metric in zip(axes, metrics, strict=True):
-            rms, err = rms_of(metric)
-            Lf = np.geomspace(L[0], L[-1], 50)
-            for j, m in enumerate(M):
-                ax.errorbar(L, rms[:, j, iD], yerr=err[:, j, iD], fmt="o", ms=4, color=cols[j],
-                            label=f"M = {int(m)}", capsize=2)
-                fitv = model_of(metric, Lf, np.full_like(Lf, m), np.full_like(Lf, D_all[iD]))
-                if fitv is not None:
-                    ax.plot(Lf, fitv, "--", color=cols[j], lw=1)
-            _loglog(ax, "L (layers)", METRIC_LABEL[metric], L)
-            ax.set_title(f"{metric}: against L{dlabel}", fontsize=10)
-            ax.legend(fontsize=7, ncol=2)
-        fig.suptitle(f"{title}; dashed: fit {model}", fontsize=9)
-        paths.append(_save(fig, out_dir, "limit_L.png"))
 
-    # error against M, one line per L
-    if len(M) >= 2:
-        fig, axes = panel_grid(len(metrics))
-        cols = _colors(len(L))
-        for ax, metric in zip(axes, metrics, strict=True):
-            rms, err = rms_of(metric)
-            Mf = np.geomspace(M[0], M[-1], 50)
-            for i, l in enumerate(L):
-                ax.errorbar(M, rms[i, :, iD], yerr=err[i, :, iD], fmt="o", ms=4, color=cols[i],
-                            label=f"L = {int(l)}", capsize=2)
-                fitv = model_of(metric, np.full_like(Mf, l), Mf, np.full_like(Mf, D_all[iD]))
-                if fitv is not None:
-                    ax.plot(Mf, fitv, "--", color=cols[i], lw=1)
-            _loglog(ax, "M (neurons per layer)", METRIC_LABEL[metric], M)
-            ax.set_title(f"{metric}: against M{dlabel}", fontsize=10)
-            ax.legend(fontsize=7, ncol=2)
-        fig.suptitle(f"{title}; dashed: fit {model}", fontsize=9)
-        paths.append(_save(fig, out_dir, "limit_M.png"))
+def limit_figures(data: dict) -> dict[str, Figure]:
+    """The figures of a limit study (module docstring), by file name; one panel per metric."""
+    s = _Limit(data)
+    figures = {}
+    if len(s.L) >= 2:
+        figures["limit_L.png"] = _against(s, "L")
+    if len(s.M) >= 2:
+        figures["limit_M.png"] = _against(s, "M")
+    if s.dims is not None and len(s.dims) >= 2:
+        figures["limit_D.png"] = _against(s, "D")
+    figures["limit_map.png"] = _heat_map(s)
+    return figures
 
-    # error against D, one line per M (largest L)
-    if dims is not None and len(dims) >= 2:
-        fig, axes = panel_grid(len(metrics))
-        pick = np.unique(np.linspace(0, len(M) - 1, min(len(M), 6)).round().astype(int))
-        cols = _colors(len(pick))
+
+def _against(s: _Limit, over: str) -> Figure:
+    """Error against L (one line per M), M (one line per L) or D (per M, at the largest L).
+
+    A line is (legend, index into the (n_L, n_M, n_D) errors, its fixed (L, M, D) with None
+    for the swept variable).
+    """
+    L, M, D, iD = s.L, s.M, s.D, s.iD
+    if over == "L":
+        xs, xlabel, title = L, "L (layers)", f"against L{s.dlabel}"
+        lines = [(f"M = {int(m)}", (slice(None), j, iD), (None, m, D[iD]))
+                 for j, m in enumerate(M)]
+    elif over == "M":
+        xs, xlabel, title = M, "M (neurons per layer)", f"against M{s.dlabel}"
+        lines = [(f"L = {int(l)}", (i, slice(None), iD), (l, None, D[iD]))
+                 for i, l in enumerate(L)]
+    else:
         iL = len(L) - 1
-        Df = np.geomspace(D_all[0], D_all[-1], 50)
-        for ax, metric in zip(axes, metrics, strict=True):
-            rms, err = rms_of(metric)
-            for c, j in enumerate(pick):
-                ax.errorbar(D_all, rms[iL, j, :], yerr=err[iL, j, :], fmt="o", ms=4,
-                            color=cols[c], label=f"M = {int(M[j])}", capsize=2)
-                fitv = model_of(metric, np.full_like(Df, L[iL]), np.full_like(Df, M[j]), Df)
-                if fitv is not None:
-                    ax.plot(Df, fitv, "--", color=cols[c], lw=1)
-            _loglog(ax, "D (state dimension)", METRIC_LABEL[metric], D_all)
-            ax.set_title(f"{metric}: against D, L = {int(L[iL])}", fontsize=10)
-            ax.legend(fontsize=7, ncol=2)
-        fig.suptitle(f"{title}; dashed: fit {model}", fontsize=9)
-        paths.append(_save(fig, out_dir, "limit_D.png"))
+        xs, xlabel, title = D, "D (state dimension)", f"against D, L = {int(L[iL])}"
+        pick = np.unique(np.linspace(0, len(M) - 1, min(len(M), 6)).round().astype(int))
+        lines = [(f"M = {int(M[j])}", (iL, j, slice(None)), (L[iL], M[j], None)) for j in pick]
+    fig, panels = s.panels()
+    cols = _colors(len(lines))
+    xf = np.geomspace(xs[0], xs[-1], 50)
+    for ax, metric in panels:
+        rms, err = s.rms(metric)
+        for c, (label, at, fixed) in enumerate(lines):
+            ax.errorbar(xs, rms[at], yerr=err[at], fmt="o", ms=4, color=cols[c], label=label,
+                        capsize=2)
+            fitv = s.model_at(metric, *(xf if v is None else np.full_like(xf, v) for v in fixed))
+            if fitv is not None:
+                ax.plot(xf, fitv, "--", color=cols[c], lw=1)
+        _loglog(ax, xlabel, _label(metric), xs)
+        ax.set_title(f"{metric}: {title}", fontsize=10)
+        ax.legend(fontsize=7, ncol=2)
+    fig.suptitle(f"{s.title}; dashed: fit {s.model}", fontsize=9)
+    return fig
 
-    # heat map
-    fig, axes = panel_grid(len(metrics))
-    for ax, metric in zip(axes, metrics, strict=True):
-        rms, _ = rms_of(metric)
-        if dims is not None and len(dims) >= 2:
-            grid, xs, ys, xl, yl = rms[len(L) - 1], D_all, M, "D", "M"
-            sub = f"L = {int(L[-1])}"
+
+def _heat_map(s: _Limit) -> Figure:
+    """log10 error over (L, M), or over (M, D) at the largest L with a D sweep."""
+    fig, panels = s.panels()
+    for ax, metric in panels:
+        rms, _ = s.rms(metric)
+        if s.dims is not None and len(s.dims) >= 2:
+            grid, xs, ys, xl, yl = rms[len(s.L) - 1], s.D, s.M, "D", "M"
+            sub = f"L = {int(s.L[-1])}"
         else:
-            grid, xs, ys, xl, yl = rms[:, :, iD].T, L, M, "L", "M"
-            sub = dlabel.lstrip(", ")
+            grid, xs, ys, xl, yl = rms[:, :, s.iD].T, s.L, s.M, "L", "M"
+            sub = s.dlabel.lstrip(", ")
         with np.errstate(divide="ignore", invalid="ignore"):
             img = np.log10(np.where(grid > 0, grid, np.nan))
         im = ax.imshow(img, origin="lower", aspect="auto", cmap="magma")
@@ -168,10 +177,9 @@ def _limit(data: dict, out_dir: str) -> list[str]:
         ax.set_xlabel(xl)
         ax.set_ylabel(yl)
         ax.set_title(f"{metric}: log10 error {sub}", fontsize=10)
-        fig.colorbar(im, ax=ax, shrink=0.85)
-    fig.suptitle(title, fontsize=9)
-    paths.append(_save(fig, out_dir, "limit_map.png"))
-    return paths
+        fig.colorbar(im, ax=ax, shrink=0.85, label=_label(metric))
+    fig.suptitle(s.title, fontsize=9)
+    return fig
 
 
 def _loglog(ax, xlabel, ylabel, xs=None):
@@ -187,7 +195,8 @@ def _loglog(ax, xlabel, ylabel, xs=None):
     ax.grid(True, which="both", alpha=0.3)
 
 
-def _zero_loss(data: dict, out_dir: str) -> list[str]:
+def zero_loss_figures(data: dict) -> dict[str, Figure]:
+    """The figure of a zero-loss study (module docstring), by file name."""
     names = sorted({k.split("/")[1] for k in data if k.startswith("runs/")},
                    key=lambda n: (n != "point", n))
     panels = (("loss", "E(s) / E(0)"), ("stationarity", "stationarity residual"),
@@ -217,7 +226,7 @@ def _zero_loss(data: dict, out_dir: str) -> list[str]:
     fig.suptitle(f"zero-loss study: {cfg['data']['kind']} data, {cfg['model']['activation']}, "
                  f"L = {cfg['solver']['L']}, M = {cfg['solver']['M']}; box [-{cfg['study']['box']:g}, "
                  f"{cfg['study']['box']:g}]^k", fontsize=9)
-    return [_save(fig, out_dir, "zero_loss.png")]
+    return {"zero_loss.png": fig}
 
 
 def _linthresh(data, names, col) -> float:

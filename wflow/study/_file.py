@@ -16,12 +16,13 @@ Limit study (``kind = "limit"``; the grid axes are (n_L, n_M) or, with
 
     /study/L (n_L,), /study/M (n_M,), /study/dims (n_D,), /study/times (T,),
     /study/seeds (S,)                         repetition indices 0..S-1
-    /errors/<metric>     (grid..., S, T)      loss |E - E_ref|, output, hidden
+    /errors/<metric>     (grid..., S, T)      one per metric of study.metrics (``_metrics``)
                                               (NaN: not computed yet, or diverged)
     /values/loss         (grid..., S, T)      E of the finite networks
     /done                (grid..., S)         uint8, 1 = computed (the checkpoint)
     /reference/loss      (S, T) for "particles", (grid..., S, T) for "continuous"
-    /reference/prediction, /reference/state   ("particles": (S, T, N, d_out), (S, T, N, D_ref))
+    /reference/prediction, /reference/state   ("particles", "grid": (S, T, N, d_out),
+                                              (S, T, N, D_ref); the quantities the metrics need)
     /reference/done      (S,)                 "particles": uint8, 1 = reference run computed
     /fit/<metric>/rms, rms_err   (grid..., T)  RMS over seeds and its bootstrap std
     /fit/<metric>/slope_L, slope_L_err  (T, n_M[, n_D])   log-log slope against L
@@ -46,17 +47,20 @@ Zero-loss study (``kind = "zero-loss"``), one group per initial measure::
 from __future__ import annotations
 
 import os
+import tomllib
 from datetime import UTC, datetime
 
 import h5py
 import numpy as np
 
 from .._io import _text, check_format
+from .._schema import ConfigError, to_toml
 
 FORMAT = "wflow-study"
 FORMAT_VERSION = 1
 
-__all__ = ["FORMAT", "StudyFileError", "check_study_file", "read_study", "write_study"]
+__all__ = ["FORMAT", "StudyFileError", "check_study_file", "config_text", "read_study",
+           "resume_study", "write_study"]
 
 
 class StudyFileError(ValueError):
@@ -103,3 +107,31 @@ def read_study(path: str) -> dict:
 
         f.visititems(visit)
     return out
+
+
+def config_text(config: dict, study: dict) -> str:
+    """The ``config`` attribute: the resolved config (less [output]) with the resolved [study]."""
+    stored = {k: v for k, v in config.items() if k != "output"}
+    stored["study"] = {k: v for k, v in study.items() if v is not None}
+    return to_toml(stored)
+
+
+def resume_study(path: str, text: str, kind: str) -> dict:
+    """The study file to resume (``read_study``), checked: a readable wflow study file of this
+    ``kind``, not complete, written with the same config ``text`` (``config_text``).
+
+    Raises ConfigError naming ``-o path`` otherwise.
+    """
+    try:
+        attrs = check_study_file(path)
+    except ValueError as e:
+        raise ConfigError(f"-o {path}: {e}") from None
+    if attrs.get("kind") != kind:
+        raise ConfigError(f"-o {path}: a {attrs.get('kind')!r} study file; this is wflow study "
+                          f"{kind}")
+    if attrs.get("status") == "complete":
+        raise ConfigError(f"-o {path}: the study is already complete; nothing to resume")
+    if tomllib.loads(attrs.get("config", "")) != tomllib.loads(text):
+        raise ConfigError(f"-o {path}: the config stored in the study file differs from this one "
+                          "(with --set applied); --resume needs the same config")
+    return read_study(path)

@@ -25,7 +25,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from scipy.optimize import nnls
 
 __all__ = ["ModelFit", "aggregate", "bootstrap_indices", "fit_model", "model_terms", "slope"]
 
@@ -75,6 +74,7 @@ class ModelFit(NamedTuple):
 
 def fit_model(terms: np.ndarray, err: np.ndarray) -> ModelFit:
     """Non-negative relative least squares of err ~ terms @ coef (module docstring)."""
+    from scipy.optimize import nnls  # only a finished study fits: keep ``wflow`` start-up light
     err = np.asarray(err, np.float64).ravel()
     terms = np.asarray(terms, np.float64).reshape(err.size, -1)
     ok = np.isfinite(err) & (err > 0)

@@ -14,8 +14,8 @@ study file stores.
     times [train.time]           training times s at which errors are taken; 0 = forward
                                  pass only; each a multiple of train.dt; the runs stop at
                                  max(times)
-    metrics [all]                any of "loss" |E - E_ref|, "output" RMS |g - g_ref|,
-                                 "hidden" RMS |z(1) - z_ref(1)|
+    metrics [all]                names of ``STUDY_METRICS`` (``_metrics``, one file each:
+                                 e.g. "loss" |E - E_ref|, "output" RMS |g - g_ref|)
     sampling ["iid"]             "iid": M particles drawn per layer; "shared": the same M
                                  particles in every layer
     reference ["continuous"]     "continuous": the same particles in continuous depth;
@@ -48,6 +48,7 @@ import numpy as np
 
 from .._config import SCHEMA
 from .._schema import ConfigError, check_table, fmt
+from ._metrics import STUDY_METRICS
 
 __all__ = ["LIMIT_KEYS", "ZERO_LOSS_KEYS", "resolve_limit", "resolve_zero_loss", "time_steps"]
 
@@ -124,7 +125,7 @@ def resolve_limit(config: dict) -> dict:
     times = sorted(float(t) for t in times)
     time_steps(times, train["dt"])
     out["times"] = times
-    out["metrics"] = study["metrics"] or ["loss", "output", "hidden"]
+    out["metrics"] = study["metrics"] or list(STUDY_METRICS)
     out["sampling"] = study["sampling"] or "iid"
     reference = study["reference"] or "continuous"
     out["reference"] = reference
@@ -151,11 +152,12 @@ def resolve_limit(config: dict) -> dict:
     if out["reference"] == "continuous" and config["solver"]["depth"] == "continuous":
         raise ConfigError('solver.depth = "continuous": with study.reference = "continuous" the '
                           'finite networks must be layered (solver.depth = "layers")')
-    if ("hidden" in out["metrics"] and dims is not None and out["reference"] == "particles"
+    reads_state = [m for m in out["metrics"] if "state" in STUDY_METRICS[m].needs]
+    if (reads_state and dims is not None and out["reference"] == "particles"
             and out["reference_dim"] < max(dims)):
-        raise ConfigError(f"study.reference_dim = {out['reference_dim']}: the hidden metric "
-                          f"compares the first D coordinates; it must be >= max(dims) = "
-                          f"{max(dims)}")
+        raise ConfigError(f"study.reference_dim = {out['reference_dim']}: the {reads_state[0]} "
+                          "metric compares the first D coordinates of the states; it must be "
+                          f">= max(dims) = {max(dims)}")
     out["bootstrap"] = study["bootstrap"] if study["bootstrap"] is not None else 200
     out["memory"] = study["memory"] if study["memory"] is not None else 4.0
     return out

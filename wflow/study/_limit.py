@@ -2,16 +2,10 @@
 
 For every shape (L, M[, D]) of the sweep and every repetition r (``seeds``),
 a finite network is drawn and trained by the flow, and at each study time s
-its loss, output and final hidden state are compared with a reference:
-
-    loss    |E - E_ref|
-    output  sqrt( (1/N) sum_i |g(z(1; x_i)) - g_ref(z_ref(1; x_i))|^2 )
-    hidden  sqrt( (1/N) sum_i |z(1; x_i) - c z_ref(1; x_i)[:D]|^2 )
-
-(the hidden state compares the first D coordinates of the reference's state;
-c = sqrt(D_ref / D) with a random embedding, where the state is z = h / sqrt(D)
-in the paper's coordinates h, and c = 1 otherwise, so with D = D_ref both are
-the plain RMS distance).
+the quantities its selected metrics need (its loss E, output g(z(1; x_i)),
+final hidden state z(1; x_i)) are compared with a reference's by each metric of
+``study.metrics`` (``_metrics``: e.g. ``loss`` |E - E_ref|, ``output`` the RMS over
+the samples of |g - g_ref|).
 
 Sampling (``study.sampling``): "iid" draws M particles per layer
 independently (theta_{l,m} ~ rho_ini); "shared" draws M particles once and
@@ -46,10 +40,10 @@ by SeedSequence([seed, 1, r, 0, L, M, D]) (the reference: tag 0x5EF instead of
 measure, ``_particles``) and its random maps from stream r
 (``_problem.random_embedding``); the data are the config's, the same for all.
 
-Speed: runs of equal compiled shape are trained together as one ``Ensemble``
-(vmap over members, ``integrate`` as the time loop), and shapes are padded
+Speed: runs of equal compiled shape are trained together as one ``Batch``
+(vmap over its members, ``integrate`` as the time loop), and shapes are padded
 onto a few compiled shapes (``plan``): zero-weight particles pad M, zero
-coordinates pad D (exact, see ``_ensemble``). The padding ladder minimizes an
+coordinates pad D (exact, see ``_batch``). The padding ladder minimizes an
 estimate of run time plus compile time; the batch size of a block is limited
 by ``study.memory``.
 """
@@ -74,11 +68,12 @@ from .._integrate import Schedule, integrate
 from .._init_particles import _per_coord
 from .._problem import Problem, random_embedding, random_readout
 from .._schema import ConfigError
-from ._ensemble import Ensemble
+from ._batch import Batch, forward_values
 from ._keys import time_steps
+from ._metrics import QUANTITIES, STUDY_METRICS, Runs
 
-__all__ = ["Block", "LimitSetup", "Member", "block_errors", "build_limit", "grid_reference",
-           "grid_values", "measure_values", "plan", "run_block"]
+__all__ = ["Block", "BlockResult", "LimitSetup", "Member", "block_errors", "build_limit",
+           "grid_reference", "grid_values", "make_batch", "measure_values", "plan", "run_block"]
 
 # Cost model of the planner, measured on a 2-core CPU (benchmarks/README.md):
 # seconds per unit L * M * D * N of one member-step, and seconds to compile one
@@ -160,6 +155,13 @@ class LimitSetup(NamedTuple):
     def random_maps(self) -> bool:
         m = self.config["model"]
         return m["embedding"] == "random" or m["readout"] == "random"
+
+    @property
+    def quantities(self) -> tuple[str, ...]:
+        """The per-run quantities kept at the study times: those the selected metrics need,
+        and the loss (stored for every run, ``/values/loss``)."""
+        need = {"loss"}.union(*(STUDY_METRICS[m].needs for m in self.study["metrics"]))
+        return tuple(q for q in QUANTITIES if q in need)
 
 
 def build_limit(config: dict, study: dict) -> LimitSetup:
@@ -334,7 +336,7 @@ def _particles(setup: LimitSetup, member: Member, reference: bool) -> np.ndarray
 
 
 def _pad_particles(setup: LimitSetup, theta: np.ndarray, D: int, Mp: int, Dp: int) -> np.ndarray:
-    """(L, M, k(D)) -> (L, Mp, k(Dp)): zero particles and zero coordinates (``_ensemble``)."""
+    """(L, M, k(D)) -> (L, Mp, k(Dp)): zero particles and zero coordinates (``_batch``)."""
     L, M, _ = theta.shape
     out = np.zeros((L, Mp, setup.k(Dp)), theta.dtype)
     if setup.config["model"]["feature"] == "linear":
@@ -347,8 +349,8 @@ def _pad_particles(setup: LimitSetup, theta: np.ndarray, D: int, Mp: int, Dp: in
     return out
 
 
-def make_ensemble(setup: LimitSetup, block: Block) -> tuple[Problem, Ensemble]:
-    """The shared problem (state dimension block.D) and the block's initial ensemble."""
+def make_batch(setup: LimitSetup, block: Block) -> tuple[Problem, Batch]:
+    """The shared problem (state dimension block.D) and the block's initial batch of members."""
     members = list(block.members) + [block.members[-1]] * (block.size - len(block.members))
     dt = setup.dtype
     Mp, Dp = block.M, block.D
@@ -376,23 +378,35 @@ def make_ensemble(setup: LimitSetup, block: Block) -> tuple[Problem, Ensemble]:
         W = jnp.asarray(np.stack(weights, axis=1), dt)
     A = jnp.asarray(np.stack(embs), dt) if embs else None
     C = jnp.asarray(np.stack(ros), dt) if ros else None
-    # the shared problem carries member 0's maps (the ensemble swaps in each member's own), so
+    # the shared problem carries member 0's maps (the batch swaps in each member's own), so
     # that a state dimension below d_in / d_out passes Problem's checks
     problem = Problem(setup.feature(Dp), jnp.asarray(setup.x, dt), jnp.asarray(setup.y, dt),
                       embedding=None if A is None else A[0],
                       readout_matrix=None if C is None else C[0])
-    return problem, Ensemble(theta, W, A, C)
+    return problem, Batch(theta, W, A, C)
 
 
 class BlockResult(NamedTuple):
-    """A block's values at the study times, real members only (float64 arrays)."""
+    """A block's quantities (``_metrics.QUANTITIES``) at the study times, real members only.
 
-    loss: np.ndarray  # (b, n_t)
-    prediction: np.ndarray  # (b, n_t, N, d_out)
-    state: np.ndarray  # (b, n_t, N, D_pad)
+    float64 arrays, NaN where not reached; None for a quantity that no selected metric needs
+    (``LimitSetup.quantities``).
+    """
+
+    loss: np.ndarray | None  # (b, n_t)
+    prediction: np.ndarray | None  # (b, n_t, N, d_out)
+    state: np.ndarray | None  # (b, n_t, N, D_pad)
 
 
-_forward = eqx.filter_jit(lambda flow, ens: flow.diagnostics(ens, 0.0))
+def _empty(setup: LimitSetup, b: int, D: int) -> dict[str, np.ndarray]:
+    """NaN arrays of the kept quantities of b runs of state dimension D at the study times."""
+    per_run = {"loss": (), "prediction": (setup.x.shape[0], setup.y.shape[1]),
+               "state": (setup.x.shape[0], D)}
+    return {q: np.full((b, len(setup.steps)) + per_run[q], np.nan) for q in setup.quantities}
+
+
+_forward = eqx.filter_jit(lambda flow, batch: flow.diagnostics(batch, 0.0))
+_forward_one = eqx.filter_jit(forward_values)
 
 
 def run_block(setup: LimitSetup, block: Block, depth, key, on_progress=None,
@@ -403,30 +417,27 @@ def run_block(setup: LimitSetup, block: Block, depth, key, on_progress=None,
     ``on_progress(fraction)`` is called with the fraction of the block's steps
     done so far.
     """
-    problem, ens = make_ensemble(setup, block)
-    b, nt = len(block.members), len(setup.steps)
-    N, d_out = setup.x.shape[0], setup.y.shape[1]
-    loss = np.full((b, nt), np.nan)
-    pred = np.full((b, nt, N, d_out), np.nan)
-    state = np.full((b, nt, N, block.D), np.nan)
+    problem, batch = make_batch(setup, block)
+    b = len(block.members)
+    kept = _empty(setup, b, block.D)
     where = {}
     for j, n in enumerate(setup.steps):
         where.setdefault(n, []).append(j)
 
     def keep(step, values):
         for j in where.get(step, []):
-            loss[:, j] = values["loss"][:b]
-            pred[:, j] = values["prediction"][:b]
-            state[:, j] = values["state"][:b]
+            for q, array in kept.items():
+                array[:, j] = values[q][:b]
 
+    result = BlockResult(**{q: kept.get(q) for q in QUANTITIES})
     if setup.schedule is None:
         from .._flow import make_flow
 
-        flow = make_flow(problem, depth, ens, setup.regularization)
-        keep(0, {k: np.asarray(v) for k, v in _forward(flow, ens).items()})
+        flow = make_flow(problem, depth, batch, setup.regularization)
+        keep(0, {k: np.asarray(v) for k, v in _forward(flow, batch).items()})
         if on_progress:
             on_progress(1.0)
-        return BlockResult(loss, pred, state)
+        return result
     total = setup.schedule.n_steps
     stopped = False
 
@@ -439,11 +450,11 @@ def run_block(setup: LimitSetup, block: Block, depth, key, on_progress=None,
         stopped = bool(should_stop and should_stop())
         return stopped
 
-    result = integrate(problem, depth, setup.schedule, theta0=ens,
-                       regularization=setup.regularization, key=key, callback=callback)
-    if result.status == "interrupted" and stopped:
+    run = integrate(problem, depth, setup.schedule, theta0=batch,
+                    regularization=setup.regularization, key=key, callback=callback)
+    if run.status == "interrupted" and stopped:
         return None
-    return BlockResult(loss, pred, state)
+    return result
 
 
 def measure_values(setup: LimitSetup, problem: Problem, depth, measure0, key, *,
@@ -453,7 +464,8 @@ def measure_values(setup: LimitSetup, problem: Problem, depth, measure0, key, *,
     The generic reference path: ``integrate`` is stopped at each study time by its callback
     (status "interrupted", a resumable ``FlowState``), the measure is read as weighted
     particles (``Flow.weighted``: particles, or grid cells as weighted points) and one forward
-    pass gives E, g(z(1; x)) and z(1; x); then the flow continues from that state. The grid
+    pass (``_batch.forward_values``) gives the kept quantities; then the flow continues from
+    that state. The grid
     reference is this function with ``measure0 = GridDensity(...)`` (``grid_reference``) and
     ``depth`` the reference's depth discretization.
 
@@ -463,11 +475,8 @@ def measure_values(setup: LimitSetup, problem: Problem, depth, measure0, key, *,
     """
     from .._flow import make_flow
 
-    nt, N = len(setup.steps), setup.x.shape[0]
-    loss, pred = np.full((1, nt), np.nan), np.full((1, nt, N, setup.y.shape[1]), np.nan)
-    state_out = np.full((1, nt, N, problem.d), np.nan)
+    kept = _empty(setup, 1, problem.d)
     flow = make_flow(problem, depth, measure0, setup.regularization)
-    forward = eqx.filter_jit(_measure_forward)
     total = setup.schedule.n_steps if setup.schedule is not None else 0
     state, initial = None, None
     stopped = False
@@ -493,16 +502,16 @@ def measure_values(setup: LimitSetup, problem: Problem, depth, measure0, key, *,
                 return None
             state = result.state
         measure = measure0 if state is None else state.measure
-        values = forward(flow, measure)
+        values = _forward_one(flow, measure)
         for j, n in enumerate(setup.steps):
             if n == target:
-                loss[0, j] = float(values[0])
-                pred[0, j], state_out[0, j] = np.asarray(values[1]), np.asarray(values[2])
+                for q, array in kept.items():
+                    array[0, j] = np.asarray(values[q])
                 if inspect is not None:
                     inspect(j, flow, measure)
     if on_progress:
         on_progress(1.0)
-    return BlockResult(loss, pred, state_out)
+    return BlockResult(**{q: kept.get(q) for q in QUANTITIES})
 
 
 def grid_reference(setup: LimitSetup, rep: int):
@@ -551,35 +560,21 @@ def grid_values(setup: LimitSetup, block: Block, key, on_progress=None, should_s
     if res is None:
         return None
     b = len(block.members)
-    tile = lambda a: np.repeat(a, b, axis=0)
+    tile = lambda a: None if a is None else np.repeat(a, b, axis=0)
     return BlockResult(*(tile(a) for a in res)), tile(wall)
-
-
-def _measure_forward(flow, measure):
-    Theta, weights = flow.weighted(measure)
-    problem = flow.problem
-    z1 = flow.depth.final_state(problem, Theta, problem.embed(problem.x), weights)
-    return problem.loss(z1), problem.readout(z1), z1
 
 
 def block_errors(setup: LimitSetup, block: Block, run: BlockResult, ref: BlockResult,
                  ref_index=None, ref_D: int | None = None) -> dict[str, np.ndarray]:
-    """Errors (b, n_t) of a block's members against their references.
+    """Errors (b, n_t) of a block's members against their references, one per selected metric.
 
     ``ref_index[j]`` is the row of ``ref`` that member j is compared with
     (None: row j, the "continuous" reference of the same member); ``ref_D`` is
     the reference's state dimension (None: the member's own D).
     """
     rows = np.arange(len(block.members)) if ref_index is None else np.asarray(ref_index)
-    out = {"loss": np.abs(run.loss - ref.loss[rows])}
-    diff = run.prediction - ref.prediction[rows]
-    out["output"] = np.sqrt(np.mean(np.sum(diff * diff, axis=-1), axis=-1))
-    hidden = np.empty_like(out["loss"])
-    for j, m in enumerate(block.members):
-        D = m.D
-        Dr = D if ref_D is None else ref_D
-        c = math.sqrt(Dr / D) if setup.random_embedding else 1.0
-        dz = run.state[j, :, :, :D] - c * ref.state[rows[j], :, :, :D]
-        hidden[j] = np.sqrt(np.mean(np.sum(dz * dz, axis=-1), axis=-1))
-    out["hidden"] = hidden
-    return out
+    dims = tuple(m.D for m in block.members)
+    runs = Runs(*run, dims, setup.random_embedding)
+    refs = Runs(*(None if a is None else a[rows] for a in ref),
+                dims if ref_D is None else (ref_D,) * len(dims), setup.random_embedding)
+    return {name: STUDY_METRICS[name].compute(runs, refs) for name in setup.study["metrics"]}

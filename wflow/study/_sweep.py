@@ -11,21 +11,18 @@ from __future__ import annotations
 
 import sys
 import time
-import tomllib
 import warnings
 from collections.abc import Callable
 
 import jax
 import numpy as np
 
-from .._schema import ConfigError, to_toml
-from ._file import check_study_file, read_study, write_study
+from ._file import config_text, resume_study, write_study
 from ._fit import aggregate, bootstrap_indices, fit_model, model_terms, slope
-from ._limit import LimitSetup, block_errors, build_limit, grid_values, plan, run_block
+from ._limit import BlockResult, LimitSetup, block_errors, build_limit, grid_values, plan, run_block
+from ._metrics import QUANTITIES
 
 __all__ = ["LimitState", "fit_limit", "run_limit"]
-
-METRICS = ("loss", "output", "hidden")
 
 
 class LimitState:
@@ -39,7 +36,7 @@ class LimitState:
         self.errors = {m: np.full(self.grid + (S, T), np.nan) for m in st["metrics"]}
         self.loss = np.full(self.grid + (S, T), np.nan)
         self.done = np.zeros(self.grid + (S,), np.uint8)
-        self.ref = None  # "particles": dict of (S, T, ...) arrays, filled by reference blocks
+        self.ref = None  # "particles", "grid": {quantity: (S, T, ...)}, filled by reference blocks
         self.ref_done = np.zeros((S,), np.uint8)
         self.ref_wall = None  # "grid": the reference's wall mass (S, T)
         if st["reference"] == "continuous":
@@ -80,50 +77,58 @@ class LimitState:
         if self.setup.study["reference"] == "continuous":
             self.ref_loss = data["reference/loss"]
         elif "reference/loss" in data:
-            self.ref = {k: data[f"reference/{k}"] for k in ("loss", "prediction", "state")}
+            self.ref = {q: data[f"reference/{q}"] for q in self.setup.quantities}
             self.ref_done = data["reference/done"]
             self.ref_wall = data.get("reference/wall_mass")
         self.wall = float(data["attrs"].get("wall_time", 0.0))
 
+    def keep_reference(self, block, res: BlockResult) -> None:
+        """Store a reference block's quantities (one row per repetition)."""
+        kept = {q: v for q, v in res._asdict().items() if v is not None}
+        if self.ref is None:
+            S = self.setup.study["seeds"]
+            self.ref = {q: np.full((S,) + v.shape[1:], np.nan) for q, v in kept.items()}
+        for j, m in enumerate(block.members):
+            for q, v in kept.items():
+                self.ref[q][m.rep] = v[j]
+            self.ref_done[m.rep] = 1
 
-def _config_text(config: dict, study: dict) -> str:
-    stored = {k: v for k, v in config.items() if k != "output"}
-    stored["study"] = {k: v for k, v in study.items() if v is not None}
-    return to_toml(stored)
+    def reference(self) -> BlockResult:
+        """The stored reference ("particles", "grid"), one row per repetition."""
+        return BlockResult(**{q: self.ref.get(q) for q in QUANTITIES})
 
+    def keep(self, block, res: BlockResult, errors: dict, ref: BlockResult | None) -> None:
+        """Store a sweep block's errors and losses (``ref``: its "continuous" reference)."""
+        for j, m in enumerate(block.members):
+            cell = self.cell(m) + (m.rep,)
+            for metric, e in self.errors.items():
+                e[cell] = errors[metric][j]
+            self.loss[cell] = res.loss[j]
+            if ref is not None:
+                self.ref_loss[cell] = ref.loss[j]
+            self.done[cell] = 1
 
-def _check_resume(path: str, text: str, kind: str) -> dict:
-    try:
-        attrs = check_study_file(path)
-    except ValueError as e:
-        raise ConfigError(f"-o {path}: {e}") from None
-    if attrs.get("kind") != kind:
-        raise ConfigError(f"-o {path}: a {attrs.get('kind')!r} study file; this is wflow study "
-                          f"{kind}")
-    if attrs.get("status") == "complete":
-        raise ConfigError(f"-o {path}: the study is already complete; nothing to resume")
-    if tomllib.loads(attrs.get("config", "")) != tomllib.loads(text):
-        raise ConfigError(f"-o {path}: the config stored in the study file differs from this one "
-                          "(with --set applied); --resume needs the same config")
-    return read_study(path)
+    def is_done(self, block) -> bool:
+        if block.reference:
+            return all(self.ref_done[m.rep] for m in block.members)
+        return all(self.done[self.cell(m) + (m.rep,)] for m in block.members)
 
 
 def run_limit(config: dict, study: dict, path: str, *, resume: bool = False,
               should_stop: Callable[[], bool] | None = None, progress: bool = True,
-              stop_after_blocks: int | None = None, log=print) -> str:
+              stop_after: int | None = None) -> str:
     """Run (or resume) a limit study into ``path``; returns its status.
 
     "complete", or "interrupted" when ``should_stop()`` became true or
-    ``stop_after_blocks`` blocks were done (a test hook).
+    ``stop_after`` blocks were done (a test hook). The file is rewritten after every
+    block (the checkpoint) and at the end, with the fits when complete.
     """
-    from tqdm import tqdm
-
     setup = build_limit(config, study)
-    blocks = plan(setup)
-    text = _config_text(config, study)
+    blocks = plan(setup)  # raises ConfigError (study.memory) before anything is written
+    text = config_text(config, study)
     state = LimitState(setup)
     if resume:
-        state.load(_check_resume(path, text, "limit"))
+        state.load(resume_study(path, text, "limit"))
     attrs = {"kind": "limit", "config": text, "seed": config["seed"], "status": "running",
              "fit_model": ("a/L + b*sqrt(D/(L*M)) + c/sqrt(D)" if study["dims"]
                            else "a/L + b/sqrt(L*M)")}
@@ -132,102 +137,96 @@ def run_limit(config: dict, study: dict, path: str, *, resume: bool = False,
         write_study(path, {**attrs, "status": status, "wall_time": state.wall}, state.arrays())
 
     checkpoint("running")
-    st = setup.study
-    root = jax.random.fold_in(jax.random.PRNGKey(config["seed"]), 2)
-    ref_cost = 2.0 if st["reference"] == "continuous" else 1.0  # rough: continuous ~ layered x2
-    weights = [b.cost * (1.0 if b.reference else ref_cost) for b in blocks]
-
-    def is_done(block):
-        if block.reference:
-            return all(state.ref_done[m.rep] for m in block.members)
-        return all(state.done[state.cell(m) + (m.rep,)] for m in block.members)
-
-    todo = [i for i, b in enumerate(blocks) if not is_done(b)]
-    total = float(sum(weights))
-    start_frac = sum(w for i, w in enumerate(weights) if i not in set(todo)) / total
-    bar = tqdm(total=1000, initial=round(1000 * start_frac), disable=not progress,
-               dynamic_ncols=True, leave=True, unit="‰", desc="study limit",
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}] {postfix}")
-    n_runs = sum(len(b.members) for b in blocks if not b.reference)
-    log_shapes = f"{n_runs} runs in {len(blocks)} blocks"
-    bar.set_postfix_str(log_shapes)
-    done_frac = start_frac
-    n_blocks = 0
-    status = "complete"
-    try:
-        for i in todo:
-            block = blocks[i]
-            t0 = time.perf_counter()
-            key = jax.random.fold_in(root, i)
-            desc = (f"{'reference ' if block.reference else ''}L={block.L} M<={block.M} "
-                    f"D<={block.D} x{len(block.members)}")
-
-            progress_of = _Progress(bar, desc, done_frac, weights[i] / total)
-
-            if block.reference:
-                if st["reference"] == "grid":
-                    # the generic measure path: the grid's cells read as weighted particles
-                    out = grid_values(setup, block, key, progress_of(0.0, 1.0), should_stop)
-                    res = None if out is None else out[0]
-                    if out is not None:
-                        _note_wall_mass(state, block, out[1], st["times"])
-                else:
-                    res = run_block(setup, block, setup.reference_depth(), key,
-                                    progress_of(0.0, 1.0), should_stop)
-                if res is None:
-                    status = "interrupted"
-                    break
-                if state.ref is None:
-                    S = st["seeds"]
-                    state.ref = {k: np.full((S,) + v.shape[1:], np.nan)
-                                 for k, v in res._asdict().items()}
-                for j, m in enumerate(block.members):
-                    for k, v in res._asdict().items():
-                        state.ref[k][m.rep] = v[j]
-                    state.ref_done[m.rep] = 1
-            else:
-                half = 1.0 / (1.0 + ref_cost) if st["reference"] == "continuous" else 1.0
-                res = run_block(setup, block, setup.depth, key, progress_of(0.0, half),
-                                should_stop)
-                if res is None:
-                    status = "interrupted"
-                    break
-                if st["reference"] == "continuous":
-                    ref = run_block(setup, block, setup.continuous, key,
-                                    progress_of(half, 1.0 - half), should_stop)
-                    if ref is None:
-                        status = "interrupted"
-                        break
-                    errs = block_errors(setup, block, res, ref)
-                else:
-                    ref = _RefView(state.ref)
-                    errs = block_errors(setup, block, res, ref,
-                                        ref_index=[m.rep for m in block.members],
-                                        ref_D=setup.reference_shape()[2])
-                for j, m in enumerate(block.members):
-                    cell = state.cell(m) + (m.rep,)
-                    for metric in state.errors:
-                        state.errors[metric][cell] = errs[metric][j]
-                    state.loss[cell] = res.loss[j]
-                    if st["reference"] == "continuous":
-                        state.ref_loss[cell] = ref.loss[j]
-                    state.done[cell] = 1
-            done_frac += weights[i] / total
-            state.wall += time.perf_counter() - t0
-            checkpoint("running")
-            n_blocks += 1
-            if should_stop and should_stop():
-                status = "interrupted" if n_blocks < len(todo) else status
-                break
-            if stop_after_blocks is not None and n_blocks >= stop_after_blocks:
-                status = "interrupted" if n_blocks < len(todo) else status
-                break
-    finally:
-        bar.close()
+    status = _run_blocks(state, blocks, checkpoint, should_stop, progress, stop_after)
     if status == "complete":
         state.fits = fit_limit(setup, state)
     checkpoint(status)
     return status
+
+
+# Relative cost of a "continuous" reference run (rough: continuous ~ layered x2).
+_CONTINUOUS_COST = 2.0
+
+
+def _run_blocks(state: LimitState, blocks, checkpoint, should_stop, progress, stop_after) -> str:
+    """Run the blocks not done yet, in order, checkpointing after each; returns the status."""
+    from tqdm import tqdm
+
+    setup = state.setup
+    root = jax.random.fold_in(jax.random.PRNGKey(setup.config["seed"]), 2)
+    ref_cost = _CONTINUOUS_COST if setup.study["reference"] == "continuous" else 1.0
+    weights = [b.cost * (1.0 if b.reference else ref_cost) for b in blocks]
+    todo = [i for i, b in enumerate(blocks) if not state.is_done(b)]
+    total = float(sum(weights))
+    done_frac = sum(w for i, w in enumerate(weights) if i not in set(todo)) / total
+    bar = tqdm(total=1000, initial=round(1000 * done_frac), disable=not progress,
+               dynamic_ncols=True, leave=True, unit="‰", desc="study limit",
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}] {postfix}")
+    n_runs = sum(len(b.members) for b in blocks if not b.reference)
+    bar.set_postfix_str(f"{n_runs} runs in {len(blocks)} blocks")
+    try:
+        for n_blocks, i in enumerate(todo, start=1):
+            block = blocks[i]
+            t0 = time.perf_counter()
+            desc = (f"{'reference ' if block.reference else ''}L={block.L} M<={block.M} "
+                    f"D<={block.D} x{len(block.members)}")
+            progress_of = _Progress(bar, desc, done_frac, weights[i] / total)
+            run = _reference_block if block.reference else _sweep_block
+            if not run(state, block, jax.random.fold_in(root, i), progress_of, should_stop):
+                return "interrupted"
+            done_frac += weights[i] / total
+            state.wall += time.perf_counter() - t0
+            checkpoint("running")
+            if ((should_stop and should_stop())
+                    or (stop_after is not None and n_blocks >= stop_after)):
+                return "interrupted" if n_blocks < len(todo) else "complete"
+    finally:
+        bar.close()
+    return "complete"
+
+
+def _reference_block(state: LimitState, block, key, progress_of, should_stop) -> bool:
+    """Run a block of the "particles" or "grid" reference into ``state``; False if stopped."""
+    setup = state.setup
+    st = setup.study
+    if st["reference"] == "grid":
+        # the generic measure path: the grid's cells read as weighted particles
+        out = grid_values(setup, block, key, progress_of(0.0, 1.0), should_stop)
+        if out is None:
+            return False
+        res, wall = out
+        _note_wall_mass(state, block, wall, st["times"])
+    else:
+        res = run_block(setup, block, setup.reference_depth(), key, progress_of(0.0, 1.0),
+                        should_stop)
+        if res is None:
+            return False
+    state.keep_reference(block, res)
+    return True
+
+
+def _sweep_block(state: LimitState, block, key, progress_of, should_stop) -> bool:
+    """Run a block of the sweep (and its "continuous" reference) into ``state``; False if
+    stopped."""
+    setup = state.setup
+    continuous = setup.study["reference"] == "continuous"
+    half = 1.0 / (1.0 + _CONTINUOUS_COST) if continuous else 1.0
+    res = run_block(setup, block, setup.depth, key, progress_of(0.0, half), should_stop)
+    if res is None:
+        return False
+    if continuous:
+        ref = run_block(setup, block, setup.continuous, key, progress_of(half, 1.0 - half),
+                        should_stop)
+        if ref is None:
+            return False
+        errors = block_errors(setup, block, res, ref)
+    else:
+        ref = None
+        errors = block_errors(setup, block, res, state.reference(),
+                              ref_index=[m.rep for m in block.members],
+                              ref_D=setup.reference_shape()[2])
+    state.keep(block, res, errors, ref)
+    return True
 
 
 def _note_wall_mass(state: LimitState, block, wall: np.ndarray, times) -> None:
@@ -257,13 +256,6 @@ class _Progress:
             self.bar.set_postfix_str(self.desc, refresh=True)
 
         return update
-
-
-class _RefView:
-    """The "particles" reference arrays with a BlockResult's field names."""
-
-    def __init__(self, ref: dict):
-        self.loss, self.prediction, self.state = ref["loss"], ref["prediction"], ref["state"]
 
 
 def fit_limit(setup: LimitSetup, state: LimitState) -> dict:

@@ -33,7 +33,6 @@ saved at every snapshot and when interrupted.
 from __future__ import annotations
 
 import time
-import tomllib
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -46,10 +45,9 @@ from .._build import build_run
 from .._flow import Flow, Measure, ParticleFlow
 from .._integrate import FlowState, integrate
 from .._init_particles import init_particles
-from .._schema import ConfigError, to_toml
-from ._file import check_study_file, read_study, write_study
+from ._file import config_text, resume_study, write_study
 
-__all__ = ["ProbedFlow", "ProbedParticles", "box_query", "run_zero_loss"]
+__all__ = ["ProbedFlow", "ProbedParticles", "ZeroLossState", "box_query", "run_zero_loss"]
 
 _BOX_TAG = 0xB0C5
 HISTORY = ("loss", "stationarity", "sup_grad_v", "grad_v_origin", "tail_mass")
@@ -106,140 +104,176 @@ class ProbedParticles(Measure):
     flow_type: ClassVar[type[Flow]] = ProbedFlow
 
 
-def _config_text(config: dict, study: dict) -> str:
-    stored = {k: v for k, v in config.items() if k != "output"}
-    stored["study"] = dict(study)
-    return to_toml(stored)
+class ZeroLossState:
+    """Every array of a zero-loss study file (``_file`` docstring): one group per initial
+    measure, ``runs[name]`` = {"history/loss": ..., "state/step": ..., ...}."""
+
+    def __init__(self, problem, query: jax.Array):
+        self.problem, self.query = problem, query
+        self.runs: dict[str, dict] = {}
+        self.wall = 0.0
+
+    def arrays(self) -> dict:
+        out = {"box/query": np.asarray(self.query), "data/x": np.asarray(self.problem.x),
+               "data/y": np.asarray(self.problem.y)}
+        for name, r in self.runs.items():
+            for key, v in r.items():
+                out[f"runs/{name}/{key}"] = v
+        return out
+
+    def load(self, data: dict, inits) -> None:
+        self.wall = float(data["attrs"].get("wall_time", 0.0))
+        for name in inits:
+            pre = f"runs/{name}/"
+            if pre + "state/step" in data:
+                self.runs[name] = {k[len(pre):]: v for k, v in data.items() if k.startswith(pre)}
 
 
 def run_zero_loss(config: dict, study: dict, path: str, *, resume: bool = False,
                   should_stop: Callable[[], bool] | None = None, progress: bool = True,
-                  stop_after_records: int | None = None) -> str:
-    """Run (or resume) every initial measure of the study into ``path``; returns the status."""
-    from tqdm import tqdm
+                  stop_after: int | None = None) -> str:
+    """Run (or resume) every initial measure of the study into ``path``; returns the status.
 
+    "complete", or "interrupted" when ``should_stop()`` became true or ``stop_after``
+    records were made (a test hook). The file is rewritten at every snapshot (the
+    checkpoint) and at the end.
+    """
     setup = build_run(config)
-    problem, depth, schedule = setup.problem, setup.depth, setup.schedule
-    dtype = setup.measure0.dtype
-    k = problem.feature.k
-    init, solver = config["init"], config["solver"]
-    query = jnp.asarray(box_query(config["seed"], k, study["box"], study["box_points"]), dtype)
-    text = _config_text(config, study)
-    runs: dict[str, dict] = {}
-    wall = 0.0
+    k = setup.problem.feature.k
+    query = jnp.asarray(box_query(config["seed"], k, study["box"], study["box_points"]),
+                        setup.measure0.dtype)
+    text = config_text(config, study)
+    state = ZeroLossState(setup.problem, query)
     if resume:
-        try:
-            attrs = check_study_file(path)
-        except ValueError as e:
-            raise ConfigError(f"-o {path}: {e}") from None
-        if attrs.get("kind") != "zero-loss":
-            raise ConfigError(f"-o {path}: a {attrs.get('kind')!r} study file; this is wflow study "
-                              "zero-loss")
-        if attrs.get("status") == "complete":
-            raise ConfigError(f"-o {path}: the study is already complete; nothing to resume")
-        if tomllib.loads(attrs.get("config", "")) != tomllib.loads(text):
-            raise ConfigError(f"-o {path}: the config stored in the study file differs from this "
-                              "one (with --set applied); --resume needs the same config")
-        data = read_study(path)
-        wall = float(attrs.get("wall_time", 0.0))
-        for name in study["inits"]:
-            pre = f"runs/{name}/"
-            if pre + "state/step" in data:
-                runs[name] = {k2[len(pre):]: v for k2, v in data.items() if k2.startswith(pre)}
-
-    def arrays():
-        out = {"box/query": np.asarray(query), "data/x": np.asarray(problem.x),
-               "data/y": np.asarray(problem.y)}
-        for name, r in runs.items():
-            for k2, v in r.items():
-                out[f"runs/{name}/{k2}"] = v
-        return out
-
+        state.load(resume_study(path, text, "zero-loss"), study["inits"])
     attrs = {"kind": "zero-loss", "config": text, "seed": config["seed"]}
 
     def checkpoint(status):
-        write_study(path, {**attrs, "status": status, "wall_time": wall}, arrays())
+        write_study(path, {**attrs, "status": status, "wall_time": state.wall}, state.arrays())
 
     checkpoint("running")
-    n = schedule.n_steps
-    total = n * len(study["inits"])
-    done = sum(int(runs[nm]["state/step"]) for nm in runs)
-    bar = tqdm(total=total, initial=done, disable=not progress, unit="step", dynamic_ncols=True,
-               desc="study zero-loss", leave=True)
-    n_records = 0
-    status = "complete"
-    try:
-        for i, name in enumerate(study["inits"]):
-            r = runs.get(name)
-            if r is not None and r["state/status"] == "complete":
-                continue
-            root = jax.random.PRNGKey(config["seed"])
-            theta0 = init_particles(name, jax.random.fold_in(root, 1), solver["L"], solver["M"], k,
-                                    mean=init["mean"], std=init["std"], low=init["low"],
-                                    high=init["high"], dtype=dtype)
-            m0 = ProbedParticles(theta0, query, study["tail_radius"])
-            flow = ProbedFlow(problem, depth, setup.regularization)
-            if r is None:
-                r = runs[name] = {f"history/{c}": np.zeros(0) for c in ("s",) + HISTORY}
-                r["history/wall_time"] = np.zeros(0)
-                r["snapshots/s"] = np.zeros(0)
-                r["snapshots/theta"] = np.zeros((0,) + theta0.shape, np.asarray(theta0).dtype)
-                r["state/theta"] = np.asarray(theta0)
-                r["state/step"] = np.int64(0)
-                r["state/key"] = np.asarray(setup.key, np.uint32)
-                r["state/initial_loss"] = np.float64(np.nan)
-                r["state/status"] = "running"
-                state, initial_loss, offset = None, None, 0.0
-            else:  # resume from the saved state; drop the records after it
-                step = int(r["state/step"])
-                keep = r["history/s"] <= step * schedule.step + 1e-12 if step > 0 else \
-                    np.zeros(r["history/s"].shape, bool)
-                for c in ("s",) + HISTORY + ("wall_time",):
-                    r[f"history/{c}"] = r[f"history/{c}"][keep]
-                ks = r["snapshots/s"] <= step * schedule.step + 1e-12 if step > 0 else \
-                    np.zeros(r["snapshots/s"].shape, bool)
-                r["snapshots/s"], r["snapshots/theta"] = r["snapshots/s"][ks], r["snapshots/theta"][ks]
-                state = FlowState(flow.restore(m0, r["state/theta"]), step,
-                                  jnp.asarray(r["state/key"]))
-                initial_loss = float(r["state/initial_loss"]) if step > 0 else None
-                offset = float(r["history/wall_time"][-1]) if len(r["history/wall_time"]) else 0.0
-            t0 = time.perf_counter()
-
-            def on_record(rec, r=r, name=name, base=i * n):
-                nonlocal n_records
-                if rec.history:
-                    for c, v in {"s": rec.s, **rec.values, "wall_time": rec.wall_time}.items():
-                        r[f"history/{c}"] = np.append(r[f"history/{c}"], v)
-                if rec.step == 0 and rec.history:
-                    r["state/initial_loss"] = np.float64(rec.loss)
-                if rec.snapshot is not None:
-                    r["snapshots/s"] = np.append(r["snapshots/s"], rec.s)
-                    r["snapshots/theta"] = np.concatenate([r["snapshots/theta"], rec.snapshot[None]])
-                    r["state/theta"], r["state/step"] = rec.snapshot, np.int64(rec.step)
-                    r["state/key"] = np.asarray(rec.key, np.uint32)
-                    checkpoint("running")
-                bar.update(rec.step + base - bar.n)
-                bar.set_postfix_str(f"{name}: s={rec.s:.4g} loss={rec.loss:.3e}")
-                n_records += 1
-                return bool((should_stop and should_stop())
-                            or (stop_after_records is not None and n_records >= stop_after_records))
-
-            result = integrate(problem, depth, schedule, theta0=m0, state=state,
-                               regularization=setup.regularization, key=setup.key,
-                               initial_loss=initial_loss, wall_offset=offset, callback=on_record)
-            wall += time.perf_counter() - t0
-            final = result.state
-            r["state/theta"] = flow.snapshot(final.measure)
-            r["state/step"] = np.int64(final.step)
-            r["state/key"] = np.asarray(final.key, np.uint32)
-            r["state/status"] = result.status
-            if result.status == "interrupted":
-                status = "interrupted"
-                break
-            if result.status == "diverged":
-                print(f"wflow: warning: the {name} run diverged at s = {final.step * schedule.step:g}"
-                      "; try a smaller train.dt", flush=True)
-    finally:
-        bar.close()
+    status = _run_inits(config, setup, study, state, checkpoint, should_stop, progress,
+                        stop_after)
     checkpoint(status)
     return status
+
+
+def _run_inits(config, setup, study, state: ZeroLossState, checkpoint, should_stop, progress,
+               stop_after) -> str:
+    """Run the initial measures not complete yet, in order; returns the status."""
+    from tqdm import tqdm
+
+    n = setup.schedule.n_steps
+    done = sum(int(r["state/step"]) for r in state.runs.values())
+    bar = tqdm(total=n * len(study["inits"]), initial=done, disable=not progress, unit="step",
+               dynamic_ncols=True, desc="study zero-loss", leave=True)
+    n_records = 0
+
+    def stop() -> bool:
+        nonlocal n_records
+        n_records += 1
+        return bool((should_stop and should_stop())
+                    or (stop_after is not None and n_records >= stop_after))
+
+    try:
+        for i, name in enumerate(study["inits"]):
+            r = state.runs.get(name)
+            if r is not None and r["state/status"] == "complete":
+                continue
+            status = _run_init(config, setup, study, state, name, checkpoint,
+                               _Progress(bar, name, i * n), stop)
+            if status == "interrupted":
+                return "interrupted"
+    finally:
+        bar.close()
+    return "complete"
+
+
+class _Progress:
+    """Moves the study's bar to one run's step (its steps follow the previous runs')."""
+
+    def __init__(self, bar, name: str, base: int):
+        self.bar, self.name, self.base = bar, name, base
+
+    def __call__(self, rec) -> None:
+        self.bar.update(rec.step + self.base - self.bar.n)
+        self.bar.set_postfix_str(f"{self.name}: s={rec.s:.4g} loss={rec.loss:.3e}")
+
+
+def _run_init(config, setup, study, state: ZeroLossState, name: str, checkpoint, progress,
+              stop) -> str:
+    """The run of one initial measure, from the start or from its saved state; its status."""
+    problem, depth, schedule = setup.problem, setup.depth, setup.schedule
+    init, solver = config["init"], config["solver"]
+    root = jax.random.PRNGKey(config["seed"])
+    theta0 = init_particles(name, jax.random.fold_in(root, 1), solver["L"], solver["M"],
+                            problem.feature.k, mean=init["mean"], std=init["std"],
+                            low=init["low"], high=init["high"], dtype=setup.measure0.dtype)
+    m0 = ProbedParticles(theta0, state.query, study["tail_radius"])
+    flow = ProbedFlow(problem, depth, setup.regularization)
+    r = state.runs.get(name)
+    if r is None:
+        r = state.runs[name] = _new_record(theta0, setup.key)
+        start, initial_loss, offset = None, None, 0.0
+    else:
+        start, initial_loss, offset = _resume_record(r, flow, m0, schedule.step)
+    t0 = time.perf_counter()
+
+    def on_record(rec):
+        if rec.history:
+            for c, v in {"s": rec.s, **rec.values, "wall_time": rec.wall_time}.items():
+                r[f"history/{c}"] = np.append(r[f"history/{c}"], v)
+        if rec.step == 0 and rec.history:
+            r["state/initial_loss"] = np.float64(rec.loss)
+        if rec.snapshot is not None:
+            r["snapshots/s"] = np.append(r["snapshots/s"], rec.s)
+            r["snapshots/theta"] = np.concatenate([r["snapshots/theta"], rec.snapshot[None]])
+            r["state/theta"], r["state/step"] = rec.snapshot, np.int64(rec.step)
+            r["state/key"] = np.asarray(rec.key, np.uint32)
+            checkpoint("running")
+        progress(rec)
+        return stop()
+
+    result = integrate(problem, depth, schedule, theta0=m0, state=start,
+                       regularization=setup.regularization, key=setup.key,
+                       initial_loss=initial_loss, wall_offset=offset, callback=on_record)
+    state.wall += time.perf_counter() - t0
+    final = result.state
+    r["state/theta"] = flow.snapshot(final.measure)
+    r["state/step"] = np.int64(final.step)
+    r["state/key"] = np.asarray(final.key, np.uint32)
+    r["state/status"] = result.status
+    if result.status == "diverged":
+        print(f"wflow: warning: the {name} run diverged at s = {final.step * schedule.step:g}"
+              "; try a smaller train.dt", flush=True)
+    return result.status
+
+
+def _new_record(theta0, key) -> dict:
+    """The empty arrays of a run that has not started."""
+    r = {f"history/{c}": np.zeros(0) for c in ("s",) + HISTORY}
+    r["history/wall_time"] = np.zeros(0)
+    r["snapshots/s"] = np.zeros(0)
+    r["snapshots/theta"] = np.zeros((0,) + theta0.shape, np.asarray(theta0).dtype)
+    r["state/theta"] = np.asarray(theta0)
+    r["state/step"] = np.int64(0)
+    r["state/key"] = np.asarray(key, np.uint32)
+    r["state/initial_loss"] = np.float64(np.nan)
+    r["state/status"] = "running"
+    return r
+
+
+def _resume_record(r: dict, flow, m0, dt: float):
+    """Drop a saved run's records after its saved state; (FlowState, initial loss, wall offset)."""
+    step = int(r["state/step"])
+    keep = r["history/s"] <= step * dt + 1e-12 if step > 0 else \
+        np.zeros(r["history/s"].shape, bool)
+    for c in ("s",) + HISTORY + ("wall_time",):
+        r[f"history/{c}"] = r[f"history/{c}"][keep]
+    ks = r["snapshots/s"] <= step * dt + 1e-12 if step > 0 else \
+        np.zeros(r["snapshots/s"].shape, bool)
+    r["snapshots/s"], r["snapshots/theta"] = r["snapshots/s"][ks], r["snapshots/theta"][ks]
+    start = FlowState(flow.restore(m0, r["state/theta"]), step, jnp.asarray(r["state/key"]))
+    initial_loss = float(r["state/initial_loss"]) if step > 0 else None
+    offset = float(r["history/wall_time"][-1]) if len(r["history/wall_time"]) else 0.0
+    return start, initial_loss, offset

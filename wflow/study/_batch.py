@@ -1,8 +1,8 @@
-"""Independent runs of one shape trained side by side: the ``Ensemble`` measure and its flow.
+"""Independent runs of one shape trained side by side: the ``Batch`` measure and its flow.
 
 A study trains many finite networks (shapes x repetitions). Runs of one
 compiled shape are stacked along a leading *member* axis and moved by
-``EnsembleFlow``, which ``jax.vmap``s the ordinary particle step
+``BatchFlow``, which ``jax.vmap``s the ordinary particle step
 (``ParticleFlow.step``: the same kernel, the same methods) over the members;
 ``integrate`` drives it like any other flow, so there is one time loop.
 
@@ -32,8 +32,11 @@ extra copies of theta per step (measured: temporaries 2x theta instead of 1x).
 Each member has its own fixed random maps (``embedding`` A (D_pad, d_in),
 ``readout`` C (d_out, D_pad), or None for pad / coordinates) and shares the data.
 A member whose step is non-finite goes on carrying non-finite values; the
-ensemble's step reports ``ok`` while any member is finite (``integrate`` stops
+batch's step reports ``ok`` while any member is finite (``integrate`` stops
 a batch only when all its members diverged).
+
+"Batch" and "member" name these side-by-side study runs only; the shallow
+*ensemble* of Lu et al. is another thing (``wflow._blocks``).
 """
 
 from __future__ import annotations
@@ -46,7 +49,23 @@ import jax.numpy as jnp
 
 from .._flow import Flow, Measure, ParticleFlow
 
-__all__ = ["Ensemble", "EnsembleFlow", "WeightedParticleFlow"]
+__all__ = ["Batch", "BatchFlow", "WeightedParticleFlow", "forward_values"]
+
+
+def forward_values(flow: Flow, measure) -> dict[str, jax.Array]:
+    """One forward pass of ``flow``'s network on its data: what a study compares.
+
+    The measure is read as weighted particles (``flow.weighted``: particles, padded
+    particles, or grid cells as weighted points) and z(1; x_i) is the depth's final
+    state from z(0; x_i) = embed(x_i). Returns ``loss`` E, ``prediction``
+    g(z(1; x_i)) (N, d_out) and ``state`` z(1; x_i) (N, D): the quantities a study
+    metric reads (``wflow.study._metrics``). Used by ``BatchFlow.diagnostics``
+    (per member) and by the generic reference path (``_limit.measure_values``).
+    """
+    problem = flow.problem
+    Theta, weights = flow.weighted(measure)
+    z1 = flow.depth.final_state(problem, Theta, problem.embed(problem.x), weights)
+    return {"loss": problem.loss(z1), "prediction": problem.readout(z1), "state": z1}
 
 
 class WeightedParticleFlow(ParticleFlow):
@@ -70,8 +89,8 @@ class WeightedParticleFlow(ParticleFlow):
         return {"loss": ev.loss, "stationarity": ev.stationarity}
 
 
-class EnsembleFlow(Flow):
-    """``vmap`` of the particle flow over the members of an ``Ensemble`` (module docstring).
+class BatchFlow(Flow):
+    """``vmap`` of the particle flow over the members of a ``Batch`` (module docstring).
 
     Diagnostics, per member (leading axis B): ``loss`` E (B,), ``prediction``
     g(z(1; x_i)) (B, N, d_out) and ``state`` z(1; x_i) (B, N, D_pad), all from one
@@ -88,7 +107,7 @@ class EnsembleFlow(Flow):
         return None
     snapshot_name: ClassVar[str] = "prediction"
 
-    def member(self, m: Ensemble) -> ParticleFlow:
+    def member(self, m: Batch) -> ParticleFlow:
         """The flow of one member (called on unbatched member leaves, e.g. inside vmap)."""
         p = self.problem
         problem = p.replace(embedding=m.embedding, readout_matrix=m.readout)
@@ -96,20 +115,20 @@ class EnsembleFlow(Flow):
             return ParticleFlow(problem, self.depth, self.regularization)
         return WeightedParticleFlow(problem, self.depth, self.regularization, weights=m.weights)
 
-    def check(self, ens, method):
-        Flow.check(self, ens, method)
+    def check(self, batch, method):
+        Flow.check(self, batch, method)
         k = self.problem.feature.k
-        if not isinstance(ens, Ensemble) or ens.theta.ndim != 4 or ens.theta.shape[3] != k:
-            raise ValueError(f"an ensemble needs theta of shape (L, B, M, k) with k = {k}")
+        if not isinstance(batch, Batch) or batch.theta.ndim != 4 or batch.theta.shape[3] != k:
+            raise ValueError(f"a batch needs theta of shape (L, B, M, k) with k = {k}")
 
-    def _vmap(self, fn, ens, *args, out_axes=0):
+    def _vmap(self, fn, batch, *args, out_axes=0):
         """vmap ``fn(member, *args)`` over the members (args batched on their leading axis)."""
-        axes = Ensemble(1, None if ens.weights is None else 1,
-                        None if ens.embedding is None else 0, None if ens.readout is None else 0)
-        return jax.vmap(fn, in_axes=(axes,) + (0,) * len(args), out_axes=out_axes)(ens, *args)
+        axes = Batch(1, None if batch.weights is None else 1,
+                     None if batch.embedding is None else 0, None if batch.readout is None else 0)
+        return jax.vmap(fn, in_axes=(axes,) + (0,) * len(args), out_axes=out_axes)(batch, *args)
 
-    def step(self, method, ens, key, n, h):
-        B = ens.theta.shape[1]
+    def step(self, method, batch, key, n, h):
+        B = batch.theta.shape[1]
         if self.regularization.temperature > 0:
             key, sub = jax.random.split(key)
             keys = jax.random.split(sub, B)
@@ -120,42 +139,35 @@ class EnsembleFlow(Flow):
             theta, _, ok = self.member(m).step(method, m.theta, k, n, h)
             return theta, ok
 
-        theta, ok = self._vmap(one, ens, keys, out_axes=(1, 0))
-        return eqx.tree_at(lambda e: e.theta, ens, theta), key, jnp.any(ok)
+        theta, ok = self._vmap(one, batch, keys, out_axes=(1, 0))
+        return eqx.tree_at(lambda e: e.theta, batch, theta), key, jnp.any(ok)
 
-    def adaptive(self, ens, s0, s1, h0, rtol, atol):
+    def adaptive(self, batch, s0, s1, h0, rtol, atol):
         def one(m):
             theta, ok = self.member(m).adaptive(m.theta, s0, s1, h0, rtol, atol)
             return jnp.where(ok, theta, jnp.nan), ok
 
-        theta, ok = self._vmap(one, ens, out_axes=(1, 0))
-        return eqx.tree_at(lambda e: e.theta, ens, theta), jnp.any(ok)
+        theta, ok = self._vmap(one, batch, out_axes=(1, 0))
+        return eqx.tree_at(lambda e: e.theta, batch, theta), jnp.any(ok)
 
-    def diagnostics(self, ens, s):
-        def one(m):
-            flow = self.member(m)
-            problem = flow.problem
-            Theta, weights = flow.weighted(m.theta)
-            z1 = self.depth.final_state(problem, Theta, problem.embed(problem.x), weights)
-            return {"loss": problem.loss(z1), "prediction": problem.readout(z1), "state": z1}
+    def diagnostics(self, batch, s):
+        return self._vmap(lambda m: forward_values(self.member(m), m.theta), batch)
 
-        return self._vmap(one, ens)
+    def weighted(self, batch):
+        return batch.theta, batch.weights
 
-    def weighted(self, ens):
-        return ens.theta, ens.weights
+    def predict(self, batch, x=None):
+        return self._vmap(lambda m: self.member(m).predict(m.theta, x), batch)
 
-    def predict(self, ens, x=None):
-        return self._vmap(lambda m: self.member(m).predict(m.theta, x), ens)
-
-    def snapshot(self, ens):
+    def snapshot(self, batch):
         return None
 
     def restore(self, like, array):
-        raise NotImplementedError("an ensemble is not resumed from a snapshot (studies checkpoint "
+        raise NotImplementedError("a batch is not resumed from a snapshot (studies checkpoint "
                                   "whole blocks)")
 
 
-class Ensemble(Measure):
+class Batch(Measure):
     """B particle measures of one padded shape (module docstring).
 
     theta (L, B, M, k) (member axis second); weights (L, B, M) or None (every
@@ -168,4 +180,4 @@ class Ensemble(Measure):
     embedding: jax.Array | None = None
     readout: jax.Array | None = None
 
-    flow_type: ClassVar[type[Flow]] = EnsembleFlow
+    flow_type: ClassVar[type[Flow]] = BatchFlow
