@@ -12,6 +12,7 @@ from .base import QUANTITIES, AbstractStudyMetric, Runs
 from .hidden import Hidden
 from .loss import Loss
 from .output import Output
+from .relative_output import RelativeOutput
 
 __all__ = ["QUANTITIES", "STUDY_METRICS", "AbstractStudyMetric", "Runs"]
 
@@ -19,4 +20,5 @@ STUDY_METRICS: dict[str, AbstractStudyMetric] = {m.name: m for m in (
     Loss(),
     Output(),
     Hidden(),
+    RelativeOutput(),
 )}
