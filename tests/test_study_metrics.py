@@ -143,3 +143,25 @@ def test_a_study_with_one_metric_writes_it_everywhere(tmp_path, capsys, name):
         assert [ax.get_title().split(":")[0] for ax in panels] == [name]
     assert figures["limit_L.png"].axes[0].get_ylabel() == metric.label
     assert (tmp_path / "tiny_plots" / "limit_map.png").exists()
+
+
+# ----------------------------------------------------------------------------- one metric
+
+
+def test_relative_output_is_scale_invariant():
+    """RMS |g - g_ref| / RMS |g_ref|: multiplying both outputs by c != 0 leaves it unchanged;
+    g = (1 + eps) g_ref gives |eps|; it is the output error over the reference's RMS size."""
+    metric = STUDY_METRICS["relative_output"]
+    a, ref = runs(8), runs(9)
+    e = metric.compute(a, ref)
+    for c in (-3.0, 1e-3, 7.5):
+        scale = lambda r, c=c: r._replace(prediction=c * r.prediction)
+        np.testing.assert_allclose(metric.compute(scale(a), scale(ref)), e, rtol=1e-13)
+    near = ref._replace(prediction=1.3 * ref.prediction)
+    np.testing.assert_allclose(metric.compute(near, ref), 0.3, rtol=1e-13)
+    size = np.sqrt(np.mean(np.sum(ref.prediction ** 2, axis=-1), axis=-1))
+    np.testing.assert_allclose(e, STUDY_METRICS["output"].compute(a, ref) / size, rtol=1e-13)
+    # a reference whose output vanishes: infinite relative error (NaN when both vanish)
+    zero = ref._replace(prediction=np.zeros_like(ref.prediction))
+    assert np.all(np.isinf(metric.compute(a, zero)))
+    assert np.all(np.isnan(metric.compute(zero, zero)))
