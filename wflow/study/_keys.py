@@ -127,8 +127,19 @@ def resolve_limit(config: dict) -> dict:
     out["times"] = times
     out["metrics"] = study["metrics"] or list(STUDY_METRICS)
     out["sampling"] = study["sampling"] or "iid"
+    out.update(_reference_keys(config, study, out))
+    out["bootstrap"] = study["bootstrap"] if study["bootstrap"] is not None else 200
+    out["memory"] = study["memory"] if study["memory"] is not None else 4.0
+    return out
+
+
+def _reference_keys(config: dict, study: dict, sweep: dict) -> dict:
+    """The resolved reference keys of ``wflow study limit`` (``sweep``: the resolved L, M and
+    metrics): reference, and reference_M, reference_L, reference_dim, reference_depth or grid
+    as the reference takes them."""
+    dims = study["dims"]
     reference = study["reference"] or "continuous"
-    out["reference"] = reference
+    out = {"reference": reference}
     if reference == "grid":
         out.update(_grid_reference(config, study, dims))
     elif study.get("grid") is not None:
@@ -142,8 +153,8 @@ def resolve_limit(config: dict) -> dict:
                                   f"{fmt(reference)})")
             out[name] = None
     else:
-        out["reference_M"] = study["reference_M"] or 4 * max(out["M"])
-        out["reference_L"] = study["reference_L"] or max(out["L"])
+        out["reference_M"] = study["reference_M"] or 4 * max(sweep["M"])
+        out["reference_L"] = study["reference_L"] or max(sweep["L"])
         if study["reference_dim"] is not None and dims is None:
             raise ConfigError(f"study.reference_dim = {study['reference_dim']}: only used with "
                               "study.dims (the reference has the state dimension model.dim)")
@@ -152,14 +163,12 @@ def resolve_limit(config: dict) -> dict:
     if out["reference"] == "continuous" and config["solver"]["depth"] == "continuous":
         raise ConfigError('solver.depth = "continuous": with study.reference = "continuous" the '
                           'finite networks must be layered (solver.depth = "layers")')
-    reads_state = [m for m in out["metrics"] if "state" in STUDY_METRICS[m].needs]
+    reads_state = [m for m in sweep["metrics"] if "state" in STUDY_METRICS[m].needs]
     if (reads_state and dims is not None and out["reference"] == "particles"
             and out["reference_dim"] < max(dims)):
         raise ConfigError(f"study.reference_dim = {out['reference_dim']}: the {reads_state[0]} "
                           "metric compares the first D coordinates of the states; it must be "
                           f">= max(dims) = {max(dims)}")
-    out["bootstrap"] = study["bootstrap"] if study["bootstrap"] is not None else 200
-    out["memory"] = study["memory"] if study["memory"] is not None else 4.0
     return out
 
 
