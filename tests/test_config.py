@@ -42,7 +42,9 @@ def test_defaults_are_resolved(tmp_path):
     assert set(cfg) == {"seed", *SCHEMA} - {"study"}
     for section, keys in SCHEMA.items():
         if section != "study":
-            assert set(keys) <= set(cfg[section]), section
+            # [model.params] is kept only for a block that takes parameters
+            assert set(keys) - {"params"} <= set(cfg[section]), section
+    assert "params" not in cfg["model"]
     assert cfg["data"]["kind"] == "teacher" and cfg["data"]["n"] == 256
     assert cfg["model"]["dim"] == 2  # = data.dim
     assert cfg["solver"]["precision"] == "float32"

@@ -155,7 +155,7 @@ def test_smooth_relu_approximates_relu(sharpness):
 def test_unknown_names_raise():
     with pytest.raises(ValueError, match="model.activation"):
         wflow.get_activation("swish2")
-    with pytest.raises(ValueError, match="model.feature"):
+    with pytest.raises(ValueError, match="is not a block"):
         wflow.make_feature("conv", 2)
     with pytest.raises(ValueError, match="model.sharpness"):
         wflow.get_activation("smooth_relu", 0.0)
@@ -266,7 +266,7 @@ def test_blocks_respect_the_tile():
     assert feat.blocks(4096, 4096) == (1, 4096, 1, 4096)  # exactly one tile: not split
     assert feat.blocks(8192, 16384) == (8, 1024, 1, 16384)
     assert wflow.Neuron(d=2, tile=1000).blocks(10, 4000) == (10, 1, 4, 1000)
-    with pytest.raises(ValueError, match="solver.tile"):
+    with pytest.raises(ValueError, match="tile = 0"):
         wflow.Neuron(d=2, tile=0)
 
 

@@ -2,9 +2,11 @@
 
 Depth is an ODE z(t; x), the parameters are a density rho(theta, t) (particles
 Theta (L, M, k) or a density on a theta-grid), and training is the Wasserstein gradient flow of
-rho. The public surface:
+rho (docs/theory.md). The public surface:
 
-* problem:         ``Problem``, ``Neuron``, ``Linear``, ``make_feature``, ``get_activation``,
+* problem:         ``Problem``; blocks: ``AbstractFeatureMap`` (a user's block defines ``k``
+                   and ``__call__``), ``Neuron``, ``Linear``, the registry ``FEATURES``,
+                   ``make_feature``, ``load_block``, ``generic_field``; ``get_activation``,
                    ``make_dataset``
 * discretization:  ``LayeredDepth`` (the finite ResNet), ``ContinuousDepth`` (diffrax),
                    ``init_particles``; the grid: ``Grid``, ``FiniteVolume``, ``GridDensity``,
@@ -19,41 +21,58 @@ rho. The public surface:
                    ``shard_depth``
 * studies:         ``wflow.study`` (limit sweeps, zero-loss runs, fits, study files);
                    ``random_embedding``, ``random_readout`` (fixed random maps, ``Problem``)
+
+Importing wflow loads JAX, equinox and diffrax; optax, h5py and matplotlib are
+loaded when a name that needs them is first used.
 """
-
-from ._signals import guard_startup as _guard_startup
-
-_guard_startup()  # the ``wflow`` command: Ctrl-C / SIGTERM during these imports -> exit 130
 
 from importlib.metadata import PackageNotFoundError, version
 
 from ._activations import ACTIVATIONS, Activation, get_activation
 from ._blocks import REORDERS, EnsembleGap, Reordering, block_fields, ensemble_gap, shallow_ensemble
 from ._build import build_run
-from ._compare import (
-    OPTIMIZERS,
-    SGD,
-    Adam,
-    CompareResult,
-    Minibatch,
-    Momentum,
-    Trajectory,
-    meanfield_trajectory,
-    run_compare,
-    train_network,
-    write_compare,
-)
-from ._compare_plot import plot_compare
 from ._config import ConfigError, load_config
 from ._data import DATASETS, DataError, make_dataset, make_test_set
 from ._depth import ADJOINTS, DEPTHS, ContinuousDepth, DepthDiscretization, Evaluation, LayeredDepth
-from ._features import FEATURES, FeatureMap, Linear, Neuron, make_feature
+from ._features import (
+    FEATURES,
+    AbstractFeatureMap,
+    FeatureMap,
+    Linear,
+    Neuron,
+    generic_field,
+    load_block,
+    make_feature,
+)
 from ._flow import METHODS, Flow, Measure, ParticleFlow, Regularization, make_flow
 from ._grid import FiniteVolume, Grid, GridDensity, GridFlow, init_density, positivity_limit
 from ._integrate import FlowResult, FlowState, Record, Schedule, integrate
 from ._init_particles import INIT_KINDS, MEASURES, init_particles
 from ._problem import Problem, random_embedding, random_readout
 from ._sharding import SHARD_MODES, ShardedDepth, make_mesh, shard_depth
+
+# Names whose modules load optax, h5py or matplotlib: imported on first use (PEP 562).
+_LAZY = {
+    **{name: "._compare" for name in (
+        "OPTIMIZERS", "SGD", "Adam", "CompareResult", "Minibatch", "Momentum", "Trajectory",
+        "meanfield_trajectory", "run_compare", "train_network", "write_compare")},
+    "plot_compare": "._compare_plot",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'wflow' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 try:
     __version__ = version("wflow-meanfield")
@@ -73,6 +92,7 @@ __all__ = [
     "REORDERS",
     "SGD",
     "SHARD_MODES",
+    "AbstractFeatureMap",
     "Activation",
     "Adam",
     "CompareResult",
@@ -108,10 +128,12 @@ __all__ = [
     "block_fields",
     "build_run",
     "ensemble_gap",
+    "generic_field",
     "get_activation",
     "init_density",
     "init_particles",
     "integrate",
+    "load_block",
     "load_config",
     "make_dataset",
     "make_feature",

@@ -16,10 +16,11 @@ import numpy as np
 from ._blocks import Reordering
 from ._data import DataError, is_labelled, make_dataset, make_test_set
 from ._depth import ContinuousDepth, DepthDiscretization, LayeredDepth
-from ._features import make_feature
+from ._features import BlockError, check_values
 from ._flow import Flow, Regularization, make_flow
 from ._grid import FiniteVolume, Grid, grid_arrays, init_density
 from ._integrate import Schedule
+from ._model import feature_from_config
 from ._init_particles import init_particles
 from ._problem import Problem, random_embedding, random_readout
 from ._schema import ConfigError, fmt
@@ -134,8 +135,7 @@ def build_run(config: dict) -> RunSetup:
     data, model, init, solver, train = (config[s] for s in ("data", "model", "init", "solver",
                                                               "train"))
     try:
-        feature = make_feature(model["feature"], model["dim"], model["activation"], model["bias"],
-                               model["sharpness"], tile=solver["tile"])
+        feature = feature_from_config(model, tile=solver["tile"])
         data_args = {
             "n": data["n"], "dim": data["dim"], "seed": seed, "feature": feature,
             "out_dim": data["out_dim"], "noise": data["noise"], "path": data["path"],
@@ -192,6 +192,7 @@ def build_run(config: dict) -> RunSetup:
                                         reflection=(feature.reflection if init["symmetric"]
                                                     else None))
         _check_representable(config, "init", {"initial state": theta0}, dtype)
+        _check_block_values(config, problem, depth, theta0, regularization)
         key = jax.random.fold_in(root, 2)
         reordering = Reordering(train["reorder"], train["reorder_every"], seed)
         # Many devices: split the data or the particles (one device: depth unchanged).
@@ -208,6 +209,15 @@ def build_run(config: dict) -> RunSetup:
     if problem.readout_matrix is not None:
         arrays["model/readout"] = np.asarray(problem.readout_matrix)
     return RunSetup(problem, depth, schedule, regularization, theta0, key, arrays, reordering)
+
+
+def _check_block_values(config, problem: Problem, depth, measure0, regularization) -> None:
+    """A block's values at the initial particles (a grid's cell centres) are finite."""
+    Theta, _ = make_flow(problem, depth, measure0, regularization).weighted(measure0)
+    try:
+        check_values(problem.feature, problem.embed(problem.x), Theta)
+    except BlockError as e:
+        raise ConfigError(f"model.feature = {fmt(config['model']['feature'])}: {e}") from None
 
 
 def random_maps(model: dict, seed: int, d_in: int, d_out: int, dtype, stream: int = 0,

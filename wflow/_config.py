@@ -88,9 +88,12 @@ from ._flow import L2_SCHEDULES, METHODS
 from ._grid import DEFAULT_CFL, LIMITERS, SCHEMES, grid_config_warnings, resolve_grid_config
 from ._integrate import ON_INCREASE
 from ._init_particles import INIT_KINDS
+from ._model import resolve_block, resolve_block_path
 from ._schema import (
     ConfigError,
     Key,
+    TableKey,
+    block_key,
     bool_key,
     bounds_key,
     cells_key,
@@ -106,6 +109,7 @@ from ._schema import (
     parse_override,
     path_key,
     read_toml,
+    table_key,
     to_toml,
     unknown_key,
 )
@@ -141,7 +145,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "test_n": int_key(0, 0),
     },
     "model": {
-        "feature": choice_key("neuron", FEATURES),
+        "feature": block_key("neuron", FEATURES),
         "activation": choice_key("tanh", ACTIVATIONS),
         "bias": bool_key(True),
         "dim": int_key(None, 1),
@@ -149,6 +153,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "scale": float_key(1.0, 0.0, strict=True),
         "embedding": choice_key("pad", EMBEDDINGS),
         "readout": choice_key("coordinates", READOUTS),
+        "params": table_key(),
     },
     "init": {
         "kind": choice_key("gaussian", INIT_KINDS),
@@ -254,6 +259,13 @@ def _apply_override(raw: dict, parts: list[str], value: Any) -> None:
     table = raw.setdefault(section, {})
     if not isinstance(table, dict):
         raise ConfigError(f"{section} = {fmt(table)}: must be a table ([{section}])")
+    if len(parts) == 3 and isinstance(SCHEMA.get(section, {}).get(parts[1]), TableKey):
+        sub = table.setdefault(parts[1], {})  # a free table: [model.params]
+        if not isinstance(sub, dict):
+            raise ConfigError(f"{section}.{parts[1]} = {fmt(sub)}: must be a table "
+                              f"([{section}.{parts[1]}])")
+        sub[parts[2]] = value
+        return
     if len(parts) == 3 and (section, parts[1]) in SUBTABLES:
         sub = table.setdefault(parts[1], {})
         if not isinstance(sub, dict):
@@ -294,10 +306,6 @@ def _unknown_section(name: str, value: Any, full: str | None = None) -> ConfigEr
 # ----------------------------------------------------------------------------- resolving
 
 
-def _feature_k(feature: str, d: int, bias: bool) -> int:
-    return d * d if feature == "linear" else 2 * d + (1 if bias else 0)
-
-
 def _per_coord_len(key: str, value, k: int) -> None:
     if isinstance(value, list) and len(value) != k:
         raise ConfigError(f"{key} = {fmt(value)}: give a scalar or a list of k = {k} values "
@@ -321,8 +329,20 @@ def _resolve(raw: dict, stem: str) -> dict:
 
     data, model, init, solver, train, output = (cfg[s] for s in
                                                 ("data", "model", "init", "solver", "train", "output"))
+    d_in, d_out = _resolve_data(data, given["data"])
+    k = _resolve_model(model, solver, init, data["kind"], d_in, d_out)
+    _resolve_init(init, solver, k)
+    _resolve_solver(raw, solver, init, train, k, given["solver"])
+    _resolve_train(cfg, train, solver, given["train"])
+    if output["path"] is None:
+        output["path"] = os.path.join("runs", f"{stem}.h5")
+    if "study" not in raw:  # only the study verbs read [study]; they fill in its defaults
+        del cfg["study"]
+    return cfg
 
-    # --- data: d_in and d_out
+
+def _resolve_data(data: dict, given: set) -> tuple[int, int]:
+    """[data]: file data read for their shapes, fixed dimensions, classes; (d_in, d_out)."""
     kind = data["kind"]
     if kind == "file":
         if data["path"] is None:
@@ -335,14 +355,14 @@ def _resolve(raw: dict, stem: str) -> dict:
             raise ConfigError(str(e)) from None
         n_file, d_in = x.shape
         d_out = y.shape[1]
-        if "dim" in given["data"] and data["dim"] != d_in:
+        if "dim" in given and data["dim"] != d_in:
             raise ConfigError(f"data.dim = {data['dim']}: the file data.path has x of shape "
                               f"{x.shape}, so d_in = {d_in} (leave data.dim out for file data)")
         if data["test_n"] >= n_file:
             raise ConfigError(f"data.test_n = {data['test_n']}: the file data.path holds "
                               f"{n_file} samples; at least one must be left for training")
         n_train = n_file - data["test_n"]
-        if "n" in given["data"] and data["n"] != n_train:
+        if "n" in given and data["n"] != n_train:
             held = f" minus data.test_n = {data['test_n']}" if data["test_n"] else ""
             raise ConfigError(f"data.n = {data['n']}: the file data.path holds {n_file} samples"
                               f"{held}, i.e. {n_train} for training (leave data.n out for file "
@@ -354,7 +374,7 @@ def _resolve(raw: dict, stem: str) -> dict:
                               f'data.kind = "file" (data.kind is {fmt(kind)})')
         fixed = {"circles": 2, "digits": 64}.get(kind)
         if fixed is not None:
-            if "dim" in given["data"] and data["dim"] != fixed:
+            if "dim" in given and data["dim"] != fixed:
                 raise ConfigError(f"data.dim = {data['dim']}: {kind} data has d_in = {fixed}")
             data["dim"] = fixed
         d_in = data["dim"]
@@ -367,14 +387,19 @@ def _resolve(raw: dict, stem: str) -> dict:
     if data["classes"] is not None and kind != "digits":
         raise ConfigError(f"data.classes = {fmt(data['classes'])}: only used with "
                           f'data.kind = "digits" (data.kind is {fmt(kind)})')
-    if ("out_dim" in given["data"] and kind not in ("teacher", "gaussian")
+    if ("out_dim" in given and kind not in ("teacher", "gaussian")
             and data["out_dim"] != d_out):
         raise ConfigError(f"data.out_dim = {data['out_dim']}: only teacher and gaussian data set "
                           "d_out; "
                           f"{kind} data has d_out = {d_out}")
     data["out_dim"] = d_out
+    return d_in, d_out
 
-    # --- model: state dimension d >= d_in, d_out
+
+def _resolve_model(model: dict, solver: dict, init: dict, kind: str, d_in: int,
+                   d_out: int) -> int:
+    """[model]: the state dimension d >= d_in, d_out, the embedding / readout rules and the
+    block (built and checked); returns its k."""
     if model["dim"] is None:
         model["dim"] = max(d_in, d_out)
     d = model["dim"]
@@ -390,9 +415,14 @@ def _resolve(raw: dict, stem: str) -> dict:
         raise ConfigError(f"model.{name} = {fmt(value)}: teacher data need model.embedding = "
                           '"pad" and model.readout = "coordinates" (the teacher network has no '
                           'random maps); use data.kind = "gaussian" or another data set')
-    k = _feature_k(model["feature"], d, model["bias"])
+    k = resolve_block(model, solver, init).k
+    if not model["params"]:
+        del model["params"]  # stored only for blocks that take parameters
+    return k
 
-    # --- init: per-coordinate lists have k entries
+
+def _resolve_init(init: dict, solver: dict, k: int) -> None:
+    """[init]: per-coordinate lists have k entries; kind-specific keys; symmetric pairs."""
     for name in ("mean", "std", "low", "high"):
         if init[name] is not None:
             _per_coord_len(f"init.{name}", init[name], k)
@@ -429,23 +459,28 @@ def _resolve(raw: dict, stem: str) -> dict:
         raise ConfigError(f"init.path = {fmt(init['path'])}: only used with "
                           f'init.kind = "file" (init.kind is {fmt(init["kind"])})')
 
-    # --- solver
+
+def _resolve_solver(raw: dict, solver: dict, init: dict, train: dict, k: int,
+                    given: set) -> None:
+    """[solver]: the grid's own rules (``resolve_grid_config``) or no [solver.grid]."""
     grid_keys = SUBTABLES[("solver", "grid")]
     if solver["kind"] == "grid":
         raw_grid = raw.get("solver", {}).get("grid", {})
         solver.setdefault("grid", {name: spec.default for name, spec in grid_keys.items()})
-        resolve_grid_config(solver, init, train, k=k, given_solver=given["solver"],
+        resolve_grid_config(solver, init, train, k=k, given_solver=given,
                             given_grid=set(raw_grid))
     elif "grid" in solver:
         raise ConfigError(f"solver.grid = {fmt(raw['solver']['grid'])}: only used with "
                           f'solver.kind = "grid" (solver.kind is {fmt(solver["kind"])})')
 
-    # --- train
+
+def _resolve_train(cfg: dict, train: dict, solver: dict, given: set) -> None:
+    """[train]: method-dependent keys, block reordering, step and record counts."""
     if train["temperature"] > 0 and train["method"] == "adaptive":
         raise ConfigError(f"train.temperature = {train['temperature']!r}: needs train.method = "
                           '"euler" or "heun" (adaptive integration is deterministic only)')
     study = cfg.get("compare", {}).get("reorder", [])
-    if train["reorder"] == "none" and "reorder_every" in given["train"] and not study:
+    if train["reorder"] == "none" and "reorder_every" in given and not study:
         raise ConfigError(f"train.reorder_every = {train['reorder_every']}: only used with "
                           'train.reorder = "random" or "sort" (or a [compare] reorder study); '
                           'train.reorder is "none"')
@@ -471,13 +506,6 @@ def _resolve(raw: dict, stem: str) -> dict:
                           f"{MAX_RECORDS:.0e} are allowed (increase train.record_every)")
     if train["snapshots"] > MAX_RECORDS:
         raise ConfigError(f"train.snapshots = {train['snapshots']}: at most {MAX_RECORDS:.0e}")
-
-    # --- output
-    if output["path"] is None:
-        output["path"] = os.path.join("runs", f"{stem}.h5")
-    if "study" not in raw:  # only the study verbs read [study]; they fill in its defaults
-        del cfg["study"]
-    return cfg
 
 
 def load_config(path, overrides=()) -> dict:
@@ -505,6 +533,9 @@ def load_config(path, overrides=()) -> dict:
         if isinstance(table, dict) and isinstance(table.get(key), str) and table[key].strip():
             p = os.path.expanduser(table[key])
             table[key] = p if os.path.isabs(p) else os.path.join(base, p)
+    model = raw.get("model")
+    if isinstance(model, dict) and isinstance(model.get("feature"), str):
+        model["feature"] = resolve_block_path(model["feature"], base)
     for item in overrides:
         parts, value = parse_override(item)
         _apply_override(raw, parts, value)

@@ -173,6 +173,9 @@ class OutputLock:
         self.path = os.path.abspath(os.fspath(path))
         self.lock_path = self.path + ".lock"
         self._fd: int | None = None
+        # Folders created for this file (deepest first); release() removes those still empty,
+        # so a run that fails before writing leaves nothing behind.
+        self.created_dirs: list[str] = []
 
     @property
     def held(self) -> bool:
@@ -218,6 +221,9 @@ class OutputLock:
             os.unlink(self.lock_path)  # while still holding it: see acquire()
         os.close(self._fd)
         self._fd = None
+        for folder in self.created_dirs:
+            with contextlib.suppress(OSError):  # not empty: the run wrote something
+                os.rmdir(folder)
 
     def __enter__(self) -> Self:
         return self.acquire()
@@ -615,9 +621,12 @@ def _is_resolved(config: dict) -> bool:
 
 
 def _expected_k(model: dict) -> int | None:
+    """k of the stored config's block; None when it cannot be built here (a user's block
+    whose file is gone, a hand-written config)."""
+    from ._model import feature_k
+
     try:
-        d = int(model["dim"])
-        return d * d if model["feature"] == "linear" else 2 * d + (1 if model["bias"] else 0)
+        return feature_k(model)
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -625,8 +634,10 @@ def _expected_k(model: dict) -> int | None:
 class _Reader:
     """Reads and checks one open run file; every problem is a RunFileError naming a dataset."""
 
-    def __init__(self, path: str, f: h5py.File):
+    def __init__(self, path: str, f: h5py.File, out: dict | None = None):
         self.path, self.f = path, f
+        self.out = {} if out is None else out  # the arrays read so far, by path
+        self.sealed = False  # written (and sealed) by wflow: every dataset has a checksum
 
     def fail(self, what: str, problem: str) -> RunFileError:
         return RunFileError(f"{self.path}: {what} {problem}")
@@ -644,9 +655,9 @@ class _Reader:
             raise self.fail(f"/{name}", "is not a dataset")
         return obj
 
-    def read(self, ds: h5py.Dataset, sealed: bool) -> np.ndarray:
+    def read(self, ds: h5py.Dataset) -> np.ndarray:
         name = ds.name
-        if sealed and not _protected(ds):
+        if self.sealed and not _protected(ds):
             raise self.fail(name, "has no checksum (contiguous layout without fletcher32): "
                             "the file was edited by something other than wflow")
         try:
@@ -662,6 +673,183 @@ class _Reader:
         if ndim is not None and a.ndim != ndim:
             raise self.fail(f"/{name}", f"has shape {a.shape}, expected {ndim} dimension(s)")
         return a
+
+    # -- the parts of a run file, in reading order (``_read_open``)
+
+    def root(self, attrs: dict) -> tuple[dict, dict]:
+        """(raw root attributes, stored config); checks the seal, status and numbers."""
+        f, path = self.f, self.path
+        raw_attrs = {}
+        try:
+            for k in f.attrs:
+                raw_attrs[k] = f.attrs[k]
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            raise RunFileError(f"{path}: the root attributes are damaged "
+                               f"({_one_line(e)})") from None
+        self.sealed = "attrs_sha256" in raw_attrs
+        if self.sealed and _text(raw_attrs["attrs_sha256"]) != _attrs_digest(f):
+            raise RunFileError(f"{path}: the root attributes (config, seed, ...) are damaged: "
+                               "their checksum attrs_sha256 does not match")
+        status = attrs.get("status")
+        if not isinstance(status, str) or status not in STATUSES:
+            raise RunFileError(f"{path}: root attribute status = {status!r}; expected one of "
+                               f"{', '.join(STATUSES)}")
+        try:
+            config = tomllib.loads(_text(attrs.get("config", "")))
+        except (tomllib.TOMLDecodeError, RecursionError):
+            if self.sealed:
+                raise RunFileError(f"{path}: root attribute config is not valid TOML") from None
+            config = {}  # a hand-written file: the config is only used for labels
+        for name in ("initial_loss", "wall_time"):
+            if name in attrs:
+                v = np.asarray(attrs[name])
+                if v.shape != () or v.dtype.kind not in "fiu":
+                    raise RunFileError(f"{path}: root attribute {name} = {attrs[name]!r} is not "
+                                       "a number")
+
+        return raw_attrs, config
+
+    def history(self) -> None:
+        """/history: 1-D real columns of one length."""
+        hist = self.f.get("history")
+        if not isinstance(hist, h5py.Group) or "s" not in hist or "loss" not in hist:
+            raise self.fail("/history", "is missing or lacks s and loss")
+        n = None
+        for column in list(hist):
+            name = f"history/{column}"
+            a = self.numeric(name, self.read(self.dataset(name)), 1)
+            if n is None:
+                n = a.shape[0]
+            elif a.shape[0] != n:
+                raise self.fail(f"/{name}", f"has {a.shape[0]} rows, /history/{next(iter(hist))} "
+                                f"has {n}")
+            self.out[name] = a
+
+    def data(self) -> tuple[np.ndarray, np.ndarray]:
+        """/data/x, /data/y and /final/prediction."""
+        x = self.numeric("data/x", self.read(self.dataset("data/x")), 2)
+        y = self.numeric("data/y", self.read(self.dataset("data/y")), 2)
+        if x.shape[0] != y.shape[0] or x.shape[0] == 0 or 0 in x.shape or 0 in y.shape:
+            raise self.fail("/data/x and /data/y", f"have shapes {x.shape} and {y.shape}, expected "
+                            "(N, d_in) and (N, d_out) with N, d_in, d_out >= 1")
+        self.out["data/x"], self.out["data/y"] = x, y
+        pred = self.dataset("final/prediction", required=False)
+        if pred is not None:
+            p = self.numeric("final/prediction", self.read(pred), 2)
+            if p.shape != y.shape:
+                raise self.fail("/final/prediction", f"has shape {p.shape}, expected {y.shape} "
+                                "(the shape of /data/y)")
+            self.out["final/prediction"] = p
+        return x, y
+
+    def snapshots(self, all_snapshots: bool) -> tuple[str | None, tuple | None]:
+        """/snapshots: one array (theta or rho) and its times; (name, shape of one)."""
+        snaps = self.f.get("snapshots")
+        name = None
+        if isinstance(snaps, h5py.Group):
+            names = [k for k in snaps if k != "s"]
+            if len(names) > 1:
+                raise self.fail("/snapshots", f"holds {names}, expected one snapshot array")
+            name = names[0] if names else None
+        snap_shape = None
+        if name is not None:
+            ds = self.dataset(f"snapshots/{name}")
+            s_ds = self.dataset("snapshots/s", required=False)
+            if ds.ndim < 2 or 0 in ds.shape[1:]:
+                raise self.fail(f"/snapshots/{name}", f"has shape {ds.shape}, expected "
+                                "(n_snap, ...) with every dimension after the first >= 1")
+            snap_shape = ds.shape[1:]
+            if s_ds is not None:
+                s = self.numeric("snapshots/s", self.read(s_ds), 1)
+                if s.shape[0] != ds.shape[0]:
+                    raise self.fail("/snapshots/s", f"has {s.shape[0]} entries, /snapshots/{name} "
+                                    f"holds {ds.shape[0]} snapshots")
+                self.out["snapshots/s"] = s
+            if all_snapshots or ds.shape[0] <= 2:
+                a = self.read(ds)
+            else:  # only the first and last (plots): still read through the checksums
+                try:
+                    a = np.stack([ds[0], ds[-1]])
+                except (OSError, ValueError, RuntimeError) as e:
+                    raise self.fail(ds.name, f"is damaged: its data cannot be read "
+                                    f"({_one_line(e)})") from None
+            self.out[f"snapshots/{name}"] = self.numeric(f"snapshots/{name}", a, None)
+            if name == "theta" and ds.ndim != 4:
+                raise self.fail("/snapshots/theta", f"has shape {ds.shape}, expected "
+                                "(n_snap, L, M, k)")
+        return name, snap_shape
+
+    def state(self, name: str | None, snap_shape) -> None:
+        """/state: the resumable state, with its own checksum."""
+        state = self.f.get("state")
+        if isinstance(state, h5py.Group):
+            names = [k for k in state if k not in ("step", "key")]
+            if len(names) != 1:
+                raise self.fail("/state", f"holds {sorted(state)}, expected <name>, step and key")
+            sname = names[0]
+            arr = self.numeric(f"state/{sname}", self.read(self.dataset(f"state/{sname}")), None)
+            if name is not None and (sname != name or arr.shape != snap_shape):
+                raise self.fail(f"/state/{sname}", f"has shape {arr.shape}, the snapshots "
+                                f"/snapshots/{name} have {snap_shape}")
+            step = self.numeric("state/step", self.read(self.dataset("state/step")), 0,
+                             integer=True)
+            if int(step) < 0:
+                raise self.fail("/state/step", f"= {int(step)} is negative")
+            key = self.read(self.dataset("state/key"))
+            if key.shape != (2,) or key.dtype != np.uint32:
+                raise self.fail("/state/key", f"has shape {key.shape} and dtype {key.dtype}, "
+                                "expected (2,) uint32")
+            if self.sealed:
+                stored = state.attrs.get("sha256")
+                if stored is None or _text(stored) != _state_digest(state):
+                    raise self.fail("/state", "is damaged: its checksum sha256 does not match "
+                                    "(the resumable state cannot be trusted)")
+            self.out[f"state/{sname}"] = arr
+            self.out["state/step"], self.out["state/key"] = step, key
+
+    def complete(self, name: str | None) -> None:
+        """A sealed file (written by wflow) has every part of a run file."""
+        if self.sealed:  # written by wflow: every part of a run file must be there
+            wanted = ["snapshots/s", "state/step", "state/key"]
+            wanted += [f"snapshots/{name}"] if name is not None else ["snapshots/<theta or rho>"]
+            wanted += [k for k in self.out if k.startswith("state/")] or ["state/<theta or rho>"]
+            missing = [w for w in wanted if w not in self.out]
+            if missing:
+                raise self.fail(f"/{missing[0]}", "is missing (the file was written by wflow: it "
+                                "has been edited or damaged)")
+
+    def rest(self) -> None:
+        """Any further fixed arrays (grid axes, ...)."""
+        path = self.path
+
+        def visit(path_, obj):
+            if isinstance(obj, h5py.Dataset) and path_ not in self.out and not any(
+                    path_.startswith(p) for p in ("snapshots/",)):
+                self.out[path_] = self.read(obj)
+
+        try:
+            self.f.visititems(visit)
+        except (OSError, KeyError, ValueError, RuntimeError) as e:
+            raise RunFileError(f"{path}: the file's structure is damaged "
+                               f"({_one_line(e)})") from None
+
+    def consistent(self, config: dict, x: np.ndarray, y: np.ndarray) -> None:
+        """Shapes against the stored (resolved) config."""
+        if _is_resolved(config) and config["solver"].get("kind", "particles") == "particles":
+            solver, model, data = config["solver"], config["model"], config["data"]
+            k = _expected_k(model)
+            want = (solver.get("L"), solver.get("M"), k)
+            for where in ("snapshots/theta", "state/theta"):
+                got = self.out[where].shape[-3:] if where in self.out else None
+                if got is not None and got != want and (k is not None or got[:2] != want[:2]):
+                    raise self.fail(f"/{where}", f"has shape {self.out[where].shape}, the "
+                                    f"stored config needs (..., L, M, k) = {want}")
+            if x.shape != (data.get("n"), data.get("dim")):
+                raise self.fail("/data/x", f"has shape {x.shape}, the stored config has "
+                                f"(data.n, data.dim) = ({data.get('n')}, {data.get('dim')})")
+            if y.shape[1] != data.get("out_dim", y.shape[1]):
+                raise self.fail("/data/y", f"has {y.shape[1]} columns, the stored config has "
+                                f"data.out_dim = {data.get('out_dim')}")
 
 
 def _read_checked(path: str, *, all_snapshots: bool = True) -> tuple[dict, dict]:
@@ -685,160 +873,16 @@ def _read_checked(path: str, *, all_snapshots: bool = True) -> tuple[dict, dict]
 def _read_open(path: str, f: h5py.File, attrs: dict, out: dict, all_snapshots: bool):
     """The body of ``_read_checked`` on the open file ``f`` (closed on return)."""
     with f:
-        r = _Reader(path, f)
-        raw_attrs = {}
-        try:
-            for k in f.attrs:
-                raw_attrs[k] = f.attrs[k]
-        except (OSError, ValueError, KeyError, RuntimeError) as e:
-            raise RunFileError(f"{path}: the root attributes are damaged ({_one_line(e)})") from None
-        sealed = "attrs_sha256" in raw_attrs
-        if sealed and _text(raw_attrs["attrs_sha256"]) != _attrs_digest(f):
-            raise RunFileError(f"{path}: the root attributes (config, seed, ...) are damaged: "
-                               "their checksum attrs_sha256 does not match")
-        status = attrs.get("status")
-        if not isinstance(status, str) or status not in STATUSES:
-            raise RunFileError(f"{path}: root attribute status = {status!r}; expected one of "
-                               f"{', '.join(STATUSES)}")
-        try:
-            config = tomllib.loads(_text(attrs.get("config", "")))
-        except (tomllib.TOMLDecodeError, RecursionError):
-            if sealed:
-                raise RunFileError(f"{path}: root attribute config is not valid TOML") from None
-            config = {}  # a hand-written file: the config is only used for labels
-        for name in ("initial_loss", "wall_time"):
-            if name in attrs:
-                v = np.asarray(attrs[name])
-                if v.shape != () or v.dtype.kind not in "fiu":
-                    raise RunFileError(f"{path}: root attribute {name} = {attrs[name]!r} is not "
-                                       "a number")
-
-        # history: 1-D real columns of one length
-        hist = f.get("history")
-        if not isinstance(hist, h5py.Group) or "s" not in hist or "loss" not in hist:
-            raise r.fail("/history", "is missing or lacks s and loss")
-        n = None
-        for column in list(hist):
-            name = f"history/{column}"
-            a = r.numeric(name, r.read(r.dataset(name), sealed), 1)
-            if n is None:
-                n = a.shape[0]
-            elif a.shape[0] != n:
-                raise r.fail(f"/{name}", f"has {a.shape[0]} rows, /history/{next(iter(hist))} "
-                             f"has {n}")
-            out[name] = a
-
-        # data
-        x = r.numeric("data/x", r.read(r.dataset("data/x"), sealed), 2)
-        y = r.numeric("data/y", r.read(r.dataset("data/y"), sealed), 2)
-        if x.shape[0] != y.shape[0] or x.shape[0] == 0 or 0 in x.shape or 0 in y.shape:
-            raise r.fail("/data/x and /data/y", f"have shapes {x.shape} and {y.shape}, expected "
-                         "(N, d_in) and (N, d_out) with N, d_in, d_out >= 1")
-        out["data/x"], out["data/y"] = x, y
-        pred = r.dataset("final/prediction", required=False)
-        if pred is not None:
-            p = r.numeric("final/prediction", r.read(pred, sealed), 2)
-            if p.shape != y.shape:
-                raise r.fail("/final/prediction", f"has shape {p.shape}, expected {y.shape} "
-                             "(the shape of /data/y)")
-            out["final/prediction"] = p
-
-        # snapshots
-        snaps = f.get("snapshots")
-        name = None
-        if isinstance(snaps, h5py.Group):
-            names = [k for k in snaps if k != "s"]
-            if len(names) > 1:
-                raise r.fail("/snapshots", f"holds {names}, expected one snapshot array")
-            name = names[0] if names else None
-        snap_shape = None
-        if name is not None:
-            ds = r.dataset(f"snapshots/{name}")
-            s_ds = r.dataset("snapshots/s", required=False)
-            if ds.ndim < 2 or 0 in ds.shape[1:]:
-                raise r.fail(f"/snapshots/{name}", f"has shape {ds.shape}, expected (n_snap, ...) "
-                             "with every dimension after the first >= 1")
-            snap_shape = ds.shape[1:]
-            if s_ds is not None:
-                s = r.numeric("snapshots/s", r.read(s_ds, sealed), 1)
-                if s.shape[0] != ds.shape[0]:
-                    raise r.fail("/snapshots/s", f"has {s.shape[0]} entries, /snapshots/{name} "
-                                 f"holds {ds.shape[0]} snapshots")
-                out["snapshots/s"] = s
-            if all_snapshots or ds.shape[0] <= 2:
-                a = r.read(ds, sealed)
-            else:  # only the first and last (plots): still read through the checksums
-                try:
-                    a = np.stack([ds[0], ds[-1]])
-                except (OSError, ValueError, RuntimeError) as e:
-                    raise r.fail(ds.name, f"is damaged: its data cannot be read "
-                                 f"({_one_line(e)})") from None
-            out[f"snapshots/{name}"] = r.numeric(f"snapshots/{name}", a, None)
-            if name == "theta" and ds.ndim != 4:
-                raise r.fail("/snapshots/theta", f"has shape {ds.shape}, expected "
-                             "(n_snap, L, M, k)")
-
-        # state
-        state = f.get("state")
-        if isinstance(state, h5py.Group):
-            names = [k for k in state if k not in ("step", "key")]
-            if len(names) != 1:
-                raise r.fail("/state", f"holds {sorted(state)}, expected <name>, step and key")
-            sname = names[0]
-            arr = r.numeric(f"state/{sname}", r.read(r.dataset(f"state/{sname}"), sealed), None)
-            if name is not None and (sname != name or arr.shape != snap_shape):
-                raise r.fail(f"/state/{sname}", f"has shape {arr.shape}, the snapshots "
-                             f"/snapshots/{name} have {snap_shape}")
-            step = r.numeric("state/step", r.read(r.dataset("state/step"), sealed), 0,
-                             integer=True)
-            if int(step) < 0:
-                raise r.fail("/state/step", f"= {int(step)} is negative")
-            key = r.read(r.dataset("state/key"), sealed)
-            if key.shape != (2,) or key.dtype != np.uint32:
-                raise r.fail("/state/key", f"has shape {key.shape} and dtype {key.dtype}, "
-                             "expected (2,) uint32")
-            if sealed:
-                stored = state.attrs.get("sha256")
-                if stored is None or _text(stored) != _state_digest(state):
-                    raise r.fail("/state", "is damaged: its checksum sha256 does not match "
-                                 "(the resumable state cannot be trusted)")
-            out[f"state/{sname}"], out["state/step"], out["state/key"] = arr, step, key
-
-        if sealed:  # written by wflow: every part of a run file must be there
-            wanted = ["snapshots/s", "state/step", "state/key"]
-            wanted += [f"snapshots/{name}"] if name is not None else ["snapshots/<theta or rho>"]
-            wanted += [k for k in out if k.startswith("state/")] or ["state/<theta or rho>"]
-            missing = [w for w in wanted if w not in out]
-            if missing:
-                raise r.fail(f"/{missing[0]}", "is missing (the file was written by wflow: it "
-                             "has been edited or damaged)")
-
-        # any further fixed arrays (grid axes, ...)
-        def visit(path_, obj):
-            if isinstance(obj, h5py.Dataset) and path_ not in out and not any(
-                    path_.startswith(p) for p in ("snapshots/",)):
-                out[path_] = r.read(obj, sealed)
-
-        try:
-            f.visititems(visit)
-        except (OSError, KeyError, ValueError, RuntimeError) as e:
-            raise RunFileError(f"{path}: the file's structure is damaged ({_one_line(e)})") from None
-
-        # consistency with the stored (resolved) config
-        if _is_resolved(config) and config["solver"].get("kind", "particles") == "particles":
-            solver, model, data = config["solver"], config["model"], config["data"]
-            k = _expected_k(model)
-            want = (solver.get("L"), solver.get("M"), k)
-            for where in ("snapshots/theta", "state/theta"):
-                if where in out and out[where].shape[-3:] != want:
-                    raise r.fail(f"/{where}", f"has shape {out[where].shape}, the stored config "
-                                 f"needs (..., L, M, k) = {want}")
-            if x.shape != (data.get("n"), data.get("dim")):
-                raise r.fail("/data/x", f"has shape {x.shape}, the stored config has "
-                             f"(data.n, data.dim) = ({data.get('n')}, {data.get('dim')})")
-            if y.shape[1] != data.get("out_dim", y.shape[1]):
-                raise r.fail("/data/y", f"has {y.shape[1]} columns, the stored config has "
-                             f"data.out_dim = {data.get('out_dim')}")
+        r = _Reader(path, f, out)
+        raw_attrs, config = r.root(attrs)
+        r.history()
+        x, y = r.data()
+        name, snap_shape = r.snapshots(all_snapshots)
+        r.state(name, snap_shape)
+        if r.sealed:
+            r.complete(name)
+        r.rest()
+        r.consistent(config, x, y)
     clean = {k: (_text(v) if isinstance(v, (str, bytes)) else v) for k, v in raw_attrs.items()}
     return clean, out
 
@@ -873,7 +917,8 @@ def verify_file(path: str) -> None:
         try:
             f.visititems(visit)
         except (OSError, KeyError, RuntimeError) as e:
-            raise RunFileError(f"{path}: the file's structure is damaged ({_one_line(e)})") from None
+            raise RunFileError(f"{path}: the file's structure is damaged "
+                               f"({_one_line(e)})") from None
 
 
 def read_run(path: str) -> dict:

@@ -25,7 +25,6 @@ rendered by the Agg canvas that ``Figure.savefig`` picks for PNG).
 
 from __future__ import annotations
 
-import math
 import os
 import tomllib
 from dataclasses import dataclass
@@ -168,34 +167,45 @@ def _fmt(v: float) -> str:
     return f"{v:.4g}"
 
 
-def _coord_names(feature: str | None, k: int) -> list[str]:
-    """Mathtext names of the k coordinates of theta (layout: docs/theory.md, "Model")."""
-    if feature == "neuron" and k >= 2:
-        d = k // 2
-        names = [f"$u_{{{i}}}$" for i in range(d)] + [f"$w_{{{i}}}$" for i in range(d)]
-        return names + ["$b$"] if k % 2 else names
-    if feature == "linear" and math.isqrt(k) ** 2 == k:
-        d = math.isqrt(k)
-        if d == 1:
-            return [r"$\theta$"]
-        return [rf"$\theta_{{{i}{j}}}$" for i in range(d) for j in range(d)]
-    return [rf"$\theta_{{{i}}}$" for i in range(k)]
+_GREEK = {"theta", "alpha", "beta", "gamma", "lambda", "mu", "sigma", "tau", "omega"}
 
 
-def _views(feature: str | None, k: int) -> list[tuple[int, int]]:
-    """Coordinate pairs (x, y) shown in particles.png, one row of panels each.
+def _mathtext(name: str) -> str:
+    """A coordinate name as mathtext: "u_0" -> $u_{0}$, "theta_01" -> $\\theta_{01}$."""
+    base, _, sub = name.partition("_")
+    if not base.isidentifier():
+        return name
+    head = f"\\{base}" if base in _GREEK else base
+    return f"${head}_{{{sub}}}$" if sub else f"${head}$"
 
-    neuron: (w_0, u_0) -- the classic mean-field picture of a neuron's input
-    weight against its output weight; when d >= 2 also (w_0, w_1), the
-    direction in which the neuron reads the state.
-    linear, d >= 2: (theta_00, theta_11), the diagonal entries.
-    """
-    if feature == "neuron" and k >= 2:
-        d = k // 2
-        return [(d, 0)] if d == 1 else [(d, 0), (d, d + 1)]
-    if feature == "linear" and math.isqrt(k) ** 2 == k and k >= 4:
-        return [(0, math.isqrt(k) + 1)]
-    return [(0, 1)]
+
+def _feature_of(run: _Run, k: int):
+    """The run's block, built from its stored [model] table (None when it cannot be built
+    here: a hand-written file, a user's block whose file is gone, or a different k)."""
+    from ._model import feature_from_config
+
+    model = run.config.get("model", {})
+    if not isinstance(model, dict) or model.get("feature") is None or model.get("dim") is None:
+        return None
+    try:
+        feature = feature_from_config(model)
+        return feature if feature.k == k else None
+    except Exception:  # any failure only costs the figure its coordinate names
+        return None
+
+
+def _coord_names(run: _Run, k: int) -> list[str]:
+    """Mathtext names of the k coordinates of theta (the block's ``coordinate_names``)."""
+    feature = _feature_of(run, k)
+    names = feature.coordinate_names if feature is not None else [f"theta_{i}" for i in range(k)]
+    return [_mathtext(n) for n in names]
+
+
+def _views(run: _Run, k: int) -> list[tuple[int, int]]:
+    """Coordinate pairs (x, y) shown in particles.png, one row of panels each (the block's
+    ``views``; neuron: (w_0, u_0) and, for d >= 2, (w_0, w_1))."""
+    feature = _feature_of(run, k)
+    return list(feature.views) if feature is not None else [(0, 1)]
 
 
 def _slices(n: int) -> list[int]:
@@ -371,8 +381,7 @@ def _finite_rows(a: np.ndarray) -> np.ndarray:
 def _plot_particles(run: _Run, out_dir: str) -> str:
     theta = run.theta.astype(float)
     n_snap, L, M, k = theta.shape
-    feature = run.get("model", "feature")
-    names = _coord_names(feature, k)
+    names = _coord_names(run, k)
     layers = _slices(L)
     keep = _subsample(M, MAX_POINTS)
     snap_s = run.theta_s
@@ -436,7 +445,7 @@ def _plot_particles(run: _Run, out_dir: str) -> str:
         _title(fig, run, "particle histograms per depth slice")
         return _save(fig, out_dir, "particles.png")
 
-    views = _views(feature, k)
+    views = _views(run, k)
     fig = Figure(figsize=(3.6 * len(layers) + 0.6, 3.7 * len(views) + 0.7), layout="constrained")
     # one scale per row, so the depth slices of a row compare directly
     axes = np.array(fig.subplots(len(views), len(layers), sharex="row", sharey="row",
@@ -491,12 +500,16 @@ def _cell_width(axis: np.ndarray) -> float:
     return float((axis[-1] - axis[0]) / (len(axis) - 1)) if len(axis) > 1 else 1.0
 
 
-def _density_views(feature: str | None, k: int) -> list[tuple[int, int]]:
-    """(x axis, y axis) of the 2-D pictures: for neurons w_0 across and u_0 up, as in
-    particles.png; with a bias also (w_0, b). The other axes are summed out."""
-    if feature == "neuron" and k in (2, 3):
-        return [(1, 0)] if k == 2 else [(1, 0), (1, 2)]
-    return [(0, 1)] if k == 2 else [(0, 1), (0, 2)]
+def _density_views(run: _Run, k: int) -> list[tuple[int, int]]:
+    """(x axis, y axis) of the 2-D pictures: the block's first view (neurons: w_0 across and
+    u_0 up, as in particles.png) and, for k = 3, the first view's x against the third axis
+    (neurons with a bias: (w_0, b)). The other axes are summed out."""
+    x, y = _views(run, k)[0]
+    first = (x, y) if x != y and max(x, y) < k else (0, 1)
+    if k == 2:
+        return [first]
+    third = next(a for a in range(k) if a not in first)
+    return [first, (first[0], third)]
 
 
 def _marginal(rho: np.ndarray, keep: tuple[int, int], widths: list[float]) -> np.ndarray:
@@ -515,8 +528,7 @@ def _plot_density(run: _Run, out_dir: str) -> str:
     n_snap, n_t = rho.shape[:2]
     cells = rho.shape[2:]
     k = len(cells)
-    feature = run.get("model", "feature")
-    names = _coord_names(feature, k)
+    names = _coord_names(run, k)
     slices = _slices(n_t)
     t = run.grid_t if run.grid_t is not None and len(run.grid_t) == n_t else None
     has_s = run.rho_s is not None
@@ -552,7 +564,7 @@ def _plot_density(run: _Run, out_dir: str) -> str:
         _title(fig, run, f"density per depth slice ({len(shown)} of {n_snap} snapshots)")
         return _save(fig, out_dir, "density.png")
 
-    views = _density_views(feature, k)
+    views = _density_views(run, k)
     rows = [0, n_snap - 1] if n_snap > 1 else [0]
     n_rows = len(views) * len(rows)
     fig = Figure(figsize=(max(3.3 * len(slices) + 1.4, 8.0), 3.0 * n_rows + 0.9),

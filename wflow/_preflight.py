@@ -133,8 +133,10 @@ def parse_size(text: str) -> float:
 
 
 def _k(model: dict) -> int:
-    d = model["dim"]
-    return d * d if model["feature"] == "linear" else 2 * d + (1 if model["bias"] else 0)
+    from ._model import feature_k
+
+    k = feature_k(model)
+    return k if k is not None else 2 * model["dim"] + 1
 
 
 def _n_samples(data: dict) -> int:

@@ -66,7 +66,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._features import FeatureMap
+from ._features import AbstractFeatureMap
 
 
 class Problem(eqx.Module):
@@ -80,7 +80,7 @@ class Problem(eqx.Module):
     coordinates).
     """
 
-    feature: FeatureMap
+    feature: AbstractFeatureMap
     x: jax.Array
     y: jax.Array
     scale: float = eqx.field(static=True, default=1.0)

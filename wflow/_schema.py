@@ -178,6 +178,39 @@ def choice_key(default, choices) -> Key:
     return Key(default, check)
 
 
+class TableKey(Key):
+    """A free table of TOML values (e.g. ``[model.params]``): any key, checked by its user."""
+
+
+def table_key() -> TableKey:
+    def check(key, v):
+        if not isinstance(v, dict):
+            raise bad(key, v, f"must be a table ([{key}]) of parameters")
+        for name, value in v.items():
+            if isinstance(value, dict):
+                raise bad(f"{key}.{name}", value, "must be a number, a string, a boolean or a "
+                          "list (a parameter of the block)")
+        return dict(v)
+
+    return TableKey({}, check)
+
+
+def block_key(default, registry) -> Key:
+    """A registry name, or a user's block as ``"package.module:ClassName"`` /
+    ``"path/to/file.py:ClassName"`` (checked when the block is built)."""
+    names = tuple(registry)
+    allowed = ("allowed are " + ", ".join(json.dumps(c) for c in names)
+               + ", or a block of your own as 'package.module:ClassName' or "
+               "'path/to/file.py:ClassName'")
+
+    def check(key, v):
+        if not isinstance(v, str) or not (v in names or ":" in v):
+            raise bad(key, v, allowed)
+        return v
+
+    return Key(default, check)
+
+
 def path_key(default=None) -> Key:
     def check(key, v):
         if not isinstance(v, str) or not v.strip():

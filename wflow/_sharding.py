@@ -83,7 +83,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ._depth import ContinuousDepth, DepthDiscretization
-from ._features import FeatureMap
+from ._features import AbstractFeatureMap
 from ._problem import Problem
 
 __all__ = [
@@ -240,7 +240,7 @@ class _ShardProblem(Problem):
         return 0.5 * jnp.sum(r * r) / self.total
 
 
-class _PsumFeature(FeatureMap):
+class _PsumFeature(AbstractFeatureMap):
     """The field of a particle-split slice: the ``psum`` of every device's partial sum.
 
     F(Z) = sum_r sum_{m on r} omega_m f(Z; theta_m) with omega = 1/M (M = n M_r,
@@ -248,7 +248,7 @@ class _PsumFeature(FeatureMap):
     rule: d_z F^T P is ``psum``ed, dE/dtheta and dE/domega stay local.
     """
 
-    inner: FeatureMap
+    inner: AbstractFeatureMap = eqx.field()
     n: int = eqx.field(static=True)
 
     @property
@@ -450,7 +450,7 @@ class ShardedDepth(DepthDiscretization):
         settings.update(x=x, y=y, x_test=None, y_test=None)
         if self.mode == "data":
             return _ShardProblem(**settings, total=problem.n)
-        settings["feature"] = _PsumFeature(problem.feature.d, problem.feature, self.n)
+        settings["feature"] = _PsumFeature(d=problem.feature.d, inner=problem.feature, n=self.n)
         return Problem(**settings)
 
     def _shard_map(self, fn, problem, Theta, weights, extra, extra_spec, out_specs):

@@ -51,6 +51,7 @@ from ._io import (
     read_run,
     remove_stale_temporaries,
 )
+from ._model import block_attrs, check_block_unchanged
 from ._preflight import check_resources, parse_size
 from ._sharding import describe, initialize_distributed, is_main_process, sync_processes
 from ._signals import Interrupted, Interrupts, current, is_cli_process
@@ -117,14 +118,21 @@ def lock_output(path: str) -> OutputLock | None:
     if not is_main_process():
         return None
     folder = os.path.dirname(os.path.abspath(path))
+    created = []  # the folders made here, removed again if the run writes nothing
+    parent = folder
+    while not os.path.exists(parent):
+        created.append(parent)
+        parent = os.path.dirname(parent)
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"output.path = {path!r}: cannot be created ({e.strerror or e})") from None
     try:
-        return OutputLock(path).acquire()
+        lock = OutputLock(path).acquire()
     except RunFileError as e:
         raise ConfigError(str(e)) from None
+    lock.created_dirs = created
+    return lock
 
 
 class _NullWriter:
@@ -180,7 +188,7 @@ def _cmd_run(args) -> int:
                     x=np.asarray(setup.problem.x), y=np.asarray(setup.problem.y),
                     name=flow.snapshot_name, measure0=flow.snapshot(setup.measure0),
                     key=np.asarray(setup.key), history=flow.history_names, arrays=setup.arrays,
-                    attrs=describe(setup.depth),
+                    attrs={**describe(setup.depth), **block_attrs(config["model"])},
                     checkpoint_every=config["output"]["checkpoint_every"])
             except OSError as e:
                 raise ConfigError(f"output.path = {out!r}: cannot be created "
@@ -205,24 +213,7 @@ def _resume(args, config) -> int:
     except RunFileError as e:
         raise ConfigError(f"output.path: {e}") from None
     attrs = stored_file["attrs"]
-    if "attrs_sha256" not in attrs:
-        print(f"wflow: warning: {out} has no checksums (written by an older wflow or by hand); "
-              "resuming without verifying its contents", file=sys.stderr)
-    status = attrs.get("status")
-    if status == "complete":
-        raise ConfigError(f"output.path = {out!r}: the run is already complete; nothing to resume")
-    if status in ("diverged", "unstable"):
-        raise ConfigError(f"output.path = {out!r}: the run {status} and cannot be resumed; start a "
-                          "new run with a smaller train.dt")
-    if status not in RESUMABLE:
-        raise ConfigError(f"output.path = {out!r}: unknown status {status!r}")
-    stored = tomllib.loads(attrs.get("config", ""))
-    stored.pop("output", None)
-    diff = _first_difference(_normalized(config), stored)
-    if diff:
-        key, now, then = diff
-        raise ConfigError(f"{key} = {_fmt_value(now)}: differs from {_fmt_value(then)} stored in "
-                          f"{out}; --resume needs the same config (only [output] may differ)")
+    _check_resumable(config, attrs, out)
     setup = build_run(config)
     flow = setup.flow
     name = flow.snapshot_name
@@ -248,24 +239,7 @@ def _resume(args, config) -> int:
     if missing:
         raise ConfigError(f"output.path = {out!r}: /history/{missing[0]} is missing; this "
                           "configuration records it")
-    schedule = setup.schedule
-    if not 0 <= step <= schedule.n_steps:
-        raise ConfigError(f"output.path = {out!r}: /state/step = {step} is outside "
-                          f"0..{schedule.n_steps}")
-    # Records up to the saved state are kept; integrate re-emits the s = 0 record itself.
-    rec_steps = schedule.record_steps()
-    snap_steps = schedule.snapshot_steps()
-    n_hist = int(np.sum(rec_steps <= step)) if step > 0 else 0
-    n_snap = int(np.sum(snap_steps <= step)) if step > 0 else 0
-    s_file, snap_s_file = stored_file["history/s"], stored_file["snapshots/s"]
-    if n_hist > s_file.shape[0] or n_snap > snap_s_file.shape[0]:
-        raise ConfigError(f"output.path = {out!r}: the file holds fewer records than its state "
-                          f"(step {step}); it cannot be resumed")
-    h = schedule.step
-    if not (np.array_equal(s_file[:n_hist], rec_steps[:n_hist] * h)
-            and np.array_equal(snap_s_file[:n_snap], snap_steps[:n_snap] * h)):
-        raise ConfigError(f"output.path = {out!r}: /history/s or /snapshots/s does not match the "
-                          "config's schedule; the file cannot be resumed")
+    n_hist, n_snap = _records_kept(stored_file, setup.schedule, step, out)
     initial_loss = attrs.get("initial_loss")
     if step > 0 and initial_loss is None:
         raise ConfigError(f"output.path = {out!r}: no initial_loss attribute; it cannot be resumed")
@@ -285,11 +259,113 @@ def _resume(args, config) -> int:
                     warned_wall="wall_mass_warning" in attrs)
 
 
+def _check_resumable(config: dict, attrs: dict, out: str) -> None:
+    """The stored run can be resumed with ``config``: its status, its config (only [output]
+    may differ) and its block's source."""
+    if "attrs_sha256" not in attrs:
+        print(f"wflow: warning: {out} has no checksums (written by an older wflow or by hand); "
+              "resuming without verifying its contents", file=sys.stderr)
+    status = attrs.get("status")
+    if status == "complete":
+        raise ConfigError(f"output.path = {out!r}: the run is already complete; nothing to resume")
+    if status in ("diverged", "unstable"):
+        raise ConfigError(f"output.path = {out!r}: the run {status} and cannot be resumed; start a "
+                          "new run with a smaller train.dt")
+    if status not in RESUMABLE:
+        raise ConfigError(f"output.path = {out!r}: unknown status {status!r}")
+    stored = tomllib.loads(attrs.get("config", ""))
+    stored.pop("output", None)
+    diff = _first_difference(_normalized(config), stored)
+    if diff:
+        key, now, then = diff
+        raise ConfigError(f"{key} = {_fmt_value(now)}: differs from {_fmt_value(then)} stored in "
+                          f"{out}; --resume needs the same config (only [output] may differ)")
+    check_block_unchanged(config["model"], attrs, out)
+
+
+def _records_kept(stored_file: dict, schedule, step: int, out: str) -> tuple[int, int]:
+    """(history rows, snapshots) of the stored file up to its state at ``step``, checked
+    against the config's schedule. integrate re-emits the s = 0 record itself."""
+    if not 0 <= step <= schedule.n_steps:
+        raise ConfigError(f"output.path = {out!r}: /state/step = {step} is outside "
+                          f"0..{schedule.n_steps}")
+    rec_steps = schedule.record_steps()
+    snap_steps = schedule.snapshot_steps()
+    n_hist = int(np.sum(rec_steps <= step)) if step > 0 else 0
+    n_snap = int(np.sum(snap_steps <= step)) if step > 0 else 0
+    s_file, snap_s_file = stored_file["history/s"], stored_file["snapshots/s"]
+    if n_hist > s_file.shape[0] or n_snap > snap_s_file.shape[0]:
+        raise ConfigError(f"output.path = {out!r}: the file holds fewer records than its state "
+                          f"(step {step}); it cannot be resumed")
+    h = schedule.step
+    if not (np.array_equal(s_file[:n_hist], rec_steps[:n_hist] * h)
+            and np.array_equal(snap_s_file[:n_snap], snap_steps[:n_snap] * h)):
+        raise ConfigError(f"output.path = {out!r}: /history/s or /snapshots/s does not match the "
+                          "config's schedule; the file cannot be resumed")
+    return n_hist, n_snap
+
+
 def _failure_text(e: BaseException) -> str:
     text = _line(e) if str(e).strip() else type(e).__name__
     if "RESOURCE_EXHAUSTED" in text or isinstance(e, MemoryError):
         return f"out of memory ({type(e).__name__}: {text[:300]})"
     return f"{type(e).__name__}: {text[:300]}"
+
+
+class _Recorder:
+    """The time loop's callback: each record goes to the run file and the progress bar.
+
+    Holds the last stored history row (for the closing summary), the step reached (for
+    the interruption message) and whether the once-per-run wall-mass warning was given.
+    Returns True to stop the loop (a first Ctrl-C / SIGTERM, or ``--stop-after-records``).
+    """
+
+    def __init__(self, args, setup, writer, out: str, step: int, last: dict, warned_wall: bool):
+        from tqdm import tqdm
+
+        self.flow, self.writer, self.out = setup.flow, writer, out
+        self.step, self.last, self.warned_wall = step, dict(last), warned_wall
+        self.main = is_main_process()  # only process 0 writes and shows progress
+        self.stop_after, self.n_records = args.stop_after_records, 0
+        self.interrupts = current()
+        self.bar = tqdm(total=setup.schedule.n_steps, initial=step, unit="step",
+                        disable=args.quiet or not self.main, file=sys.stderr,
+                        dynamic_ncols=True, leave=True, desc=os.path.basename(out))
+
+    def state_of(self, measure, step, key):
+        return lambda: (self.flow.snapshot(measure), step, np.asarray(key))
+
+    def __call__(self, rec) -> bool:
+        from ._grid import wall_mass_warning
+
+        writer = self.writer
+        if rec.step == 0 and rec.history:
+            writer.set_attr("initial_loss", float(rec.loss))
+        row = {"s": rec.s, **rec.values, "wall_time": rec.wall_time} if rec.history else None
+        writer.add(history=row,
+                   snapshot=(rec.s, rec.snapshot) if rec.snapshot is not None else None,
+                   state=self.state_of(rec.measure, rec.step, rec.key))
+        self.step = rec.step
+        if row is not None:
+            self.last.update(row)
+        if rec.warning is not None:
+            self.bar.clear()
+            if self.main:
+                print(f"wflow: warning: {rec.warning}", file=sys.stderr)
+            writer.set_attr("stability_warning", rec.warning)
+        if not self.warned_wall and (text := wall_mass_warning(rec.values, rec.s)) is not None:
+            self.warned_wall = True
+            writer.set_attr("wall_mass_warning", text)
+            if self.main:
+                self.bar.write(f"wflow: warning: {text}", file=sys.stderr)
+        if writer.due():
+            writer.commit()
+        self.bar.update(rec.step - self.bar.n)
+        self.bar.set_postfix_str(f"s={rec.s:.4g} loss={rec.loss:.3e} "
+                                 f"stationarity={rec.stationarity:.3e}")
+        self.n_records += 1
+        stop = self.interrupts is not None and self.interrupts.requested
+        return stop or (self.stop_after is not None and self.n_records >= self.stop_after)
 
 
 def _execute(args, config, setup, writer: RunWriter, out: str, *, state, initial_loss,
@@ -298,126 +374,90 @@ def _execute(args, config, setup, writer: RunWriter, out: str, *, state, initial
     the last stored history row, ``warned_wall`` whether the wall-mass warning was given
     (once per run, resumed or not)."""
     import equinox as eqx
-    from tqdm import tqdm
 
-    from ._grid import wall_mass_warning
     from ._integrate import StabilityWarning, integrate
 
-    schedule = setup.schedule
-    flow = setup.flow
-    h = schedule.step
-    stop_after = args.stop_after_records
-    n_records = 0
-    last = dict(last)
-    interrupts = current()
-    where = {"step": 0 if state is None else state.step}
+    h = setup.schedule.step
     resume_hint = f"wflow run {args.config} --resume -o {out}"
-    main = is_main_process()  # only process 0 writes and shows progress
+    recorder = _Recorder(args, setup, writer, out, 0 if state is None else state.step, last,
+                         warned_wall)
     layout = describe(setup.depth)
-    if layout["devices"] > 1 and main and not args.quiet:
+    if layout["devices"] > 1 and recorder.main and not args.quiet:
         print(f"wflow: {layout['devices']} devices, solver.shard = \"{layout['shard']}\"",
               file=sys.stderr)
-    bar = tqdm(total=schedule.n_steps, initial=where["step"], unit="step",
-               disable=args.quiet or not main, file=sys.stderr, dynamic_ncols=True, leave=True,
-               desc=os.path.basename(out))
-
-    def state_of(measure, step, key):
-        return lambda: (flow.snapshot(measure), step, np.asarray(key))
-
-    def on_record(rec) -> bool:
-        nonlocal n_records, warned_wall
-        if rec.step == 0 and rec.history:
-            writer.set_attr("initial_loss", float(rec.loss))
-        row = {"s": rec.s, **rec.values, "wall_time": rec.wall_time} if rec.history else None
-        writer.add(history=row,
-                   snapshot=(rec.s, rec.snapshot) if rec.snapshot is not None else None,
-                   state=state_of(rec.measure, rec.step, rec.key))
-        where["step"] = rec.step
-        if row is not None:
-            last.update(row)
-        if rec.warning is not None:
-            bar.clear()
-            if main:
-                print(f"wflow: warning: {rec.warning}", file=sys.stderr)
-            writer.set_attr("stability_warning", rec.warning)
-        if not warned_wall and (text := wall_mass_warning(rec.values, rec.s)) is not None:
-            warned_wall = True
-            writer.set_attr("wall_mass_warning", text)
-            if main:
-                tqdm.write(f"wflow: warning: {text}", file=sys.stderr)
-        if writer.due():
-            writer.commit()
-        bar.update(rec.step - bar.n)
-        bar.set_postfix_str(f"s={rec.s:.4g} loss={rec.loss:.3e} "
-                            f"stationarity={rec.stationarity:.3e}")
-        n_records += 1
-        stop = interrupts is not None and interrupts.requested
-        return stop or (stop_after is not None and n_records >= stop_after)
 
     def finish_interrupted() -> str:
         """Commit what is queued as "interrupted" (the main thread or the signal watcher)."""
         writer.commit("interrupted")
-        return (f"wflow: interrupted at s = {where['step'] * h:.6g}; {out} keeps status "
+        return (f"wflow: interrupted at s = {recorder.step * h:.6g}; {out} keeps status "
                 f"\"interrupted\"; continue with: {resume_hint}")
 
-    if interrupts is not None:
-        interrupts.running(finish_interrupted)
+    if recorder.interrupts is not None:
+        recorder.interrupts.running(finish_interrupted)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", StabilityWarning)
-            result = integrate(setup.problem, setup.depth, schedule, theta0=setup.measure0,
+            result = integrate(setup.problem, setup.depth, setup.schedule, theta0=setup.measure0,
                                regularization=setup.regularization, reordering=setup.reordering,
                                key=setup.key, state=state,
                                initial_loss=initial_loss, wall_offset=wall_offset,
-                               callback=on_record)
+                               callback=recorder)
         final = result.state
-        writer.add(state=state_of(final.measure, final.step, final.key))
+        writer.add(state=recorder.state_of(final.measure, final.step, final.key))
         if result.status == "complete":
             predict = eqx.filter_jit(lambda flow, measure: flow.predict(measure))
-            writer.set_final(np.asarray(predict(flow, final.measure)))
+            writer.set_final(np.asarray(predict(setup.flow, final.measure)))
         writer.commit(result.status)
-        if not main:
+        if not recorder.main:
             return _EXIT[result.status]
     except Interrupted:
-        bar.close()
         raise
     except RunFileError as e:  # a checkpoint could not be written (disk full, ...)
-        bar.close()
+        recorder.bar.close()
         print(f"wflow: error: {_line(e)}; continue later with: {resume_hint}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as e:
-        bar.close()
-        failure = _failure_text(e)
-        expected = isinstance(e, (MemoryError, OSError)) or type(e).__name__ == "JaxRuntimeError"
-        if not expected:
-            failure = f"internal error: {failure}"
-        try:
-            writer.set_attr("failure", failure)
-            writer.commit("failed")
-            kept = f"{out} keeps status \"failed\" at s = {where['step'] * h:.6g} (resumable)"
-        except RunFileError as e2:
-            kept = f"and the run file could not be updated ({_line(e2)})"
-        if not expected and os.environ.get("WFLOW_TRACEBACK"):
-            raise
-        print(f"wflow: error: the run failed: {failure}; {kept}", file=sys.stderr)
-        return EXIT_FAILED if expected else EXIT_INTERNAL
+        recorder.bar.close()
+        return _run_failed(e, writer, out, recorder.step * h)
     finally:
-        bar.close()
+        recorder.bar.close()
+    _print_summary(result.status, final.step * h, recorder.last, wall_offset, out, resume_hint)
+    return _EXIT[result.status]
 
-    s = final.step * h
+
+def _run_failed(e: Exception, writer, out: str, s: float) -> int:
+    """An exception inside the run: the file keeps status "failed" (resumable), one line."""
+    failure = _failure_text(e)
+    expected = isinstance(e, (MemoryError, OSError)) or type(e).__name__ == "JaxRuntimeError"
+    if not expected:
+        failure = f"internal error: {failure}"
+    try:
+        writer.set_attr("failure", failure)
+        writer.commit("failed")
+        kept = f"{out} keeps status \"failed\" at s = {s:.6g} (resumable)"
+    except RunFileError as e2:
+        kept = f"and the run file could not be updated ({_line(e2)})"
+    if not expected and os.environ.get("WFLOW_TRACEBACK"):
+        raise e
+    print(f"wflow: error: the run failed: {failure}; {kept}", file=sys.stderr)
+    return EXIT_FAILED if expected else EXIT_INTERNAL
+
+
+def _print_summary(status: str, s: float, last: dict, wall_offset: float, out: str,
+                   resume_hint: str) -> None:
+    """The one-line summary on stdout, and what to do next on stderr."""
     loss, stationarity = last.get("loss", math.nan), last.get("stationarity", math.nan)
     wall = last.get("wall_time", wall_offset)
-    print(f"status={result.status}  s={s:.6g}  loss={_num(loss)}  "
+    print(f"status={status}  s={s:.6g}  loss={_num(loss)}  "
           f"stationarity={_num(stationarity)}  wall={wall:.1f}s  -> {out}")
-    if result.status == "interrupted":
+    if status == "interrupted":
         print(f"wflow: interrupted at s = {s:.6g}; continue with: {resume_hint}", file=sys.stderr)
-    elif result.status == "diverged":
+    elif status == "diverged":
         print(f"wflow: the run diverged at s = {s:.6g} (non-finite or exploding loss); "
               "try a smaller train.dt or train.method = \"adaptive\"", file=sys.stderr)
-    elif result.status == "unstable":
+    elif status == "unstable":
         print(f"wflow: stopped at s = {s:.6g} (train.on_increase = \"stop\"): the loss rose; see "
               "the warning above", file=sys.stderr)
-    return _EXIT[result.status]
 
 
 def _num(v: float) -> str:

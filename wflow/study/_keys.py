@@ -114,6 +114,14 @@ def resolve_limit(config: dict) -> dict:
         if model["readout"] == "coordinates" and min(dims) < config["data"]["out_dim"]:
             raise ConfigError(f"study.dims = {fmt(dims)}: with model.readout = \"coordinates\" "
                               f"every D must be >= d_out = {config['data']['out_dim']}")
+        from .._model import feature_from_config
+
+        small = feature_from_config(model, dim=min(dims))
+        try:
+            small.lift(np.zeros((1, small.k)), max(dims))
+        except NotImplementedError as e:
+            raise ConfigError(f"study.dims = {fmt(dims)}: {e}; sweep one state dimension "
+                              "(leave study.dims out) or define lift in the block") from None
     out["seeds"] = study["seeds"] if study["seeds"] is not None else 5
     times = study["times"]
     if times is None:
@@ -195,7 +203,7 @@ def _grid_reference(config: dict, study: dict, dims) -> dict:
     missing or invalid [study.grid], study.dims, the particle-only reference keys and a
     train.method the grid cannot take.
     """
-    from .._features import make_feature
+    from .._model import feature_from_config
     from .._grid import GRID_METHODS, MAX_K, FiniteVolume, Grid, init_density
 
     model, init, train = config["model"], config["init"], config["train"]
@@ -208,8 +216,7 @@ def _grid_reference(config: dict, study: dict, dims) -> dict:
             raise ConfigError(f"study.{name} = {fmt(study[name])}: only used with "
                               'study.reference = "particles" (the grid reference is sized by '
                               "[study.grid] and has the state dimension model.dim)")
-    k = make_feature(model["feature"], model["dim"], model["activation"], model["bias"],
-                     model["sharpness"]).k
+    k = feature_from_config(model).k
     if k > MAX_K:
         raise ConfigError(f'study.reference = "grid": the grid solver needs k <= {MAX_K} '
                           f"parameters per particle, this model has k = {k} (k = d^2 for "

@@ -62,7 +62,7 @@ import numpy as np
 from .._build import dtype_of
 from .._data import DataError, make_dataset
 from .._depth import ContinuousDepth, LayeredDepth
-from .._features import make_feature
+from .._model import feature_from_config
 from .._flow import Regularization
 from .._integrate import Schedule, integrate
 from .._init_particles import _per_coord
@@ -138,7 +138,7 @@ class LimitSetup(NamedTuple):
 
     def feature(self, D: int):
         m = self.config["model"]
-        return make_feature(m["feature"], D, m["activation"], m["bias"], m["sharpness"])
+        return feature_from_config(m, dim=D)
 
     def k(self, D: int) -> int:
         return self.feature(D).k
@@ -170,8 +170,7 @@ def build_limit(config: dict, study: dict) -> LimitSetup:
     data, model, solver, train = (config[s] for s in ("data", "model", "solver", "train"))
     dims = study["dims"] or [model["dim"]]
     try:
-        feature = make_feature(model["feature"], dims[-1], model["activation"], model["bias"],
-                               model["sharpness"])
+        feature = feature_from_config(model, dim=dims[-1])
         x, y = make_dataset(
             data["kind"], n=data["n"], dim=data["dim"], seed=config["seed"], feature=feature,
             out_dim=data["out_dim"], noise=data["noise"], path=data["path"],
@@ -336,17 +335,11 @@ def _particles(setup: LimitSetup, member: Member, reference: bool) -> np.ndarray
 
 
 def _pad_particles(setup: LimitSetup, theta: np.ndarray, D: int, Mp: int, Dp: int) -> np.ndarray:
-    """(L, M, k(D)) -> (L, Mp, k(Dp)): zero particles and zero coordinates (``_batch``)."""
-    L, M, _ = theta.shape
-    out = np.zeros((L, Mp, setup.k(Dp)), theta.dtype)
-    if setup.config["model"]["feature"] == "linear":
-        out.reshape(L, Mp, Dp, Dp)[:, :M, :D, :D] = theta.reshape(L, M, D, D)
-        return out
-    out[:, :M, :D] = theta[:, :, :D]
-    out[:, :M, Dp:Dp + D] = theta[:, :, D:2 * D]
-    if setup.config["model"]["bias"]:
-        out[:, :M, 2 * Dp] = theta[:, :, 2 * D]
-    return out
+    """(L, M, k(D)) -> (L, Mp, k(Dp)): the block's ``lift`` to Dp coordinates, then padding
+    particles (copies of the last one, which the batch gives weight 0) (``_batch``)."""
+    theta = setup.feature(D).lift(theta, Dp)
+    M = theta.shape[1]
+    return np.pad(theta, ((0, 0), (0, Mp - M), (0, 0)), mode="edge")
 
 
 def make_batch(setup: LimitSetup, block: Block) -> tuple[Problem, Batch]:
