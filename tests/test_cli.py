@@ -422,7 +422,7 @@ def test_signal_interrupts_and_resume_finishes(tmp_path, capsys, sig):
                                   "train.record_every": "1"})
     out = tmp_path / "sig.h5"
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    proc = subprocess.Popen([sys.executable, "-m", "wflow.cli", "run", cfg, "-o", str(out)],
+    proc = subprocess.Popen([sys.executable, "-m", "_wflow_entry", "run", cfg, "-o", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     buf = bytearray()
     reader = threading.Thread(target=lambda: [buf.extend(c) for c in iter(

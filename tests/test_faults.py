@@ -1,7 +1,7 @@
 """Fault injection with real processes: SIGINT / SIGTERM at start-up, mid-run and twice,
 SIGKILL at random instants followed by ``--resume``, two writers on one file.
 
-Every process is ``python -m wflow.cli`` on a tiny problem (sine data, so the numbers
+Every process is ``python -m _wflow_entry`` (the console script) on a tiny problem (sine data, so the numbers
 do not depend on the x64 flag of the process; L = 2, M = 8). Resumes run in one
 driver process (``_DRIVER``) so that JAX compiles once for all of them. The default
 run kills a handful of processes; ``-m slow`` runs the long campaign.
@@ -66,7 +66,7 @@ def write_config(folder, time_=20.0, name="cfg.toml"):
 
 
 def spawn(*args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "wflow.cli", *map(str, args)], env=ENV,
+    return subprocess.Popen([sys.executable, "-m", "_wflow_entry", *map(str, args)], env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 

@@ -139,7 +139,7 @@ def test_indivisible_split_is_one_clear_error(shard, N, M, key):
 
 
 def _wflow(args, devices=DEVICES, cwd=None):
-    return subprocess.run([sys.executable, "-m", "wflow.cli", *args], env=_env(devices),
+    return subprocess.run([sys.executable, "-m", "_wflow_entry", *args], env=_env(devices),
                           capture_output=True, text=True, cwd=cwd, timeout=900, check=False)
 
 
@@ -214,7 +214,7 @@ def test_cli_multi_process_run(tmp_path, shard):
         env = _env(devices=2)
         env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
                    JAX_PROCESS_ID=str(rank), JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
-        procs.append(subprocess.Popen([sys.executable, "-m", "wflow.cli", "run", cfg, "-o", multi],
+        procs.append(subprocess.Popen([sys.executable, "-m", "_wflow_entry", "run", cfg, "-o", multi],
                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True))
     outs = [p.communicate(timeout=900) for p in procs]

@@ -91,15 +91,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import equinox as eqx
-import h5py
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax import lax
+
+if TYPE_CHECKING:  # optax and h5py are imported where they are used (a light `import wflow`)
+    import h5py
+    import optax
 
 from ._blocks import REORDERS, Reordering, ensemble_gap
 from ._build import build_run
@@ -130,6 +132,8 @@ class SGD:
     time_mapping: ClassVar[str] = "s = step * learning_rate / (L M)"
 
     def transform(self) -> optax.GradientTransformation:
+        import optax
+
         return optax.sgd(self.learning_rate)
 
     def ds_per_step(self, L: int, M: int) -> float:
@@ -152,6 +156,8 @@ class Momentum(SGD):
     time_mapping: ClassVar[str] = "s = step * learning_rate / ((1 - momentum) L M)"
 
     def transform(self):
+        import optax
+
         return optax.sgd(self.learning_rate, momentum=self.momentum, nesterov=self.nesterov)
 
     def ds_per_step(self, L, M):
@@ -169,6 +175,8 @@ class Adam(SGD):
     time_mapping: ClassVar[str] = "s = step * learning_rate"
 
     def transform(self):
+        import optax
+
         return optax.adam(self.learning_rate, b1=self.b1, b2=self.b2, eps=self.eps)
 
     def ds_per_step(self, L, M):
@@ -339,6 +347,8 @@ def meanfield_trajectory(problem: Problem, depth: DepthDiscretization, schedule:
 @eqx.filter_jit
 def _advance(problem, depth, optimizer, l2, reordering, theta, state, key, step0, n):
     """Up to n optimizer steps from global step step0; stops early on a non-finite step."""
+    import optax
+
     L, M, _ = theta.shape
     tx = _transform(optimizer, l2, L, M)
 
@@ -365,6 +375,8 @@ def _advance(problem, depth, optimizer, l2, reordering, theta, state, key, step0
 
 def _transform(optimizer, l2: tuple, L: int, M: int) -> optax.GradientTransformation:
     """The optimizer, after the gradient of (lambda(s) / (2 L M)) |Theta|^2 when l2 > 0."""
+    import optax
+
     reg, ds = l2
     if reg.l2 == 0:
         return optimizer.transform()
@@ -715,6 +727,8 @@ def _stack(trajs: list, name: str, n: int) -> np.ndarray:
 def write_compare(path: str, result: CompareResult, config_text: str) -> None:
     """Write the compare file atomically and durably (``_io.commit_h5``: a temporary file in
     the same folder, fsync, rename; a kill leaves the old file or the new one)."""
+    from h5py import string_dtype
+
     from . import __version__
     from ._io import commit_h5
 
@@ -756,7 +770,7 @@ def write_compare(path: str, result: CompareResult, config_text: str) -> None:
             trajs = list(result.reorder.values())
             longest = max(trajs, key=lambda t: len(t.s))
             n = len(longest.s)
-            g.create_dataset("modes", data=np.asarray(modes, dtype=h5py.string_dtype()))
+            g.create_dataset("modes", data=np.asarray(modes, dtype=string_dtype()))
             g.create_dataset("seeds", data=np.asarray(seeds, np.int64))
             g.create_dataset("s", data=np.asarray(longest.s, np.float64))
             g.attrs["every"] = int(result.config["train"]["reorder_every"])
@@ -771,6 +785,8 @@ def check_compare_file(path: str) -> dict:
     """Root attributes of a compare file; ``ValueError`` with one line otherwise."""
     if not os.path.isfile(path):
         raise ValueError(f"{path}: file not found")
+    import h5py
+
     try:
         with h5py.File(path, "r") as f:
             attrs = dict(f.attrs)

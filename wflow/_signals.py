@@ -3,11 +3,10 @@
 Only the standard library is used here, so the handlers can be installed
 before anything heavy is imported. Three layers:
 
-1. ``guard_startup()`` runs first thing in ``wflow/__init__.py`` when the
-   process is the ``wflow`` command (the console script or
-   ``python -m wflow.cli``): a signal while Python imports jax, equinox,
-   diffrax, ... prints one line and exits 130 (nothing can have been written
-   yet). Library users importing ``wflow`` are not affected.
+1. The command's entry point (``_wflow_entry``, the console script ``wflow``)
+   installs a start-up guard before it imports wflow: a signal while Python
+   imports jax, equinox, diffrax, ... prints one line and exits 130 (nothing
+   can have been written yet). Importing ``wflow`` as a library installs nothing.
 2. ``Interrupts`` (a context manager ``cli.main`` enters before it does
    anything else) replaces them:
 
@@ -54,7 +53,7 @@ EXIT_INTERRUPTED = 130
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 __all__ = ["EXIT_INTERRUPTED", "Interrupted", "Interrupts", "critical", "current",
-           "guard_startup", "is_cli_process"]
+           "is_cli_process"]
 
 
 class Interrupted(BaseException):
@@ -92,22 +91,8 @@ def is_cli_process() -> bool:
     argv = list(getattr(sys, "orig_argv", None) or sys.argv)
     if len(argv) >= 2 and os.path.basename(argv[1]) in ("wflow", "wflow-script.py"):
         return True
-    return any(argv[i] == "-m" and argv[i + 1] in ("wflow", "wflow.cli")
+    return any(argv[i] == "-m" and argv[i + 1] in ("wflow", "wflow.cli", "_wflow_entry")
                for i in range(len(argv) - 1))
-
-
-def _startup_handler(signum, frame):
-    _write_line(f"wflow: interrupted by {_name(signum)} during start-up; nothing was written")
-    os._exit(EXIT_INTERRUPTED)
-
-
-def guard_startup() -> None:
-    """Exit 130 on SIGINT / SIGTERM while the ``wflow`` command imports its dependencies."""
-    if not is_cli_process() or threading.current_thread() is not threading.main_thread():
-        return
-    for sig in SIGNALS:
-        with contextlib.suppress(ValueError, OSError):
-            signal.signal(sig, _startup_handler)
 
 
 # ----------------------------------------------------------------------------- the command

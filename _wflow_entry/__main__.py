@@ -1,0 +1,5 @@
+import sys
+
+from _wflow_entry import main
+
+sys.exit(main())
