@@ -128,3 +128,10 @@ def test_dataset_feeds_a_problem(kind):
     x, y = _make(kind, n=16)
     problem = wflow.Problem(wflow.make_feature("neuron", 3), jnp.asarray(x), jnp.asarray(y))
     assert (problem.n, problem.d_in, problem.d_out) == (16, 2, 1)
+
+
+@pytest.mark.parametrize("kind", [k for k, v in wflow._data.DATASETS.items() if v.fresh_test])
+def test_fresh_held_out_sets_have_test_n_rows(kind):
+    """Kinds that draw the held-out set afresh give exactly test_n rows, whatever n is."""
+    x, y = wflow.make_test_set(kind, test_n=5, n=10, dim=2, feature=wflow.Neuron(d=2))
+    assert x.shape == (5, 2) and y.shape[0] == 5

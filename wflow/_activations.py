@@ -68,28 +68,31 @@ def _smooth_relu(sharpness: float) -> Callable[[jax.Array], jax.Array]:
     return fn
 
 
-ACTIVATIONS = ("tanh", "sigmoid", "softplus", "gelu", "silu", "smooth_relu", "relu")
+def _smooth_relu_activation(sharpness: float) -> Activation:
+    if not sharpness > 0:
+        raise ValueError(f"model.sharpness = {sharpness!r}: must be > 0")
+    return Activation("smooth_relu", _smooth_relu(float(sharpness)), True, True)
+
+
+# The registry: name -> factory(sharpness) -> Activation. Adding an activation is one entry.
+ACTIVATIONS: dict[str, Callable[[float], Activation]] = {
+    "tanh": lambda _: Activation("tanh", jnp.tanh, True, True, _tanh_and_derivative),
+    "sigmoid": lambda _: Activation("sigmoid", jax.nn.sigmoid, True, False,
+                                    _sigmoid_and_derivative),
+    "softplus": lambda _: Activation("softplus", jax.nn.softplus, True, False,
+                                     _softplus_and_derivative),
+    "gelu": lambda _: Activation("gelu", lambda x: jax.nn.gelu(x, approximate=False), True, True),
+    "silu": lambda _: Activation("silu", jax.nn.silu, True, True),
+    "smooth_relu": _smooth_relu_activation,
+    "relu": lambda _: Activation("relu", jax.nn.relu, False, True),
+}
 
 
 def get_activation(name: str, sharpness: float = 10.0) -> Activation:
-    """Return the activation called ``name`` (one of ``ACTIVATIONS``).
+    """Return the activation called ``name`` (a key of ``ACTIVATIONS``).
 
     ``sharpness`` (beta > 0) is used by ``smooth_relu`` only.
     """
-    if name == "tanh":
-        return Activation("tanh", jnp.tanh, True, True, _tanh_and_derivative)
-    if name == "sigmoid":
-        return Activation("sigmoid", jax.nn.sigmoid, True, False, _sigmoid_and_derivative)
-    if name == "softplus":
-        return Activation("softplus", jax.nn.softplus, True, False, _softplus_and_derivative)
-    if name == "gelu":
-        return Activation("gelu", lambda x: jax.nn.gelu(x, approximate=False), True, True)
-    if name == "silu":
-        return Activation("silu", jax.nn.silu, True, True)
-    if name == "smooth_relu":
-        if not sharpness > 0:
-            raise ValueError(f"model.sharpness = {sharpness!r}: must be > 0")
-        return Activation("smooth_relu", _smooth_relu(float(sharpness)), True, True)
-    if name == "relu":
-        return Activation("relu", jax.nn.relu, False, True)
-    raise ValueError(f"model.activation = {name!r}: allowed are {', '.join(ACTIVATIONS)}")
+    if name not in ACTIVATIONS:
+        raise ValueError(f"model.activation = {name!r}: allowed are {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name](sharpness)

@@ -26,7 +26,7 @@ caller casts to the run's precision.
 Held-out data (``test_n`` > 0, config ``data.test_n``), deterministic from the
 seed and never overlapping the training set where the data are a finite pool:
 
-* teacher, sine, circles: ``test_n`` fresh samples of the same distribution
+* teacher, sine, circles, gaussian: ``test_n`` fresh samples of the same distribution
   (same teacher network), drawn from a generator seeded by (seed, 0x7E57)
   that is independent of the training draws, so the training set is the
   same with or without a test set;
@@ -42,11 +42,10 @@ part (same arguments); ``is_labelled`` says whether accuracies are defined.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
-
-DATASETS = ("teacher", "sine", "circles", "file", "digits", "gaussian")
-
 
 class DataError(ValueError):
     """Malformed or missing data; the message names the offending key."""
@@ -205,88 +204,140 @@ def make_test_set(
                  teacher_std=teacher_std, classes=classes, test_n=test_n, part="test")
 
 
-def _make(kind, *, n, dim, seed, feature, out_dim, noise, path, teacher_width, teacher_depth,
-          teacher_std, classes, test_n, part):
-    test = part == "test"
-    rng = _test_rng(seed) if test else _rng(seed)
-    if test and kind in ("teacher", "sine", "circles"):
-        n = test_n
-    if kind == "teacher":
-        if feature is None:
-            raise ValueError("teacher data needs the model's feature map")
-        x = rng.normal(size=(n, dim))
-        y = teacher_targets(x, feature, width=teacher_width, depth=teacher_depth,
-                            std=teacher_std, out_dim=out_dim, seed=seed)
-        if noise > 0:
-            y = y + noise * rng.normal(size=y.shape)
-        return x, y
-    if kind == "sine":
-        x = rng.uniform(-1.0, 1.0, size=(n, dim))
-        y = np.sin(np.pi * x[:, :1]) + noise * rng.normal(size=(n, 1))
-        return x, y
-    if kind == "gaussian":
-        x = rng.normal(size=(n, dim)) / np.sqrt(dim)
-        y = rng.normal(size=(n, out_dim)) / np.sqrt(out_dim)
-        if noise > 0:
-            y = y + noise * rng.normal(size=y.shape)
-        return x, y
-    if kind == "circles":
-        if dim != 2:
-            raise DataError(f"data.dim = {dim}: circles data lives in 2 dimensions (dim = 2)")
-        return _circles(rng, n, noise)
-    if kind == "file":
-        if not path:
-            raise DataError("data.path is missing: kind = 'file' needs a .npz or .h5 file with x, y")
-        arrays = load_array_file(path, ("x", "y"), "data.path")
-        for name in ("x", "y"):
-            if name not in arrays:
-                raise DataError(f"data.path = {path!r}: no array named {name!r} in the file")
-        x, y = arrays["x"].astype(np.float64), arrays["y"].astype(np.float64)
-        if y.ndim == 1:
-            y = y[:, None]
-        if x.ndim == 1:
-            x = x[:, None]
-        if x.ndim != 2 or y.ndim != 2:
-            raise DataError(
-                f"data.path = {path!r}: x must be (N, d_in) and y (N,) or (N, d_out); "
-                f"got {x.shape} and {y.shape}")
-        if x.shape[0] != y.shape[0]:
-            raise DataError(
-                f"data.path = {path!r}: x has {x.shape[0]} rows but y has {y.shape[0]}")
-        if x.shape[0] == 0:
-            raise DataError(f"data.path = {path!r}: the file holds no samples")
-        if x.shape[1] == 0 or y.shape[1] == 0:
-            raise DataError(f"data.path = {path!r}: x has shape {x.shape} and y {y.shape}; "
-                            "both need at least one column")
-        if test_n > 0:
-            if test_n >= x.shape[0]:
-                raise DataError(f"data.test_n = {test_n}: the file data.path holds {x.shape[0]} "
-                                "samples; at least one must be left for training")
-            held = np.zeros(x.shape[0], bool)
-            held[_test_rng(seed).choice(x.shape[0], size=test_n, replace=False)] = True
-            keep = held if test else ~held
-            x, y = x[keep], y[keep]
-        return x, y
-    if kind == "digits":
-        from sklearn.datasets import load_digits
+class Request(NamedTuple):
+    """What a data kind is asked for (``make_dataset``'s arguments); ``part`` is "train" or
+    "test"."""
 
-        data = load_digits()
-        classes = tuple(range(10)) if classes is None else tuple(int(c) for c in classes)
-        if len(classes) < 2 or any(c < 0 or c > 9 for c in classes) or len(set(classes)) != len(classes):
-            raise DataError(f"data.classes = {list(classes)}: need >= 2 distinct digits in 0..9")
-        keep = np.isin(data.target, classes)
-        x = data.data[keep] / 16.0
-        t = data.target[keep]
-        order = _rng(seed).permutation(len(t))
-        n_train = min(n, len(t))
-        if test_n > 0 and n_train + test_n > len(t):
-            raise DataError(f"data.test_n = {test_n}: the digits {list(classes)} have {len(t)} "
-                            f"images; data.n + data.test_n = {n_train + test_n} must not exceed it")
-        idx = order[n_train : n_train + test_n] if test else order[:n_train]
-        x, t = x[idx], t[idx]
-        if len(classes) == 2:
-            y = np.where(t == classes[0], 1.0, -1.0)[:, None]
-        else:
-            y = (t[:, None] == np.asarray(classes)[None, :]).astype(np.float64)
-        return x, y
-    raise DataError(f"data.kind = {kind!r}: allowed are {', '.join(DATASETS)}")
+    n: int
+    dim: int
+    seed: int
+    feature: Any
+    out_dim: int
+    noise: float
+    path: str | None
+    teacher_width: int
+    teacher_depth: int
+    teacher_std: float
+    classes: tuple[int, ...] | None
+    test_n: int
+    part: str
+
+
+def _teacher(r: Request, rng: np.random.Generator):
+    if r.feature is None:
+        raise ValueError("teacher data needs the model's feature map")
+    x = rng.normal(size=(r.n, r.dim))
+    y = teacher_targets(x, r.feature, width=r.teacher_width, depth=r.teacher_depth,
+                        std=r.teacher_std, out_dim=r.out_dim, seed=r.seed)
+    if r.noise > 0:
+        y = y + r.noise * rng.normal(size=y.shape)
+    return x, y
+
+
+def _sine(r: Request, rng: np.random.Generator):
+    x = rng.uniform(-1.0, 1.0, size=(r.n, r.dim))
+    return x, np.sin(np.pi * x[:, :1]) + r.noise * rng.normal(size=(r.n, 1))
+
+
+def _gaussian(r: Request, rng: np.random.Generator):
+    x = rng.normal(size=(r.n, r.dim)) / np.sqrt(r.dim)
+    y = rng.normal(size=(r.n, r.out_dim)) / np.sqrt(r.out_dim)
+    if r.noise > 0:
+        y = y + r.noise * rng.normal(size=y.shape)
+    return x, y
+
+
+def _circles_kind(r: Request, rng: np.random.Generator):
+    if r.dim != 2:
+        raise DataError(f"data.dim = {r.dim}: circles data lives in 2 dimensions (dim = 2)")
+    return _circles(rng, r.n, r.noise)
+
+
+def _file(r: Request, rng: np.random.Generator):
+    path = r.path
+    if not path:
+        raise DataError("data.path is missing: kind = 'file' needs a .npz or .h5 file with x, y")
+    arrays = load_array_file(path, ("x", "y"), "data.path")
+    for name in ("x", "y"):
+        if name not in arrays:
+            raise DataError(f"data.path = {path!r}: no array named {name!r} in the file")
+    x, y = arrays["x"].astype(np.float64), arrays["y"].astype(np.float64)
+    if y.ndim == 1:
+        y = y[:, None]
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2 or y.ndim != 2:
+        raise DataError(
+            f"data.path = {path!r}: x must be (N, d_in) and y (N,) or (N, d_out); "
+            f"got {x.shape} and {y.shape}")
+    if x.shape[0] != y.shape[0]:
+        raise DataError(
+            f"data.path = {path!r}: x has {x.shape[0]} rows but y has {y.shape[0]}")
+    if x.shape[0] == 0:
+        raise DataError(f"data.path = {path!r}: the file holds no samples")
+    if x.shape[1] == 0 or y.shape[1] == 0:
+        raise DataError(f"data.path = {path!r}: x has shape {x.shape} and y {y.shape}; "
+                        "both need at least one column")
+    if r.test_n > 0:
+        if r.test_n >= x.shape[0]:
+            raise DataError(f"data.test_n = {r.test_n}: the file data.path holds {x.shape[0]} "
+                            "samples; at least one must be left for training")
+        held = np.zeros(x.shape[0], bool)
+        held[_test_rng(r.seed).choice(x.shape[0], size=r.test_n, replace=False)] = True
+        keep = held if r.part == "test" else ~held
+        x, y = x[keep], y[keep]
+    return x, y
+
+
+def _digits(r: Request, rng: np.random.Generator):
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    classes = tuple(range(10)) if r.classes is None else tuple(int(c) for c in r.classes)
+    if len(classes) < 2 or any(c < 0 or c > 9 for c in classes) or len(set(classes)) != len(classes):
+        raise DataError(f"data.classes = {list(classes)}: need >= 2 distinct digits in 0..9")
+    keep = np.isin(data.target, classes)
+    x = data.data[keep] / 16.0
+    t = data.target[keep]
+    order = _rng(r.seed).permutation(len(t))
+    n_train = min(r.n, len(t))
+    if r.test_n > 0 and n_train + r.test_n > len(t):
+        raise DataError(f"data.test_n = {r.test_n}: the digits {list(classes)} have {len(t)} "
+                        f"images; data.n + data.test_n = {n_train + r.test_n} must not exceed it")
+    idx = order[n_train : n_train + r.test_n] if r.part == "test" else order[:n_train]
+    x, t = x[idx], t[idx]
+    if len(classes) == 2:
+        y = np.where(t == classes[0], 1.0, -1.0)[:, None]
+    else:
+        y = (t[:, None] == np.asarray(classes)[None, :]).astype(np.float64)
+    return x, y
+
+
+class DataKind(NamedTuple):
+    """A data kind: ``make(request, rng) -> (x, y)``; ``fresh_test``: the held-out set is
+    ``test_n`` fresh samples of the same distribution (else the kind holds them out of a
+    finite pool itself)."""
+
+    make: Callable[[Request, np.random.Generator], tuple[np.ndarray, np.ndarray]]
+    fresh_test: bool
+
+
+# The registry of data kinds (config ``data.kind``): adding one is a function and a line.
+DATASETS: dict[str, DataKind] = {
+    "teacher": DataKind(_teacher, True),
+    "sine": DataKind(_sine, True),
+    "circles": DataKind(_circles_kind, True),
+    "file": DataKind(_file, False),
+    "digits": DataKind(_digits, False),
+    "gaussian": DataKind(_gaussian, True),
+}
+
+
+def _make(kind, *, part, **args):
+    if kind not in DATASETS:
+        raise DataError(f"data.kind = {kind!r}: allowed are {', '.join(DATASETS)}")
+    test = part == "test"
+    request = Request(**args, part=part)
+    if test and DATASETS[kind].fresh_test:
+        request = request._replace(n=request.test_n)
+    return DATASETS[kind].make(request, _test_rng(request.seed) if test else _rng(request.seed))
