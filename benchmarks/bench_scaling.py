@@ -474,7 +474,7 @@ def main(argv=None):
     ap.add_argument("--peak-tflops", type=float, default=None, help="override the fp32 peak")
     ap.add_argument("--torch-threads", type=int, default=None, metavar="N",
                     help="torch.set_num_threads(N) (default: torch's own; 1 is robust on a busy "
-                    "machine, see README)")
+                    "machine, see benchmarks/README.md)")
     ap.add_argument("--tol", type=float, default=1e-4, help="loss agreement before timing")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", metavar="PATH", help="write all results to this JSON file")

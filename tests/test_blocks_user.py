@@ -277,7 +277,7 @@ def test_example_block_study_limit_equals_neuron(tmp_path, capsys):
 
 
 def test_example_config_runs(capsys, tmp_path):
-    """The shipped example config (hidden = 3) as the README runs it."""
+    """The shipped example config (hidden = 3) as docs/blocks.md runs it."""
     out = tmp_path / "two_layer.h5"
     rc, _, err = cli(capsys, "run", os.path.join(EXAMPLES, "two_layer.toml"), "-o", out, "-q",
                      "--set", "train.time=2.0")

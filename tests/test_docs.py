@@ -1,10 +1,11 @@
-"""Citations of the documentation resolve: every cited section of docs/theory.md or README.md exists.
+"""Citations of the documentation resolve: every cited section of a page in docs/ or a README exists.
 
 The code, the tests, the configs and the READMEs cite the mathematics as
 ``docs/theory.md, "Gradient flow"`` (in Markdown as a link with that text to the
-section's anchor, ``[docs/theory.md, "Gradient flow"](docs/theory.md#gradient-flow)``)
-and the interface as ``README.md, "The run file"``. A renamed or removed
-heading breaks them silently; these tests find that. They also keep the
+section's anchor, ``[docs/theory.md, "Gradient flow"](docs/theory.md#gradient-flow)``,
+or ``(theory.md#gradient-flow)`` from a page of docs/) and the interface by the page of the
+documentation site that describes it, ``docs/reliability.md, "The run file"``. A renamed or
+removed heading breaks them silently; these tests find that. They also keep the
 internal design document, which users of the repository never see, out of
 what they do see.
 """
@@ -16,16 +17,20 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 THEORY = ROOT / "docs" / "theory.md"
-README = ROOT / "README.md"
 
 # Where citations live: the package, the tests, benchmarks, configs and every Markdown file.
 SOURCES = ("wflow/**/*.py", "tests/**/*.py", "benchmarks/**/*.py", "benchmarks/**/*.md",
            "configs/**/*.toml", "docs/**/*.md", "README.md")
 
 THEORY_CITATION = re.compile(r'docs/theory\.md, "([^"\n]+)"')
-README_CITATION = re.compile(r'\bREADME(?:\.md)?, "([^"\n]+)"')
-THEORY_LINK = re.compile(r'\]\((?:\.\./)*docs/theory\.md#([^)\s]*)\)')
-LABELLED_LINK = re.compile(r'\[docs/theory\.md, "([^"\n]+)"\]\((?:\.\./)*docs/theory\.md#([^)\s]*)\)')
+# any Markdown file cited by path: docs/<page>.md, README.md, benchmarks/README.md (a bare
+# "README" is the top-level one)
+DOC_CITATION = re.compile(r'(?<![\w/.-])((?:[\w-]+/)*[\w-]+\.md|README), "([^"\n]+)"')
+THEORY_LINK = re.compile(r'\]\((?:\.\./)*(?:docs/)?theory\.md#([^)\s]*)\)')
+LABELLED_LINK = re.compile(r'\[docs/theory\.md, "([^"\n]+)"\]\((?:\.\./)*(?:docs/)?theory\.md#([^)\s]*)\)')
+# [docs/<page>.md, "Section"](<page>.md#anchor) on any page
+LABELLED_PAGE_LINK = re.compile(
+    r'\[docs/([\w/-]+\.md), "([^"\n]+)"\]\((?:\.\./)*(?:docs/)?([\w/-]+\.md)#([^)\s]*)\)')
 INTERNAL_LINK = re.compile(r'\]\(#([^)\s]*)\)')
 
 
@@ -97,12 +102,34 @@ def test_every_cited_theory_section_exists():
     assert not missing, f"cited sections that are not headings of docs/theory.md: {missing}"
 
 
-def test_every_cited_readme_section_exists():
-    names = set(_headings(README))
-    cited = _citations(README_CITATION)
-    assert len(cited) >= 5
-    missing = [c for c in cited if c[2] not in names]
-    assert not missing, f"cited sections that are not headings of README.md: {missing}"
+def test_every_cited_section_of_a_page_exists():
+    """``docs/<page>.md, "Section"`` and ``<dir>/README.md, "Section"`` name headings of that file.
+
+    The package's docstrings, the tests and the configs cite the documentation site this way
+    (e.g. ``docs/configuration.md, "Configuration reference"``), so moving a section breaks the
+    test, not the reader.
+    """
+    cited = _citations(DOC_CITATION)
+    pages = [c for c in cited if c[2].startswith("docs/") and c[2] != "docs/theory.md"]
+    assert len(pages) >= 10, pages  # the regex does find the citations of the site's pages
+    assert any(c[0].startswith("wflow/") for c in pages)
+    missing = []
+    for path, line, target, section in cited:
+        file = ROOT / ("README.md" if target == "README" else target)
+        if not file.is_file():
+            missing.append((path, line, target, "no such file"))
+        elif section not in _headings(file):
+            missing.append((path, line, target, section))
+    assert not missing, f"cited sections that are not headings of the cited file: {missing}"
+
+
+def test_labelled_links_to_pages_point_at_their_section():
+    """A labelled link to a page goes to the page and section its text names."""
+    links = _citations(LABELLED_PAGE_LINK)
+    assert links
+    wrong = [c for c in links
+             if c[2] != c[4] or _anchor(c[3]) != c[5] or c[5] not in _anchors(ROOT / "docs" / c[2])]
+    assert not wrong, f"link text and target disagree: {wrong}"
 
 
 def test_links_into_the_theory_document_resolve():

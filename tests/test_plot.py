@@ -1,7 +1,7 @@
 """Figures of a run file: ``wflow._plot.plot_run`` on small synthetic run files.
 
-The files are written here with h5py following the contract of README.md, "The run file", so these
-tests do not depend on the solver or the CLI.
+The files are written here with h5py following the contract of docs/reliability.md, "The run file",
+so these tests do not depend on the solver or the CLI.
 """
 
 from __future__ import annotations

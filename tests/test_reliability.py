@@ -539,7 +539,7 @@ def test_energy_identity_with_l2(tmp_path, capsys):
         assert np.all(np.diff(F) < 0) and np.all(D > 0)
         integral = np.concatenate([[0.0], np.cumsum(0.5 * (D[1:] + D[:-1]) * np.diff(s))])
         residuals.append(np.max(np.abs((F - F[0]) + integral)))
-        # the unregularized residual R is not -dE/ds when l2 > 0 (the README's caveat)
+        # the unregularized residual R is not -dE/ds when l2 > 0 (docs/reliability.md's caveat)
         dE = np.gradient(E, s)
         assert np.max(np.abs(dE + R)) > 100 * residuals[-1]
     order = math.log2(residuals[0] / residuals[1])

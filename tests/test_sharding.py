@@ -1,5 +1,5 @@
 """Many devices: data- and particle-split runs equal the single-device run (solver.devices;
-README.md, "Many devices").
+docs/devices.md, "Many devices").
 
 JAX fixes its device count when it starts, so the multi-device runs happen in
 subprocesses with ``--xla_force_host_platform_device_count=4`` (the checks are

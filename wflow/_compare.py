@@ -501,7 +501,7 @@ def _fraction_key(default) -> Key:
     return Key(default, check)
 
 
-# The [compare] section (config reference in README.md); the optimizer sub-tables.
+# The [compare] section (config reference in docs/configuration.md); the optimizer sub-tables.
 COMPARE_KEYS: dict[str, Key] = {
     "optimizers": _names_key(list(OPTIMIZERS), OPTIMIZERS),
     "records": int_key(50, 1, 100_000),

@@ -1,6 +1,6 @@
 """Run configuration: TOML files -> a validated, fully resolved dict -> run objects.
 
-The keys: README.md, "Configuration reference".
+The keys: docs/configuration.md, "Configuration reference".
 
 ``load_config(path, overrides)`` reads a TOML file with ``tomllib``, applies
 ``--set section.key=value`` overrides, checks every key against the schema

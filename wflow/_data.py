@@ -1,4 +1,5 @@
-"""Datasets (``[data]``, README.md, "Configuration reference"), deterministic from a seed.
+"""Datasets (``[data]``, docs/configuration.md, "Configuration reference"), deterministic
+from a seed.
 
 All generators return float64 NumPy arrays x (N, d_in) and y (N, d_out); the
 caller casts to the run's precision.
@@ -13,8 +14,8 @@ caller casts to the run's precision.
 * ``gaussian``: random labels, x ~ N(0, I_{d_in} / d_in) and, independently,
   y ~ N(0, I_{d_out} / d_out) (E|x|^2 = E|y|^2 = 1): a memorization task with
   no structure to learn, the data of Chaintron, Chizat and Maass's "ResNets of
-  all shapes and sizes" experiments (there x, y ~ N(0, I); README, "Random
-  embedding and readout", for the mapping).
+  all shapes and sizes" experiments (there x, y ~ N(0, I); docs/configuration.md,
+  "Random embedding and readout", for the mapping).
 * ``circles``: two concentric circles of radii 1 and 1/2 in R^2 (d_in = 2),
   labels +1 (outer) / -1 (inner), optional radial noise.
 * ``file``: ``.npz`` or ``.h5``/``.hdf5`` holding ``x`` (N, d_in) and ``y``

@@ -1,5 +1,5 @@
-"""The HDF5 run file (README.md, "The run file"): a crash-consistent writer, a lock, checksums,
-a validating reader.
+"""The HDF5 run file (docs/reliability.md, "The run file"): a crash-consistent writer, a
+lock, checksums, a validating reader.
 
 Layout (names are the contract)::
 

@@ -1,4 +1,5 @@
-"""Figures of one run file (README.md, "Reading the figures"): ``plot_run(run_path, out_dir)``.
+"""Figures of one run file (docs/getting-started.md, "Reading the figures"):
+``plot_run(run_path, out_dir)``.
 
 Reads a ``wflow-run`` HDF5 file and writes PNGs into ``out_dir``:
 

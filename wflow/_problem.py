@@ -50,7 +50,7 @@ C C^T -> I_{d_out} as d grows), the same scale as "pad" / "coordinates"
 (A = [I; 0], C = [I 0]): |z(0; x)| ~ |x| and the forward pass is O(1) in d.
 With ``neuron`` features and theta ~ N(0, I) this is the mean-field ResNet
 of Chaintron, Chizat and Maass ("ResNets of all shapes and sizes", 2026) in
-the state units z = h / sqrt(d) (README, "Random embedding and readout").
+the state units z = h / sqrt(d) (docs/configuration.md, "Random embedding and readout").
 ``random_embedding`` / ``random_readout`` draw A and C; the first d rows of A
 (columns of C) do not depend on how large a matrix is drawn, so the
 matrices of different d are nested (the paper's "coupled randomness").

@@ -1,4 +1,4 @@
-"""The ``wflow`` command: ``run``, ``plot`` and ``info`` (README.md, "Command line").
+"""The ``wflow`` command: ``run``, ``plot`` and ``info`` (docs/getting-started.md, "Command line").
 
 A thin layer over the public API: ``load_config`` + ``build_run`` validate
 everything (including data and init files) before anything is written, then

@@ -50,7 +50,7 @@ class StudyVerb(NamedTuple):
 def add_parser(sub, func) -> None:
     """Register ``study`` and its sub-verbs on an argparse sub-parser set; ``func(args)`` runs them."""
     s = sub.add_parser("study", help="theory studies: limit (finite vs mean-field), zero-loss",
-                       description="Studies of the mean-field theory; see the README.")
+                       description="Studies of the mean-field theory; see docs/studies.md.")
     verbs = s.add_subparsers(dest="study_verb", metavar="{" + ",".join([*VERBS, "plot"]) + "}")
     for name, verb in VERBS.items():
         p = verbs.add_parser(name, help=verb.help, description=verb.help + ". Exit 0 complete, "
