@@ -1,7 +1,8 @@
 """MkDocs hooks: the site builds from the repository alone.
 
 * ``benchmarks/results/*.png`` (the measured figures the pages show) are added to the
-  site under the same path, so a page links them as ``benchmarks/results/NAME.png``.
+  site under the same path. A page links them as ``../benchmarks/results/NAME.png``, which
+  is right when the page is read on GitHub; the hook makes the link relative to the site.
 * ``docs/benchmarks.md`` holds the marker ``<!-- include: benchmarks/README.md -->``; the
   file is spliced in with its links into ``docs/`` made relative to the page and its
   ``results/...`` file names kept as code, so the benchmark notes have one source.
@@ -40,4 +41,5 @@ def _included(relpath: str) -> str:
 
 
 def on_page_markdown(markdown, page, config, files):
+    markdown = markdown.replace("](../benchmarks/results/", "](benchmarks/results/")
     return MARKER.sub(lambda m: _included(m.group(1)), markdown)
