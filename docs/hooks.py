@@ -3,9 +3,10 @@
 * ``benchmarks/results/*.png`` (the measured figures the pages show) are added to the
   site under the same path. A page links them as ``../benchmarks/results/NAME.png``, which
   is right when the page is read on GitHub; the hook makes the link relative to the site.
-* ``docs/benchmarks.md`` holds the marker ``<!-- include: benchmarks/README.md -->``; the
-  file is spliced in with its links into ``docs/`` made relative to the page and its
-  ``results/...`` file names kept as code, so the benchmark notes have one source.
+* ``docs/benchmarks.md`` holds ``<!-- include: benchmarks/README.md -->`` ... ``<!-- end
+  include -->`` around a link for GitHub readers; in the site the file itself replaces
+  them, its links into ``docs/`` made relative to the page and its headings one level
+  down, so the benchmark notes have one source.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from mkdocs.structure.files import File
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-MARKER = re.compile(r"<!--\s*include:\s*(benchmarks/README\.md)\s*-->")
+MARKER = re.compile(r"<!--\s*include:\s*(benchmarks/README\.md)\s*-->.*?<!--\s*end include\s*-->",
+                    re.DOTALL)
 
 
 def on_files(files, config):
