@@ -262,7 +262,7 @@ def _order_reference(problem, theta0):
                 atol=1e-12, record_every=8).state.measure
 
 
-@pytest.mark.parametrize("method, order", [("euler", 1), ("heun", 2), ("ssprk3", 3)])
+@pytest.mark.parametrize("method, order", [(name, s.order) for name, s in wflow.STEPPERS.items()])
 @pytest.mark.parametrize("n_steps", [pytest.param((8, 16, 32), id="default"),
                                      pytest.param((4, 8, 16, 32, 64, 128), id="sweep",
                                                   marks=pytest.mark.slow)])

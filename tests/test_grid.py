@@ -1,4 +1,4 @@
-"""The grid solver (``wflow/_grid.py``) against mathematics, and grid runs through the CLI.
+"""The grid solver (``wflow/_grid/``) against mathematics, and grid runs through the CLI.
 
 * docs/theory.md, "Closed form: linear, d = 1", on the grid: rigid translation by the
   closed-form shift, E(s), convergence order in h;
@@ -26,11 +26,13 @@ from scipy.integrate import solve_ivp
 from scipy.stats import norm
 
 import wflow
-from wflow._grid import _interval_mass_gaussian, wall_mass
+from wflow._grid.flow import wall_mass
+from wflow._grid.initial import _interval_mass_gaussian
 from wflow.cli import main
 
-SCHEMES = [("upwind", None), ("muscl", "minmod"), ("muscl", "vanleer")]
-STEPPERS = ("euler", "heun", "ssprk3")
+# every scheme (upwind, MUSCL with each registered limiter) and every stepper the grid takes
+SCHEMES = [("upwind", None)] + [("muscl", name) for name in wflow.LIMITERS]
+STEPPERS = [name for name, s in wflow.STEPPERS.items() if s.positivity_limit > 0]
 
 
 def _scheme_id(scheme, limiter):
@@ -525,7 +527,7 @@ def test_finite_volume_limits():
     assert wflow.positivity_limit("muscl", "vanleer") == 0.5
     assert wflow.FiniteVolume().cfl == 0.4 and wflow.FiniteVolume("upwind").limiter is None
     for bad, match in [({"scheme": "weno"}, "solver.grid.scheme"),
-                       ({"limiter": "superbee"}, "solver.grid.limiter"),
+                       ({"limiter": "nosuch"}, "solver.grid.limiter"),
                        ({"cfl": 0.6}, r"\(0, 0.5\]"), ({"cfl": 0.0}, "solver.grid.cfl"),
                        ({"scheme": "upwind", "cfl": 1.5}, r"\(0, 1\]")]:
         with pytest.raises(ValueError, match=match):
@@ -658,7 +660,7 @@ BAD_GRID = [
      "solver.grid.bounds"),
     ("point-outside", ["init.kind=point", "init.mean=[0.0, 6.0]"], "init.mean"),
     ("scheme", ["solver.grid.scheme=weno"], "solver.grid.scheme"),
-    ("limiter", ["solver.grid.limiter=superbee"], "solver.grid.limiter"),
+    ("limiter", ["solver.grid.limiter=nosuch"], "solver.grid.limiter"),
     ("limiter-with-upwind", ["solver.grid.scheme=upwind", "solver.grid.limiter=minmod"],
      "solver.grid.limiter"),
     ("cfl-zero", ["solver.grid.cfl=0.0"], "solver.grid.cfl"),

@@ -44,12 +44,14 @@ from ._features import (
     load_block,
     make_feature,
 )
-from ._flow import METHODS, Flow, Measure, ParticleFlow, Regularization, make_flow
+from ._flow import Flow, Measure, ParticleFlow, Regularization, make_flow
 from ._grid import FiniteVolume, Grid, GridDensity, GridFlow, init_density, positivity_limit
 from ._integrate import FlowResult, FlowState, Record, Schedule, integrate
+from ._limiters import LIMITERS, AbstractLimiter
 from ._init_particles import INIT_KINDS, MEASURES, init_particles
 from ._problem import Problem, random_embedding, random_readout
 from ._sharding import SHARD_MODES, ShardedDepth, make_mesh, shard_depth
+from ._steppers import METHODS, STEPPERS, AbstractStepper
 
 # Names whose modules load optax, h5py or matplotlib: imported on first use (PEP 562).
 _LAZY = {
@@ -86,13 +88,17 @@ __all__ = [
     "DEPTHS",
     "FEATURES",
     "INIT_KINDS",
+    "LIMITERS",
     "MEASURES",
     "METHODS",
     "OPTIMIZERS",
     "REORDERS",
     "SGD",
     "SHARD_MODES",
+    "STEPPERS",
     "AbstractFeatureMap",
+    "AbstractLimiter",
+    "AbstractStepper",
     "Activation",
     "Adam",
     "CompareResult",

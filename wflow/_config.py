@@ -84,10 +84,11 @@ from ._compare import COMPARE_KEYS, OPTIMIZER_KEYS
 from ._data import DATASETS, DataError, make_dataset
 from ._depth import ADJOINTS, DEPTHS, ODE_SOLVERS
 from ._features import FEATURES
-from ._flow import L2_SCHEDULES, METHODS
-from ._grid import DEFAULT_CFL, LIMITERS, SCHEMES, grid_config_warnings, resolve_grid_config
+from ._flow import L2_SCHEDULES
+from ._grid import DEFAULT_CFL, SCHEMES, grid_config_warnings, resolve_grid_config
 from ._integrate import ON_INCREASE
 from ._init_particles import INIT_KINDS
+from ._limiters import LIMITERS
 from ._model import resolve_block, resolve_block_path
 from ._schema import (
     ConfigError,
@@ -114,6 +115,7 @@ from ._schema import (
     unknown_key,
 )
 from ._sharding import SHARD_MODES
+from ._steppers import METHODS
 from .study._metrics import STUDY_METRICS as _STUDY_METRIC_REGISTRY
 
 __all__ = ["ConfigError", "config_warnings", "load_config", "to_toml"]

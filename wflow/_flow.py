@@ -13,20 +13,19 @@ recorded in the history, and the array a snapshot stores. Two flows exist:
 
   with v = -grad_theta V_l(theta_{l,m}) = -(M / w_l) dE/dtheta
   (``DepthDiscretization.evaluate``).
-* ``GridFlow`` (``_grid.py``): the measure is a density on a theta-grid,
+* ``GridFlow`` (``_grid/flow.py``): the measure is a density on a theta-grid,
   moved by a finite-volume scheme for the same PDE.
 
-Methods of the fixed-step flows (``METHODS``):
-
-* ``euler``: explicit Euler, theta += h v (= gradient descent with learning
-  rate L M h for particles); with tau > 0, Euler-Maruyama.
-* ``heun``: explicit trapezoid = SSP Runge-Kutta 2 (2nd order); with tau > 0,
-  stochastic Heun for additive noise (the same Gaussian increment in
-  predictor and corrector).
-* ``ssprk3``: the three-stage, third-order strong-stability-preserving
-  Runge-Kutta method of Shu and Osher (deterministic only).
-* ``adaptive``: diffrax Tsit5 with a PID controller between consecutive record
-  times (particles, deterministic only).
+Methods (``METHODS``, from the registry ``wflow._steppers``): the fixed-step
+SSP Runge-Kutta steppers of ``STEPPERS`` -- ``euler`` (explicit Euler,
+theta += h v = gradient descent with learning rate L M h; with tau > 0
+Euler-Maruyama), ``heun`` (explicit trapezoid = SSP-RK2; with tau > 0 the
+stochastic Heun method), ``ssprk3`` (Shu-Osher SSP-RK3, deterministic only),
+... -- each applied by its generic Shu-Osher ``apply`` with the particles'
+forward-Euler step theta + dt v (+ dW), and ``adaptive``: diffrax Tsit5 with
+a PID controller between consecutive record times (particles, deterministic
+only). What a flow does with a method it reads from the method's attributes
+(``stochastic``, ``stability_limit``, ``positivity_limit``), not its name.
 
 Block reordering (``_blocks.Reordering``, Lu et al. 2020): a particle flow
 with an active reordering permutes the depth slices at the start of every
@@ -58,8 +57,8 @@ from ._blocks import Reordering
 from ._depth import DepthDiscretization
 from ._problem import Problem
 from ._sharding import to_host
+from ._steppers import STEPPERS, get_method
 
-METHODS = ("euler", "heun", "ssprk3", "adaptive")
 L2_SCHEDULES = ("constant", "inverse", "exponential")
 
 
@@ -169,10 +168,9 @@ class Flow(eqx.Module):
 
     def check(self, measure, method: str) -> None:
         """Static checks (shapes, supported methods); ValueError with one line."""
-        if method not in METHODS:
-            raise ValueError(f"train.method = {method!r}: allowed are {', '.join(METHODS)}")
-        if self.regularization.temperature > 0 and method not in ("euler", "heun"):
-            raise ValueError(f"train.temperature > 0 needs train.method = 'euler' or 'heun' "
+        if not get_method(method).stochastic and self.regularization.temperature > 0:
+            allowed = " or ".join(repr(name) for name, m in STEPPERS.items() if m.stochastic)
+            raise ValueError(f"train.temperature > 0 needs train.method = {allowed} "
                              f"(got {method!r}; the other methods are for the deterministic flow)")
 
     def diagnostics(self, measure, s) -> dict[str, jax.Array]:
@@ -218,12 +216,6 @@ class Measure(eqx.Module):
     flow_type: ClassVar[type[Flow]]
 
 
-# Real-axis stability limit h |lambda| < c of the fixed-step methods (lambda a real
-# eigenvalue of the drift's Jacobian): |1 + z| <= 1 (euler) and the SSP-RK2 / RK3
-# stability polynomials 1 + z + z^2/2 and 1 + z + z^2/2 + z^3/6.
-STABILITY_LIMIT = {"euler": 2.0, "heun": 2.0, "ssprk3": 2.5127}
-
-
 def data_history_names(problem: Problem) -> tuple[str, ...]:
     """The names ``Flow.data_diagnostics`` records for this problem, in order."""
     names = ("accuracy",) if problem.classification else ()
@@ -265,9 +257,9 @@ class ParticleFlow(Flow):
         k = self.problem.feature.k
         if measure.ndim != 3 or measure.shape[2] != k:
             raise ValueError(f"theta has shape {measure.shape}: must be (L, M, k) with k = {k}")
-        if self.reordering.active and method == "adaptive":
+        if self.reordering.active and method not in STEPPERS:
             raise ValueError(f"train.reorder = {self.reordering.mode!r} needs fixed steps "
-                             "(train.method = 'euler', 'heun' or 'ssprk3'), not 'adaptive'")
+                             f"(train.method = {', '.join(map(repr, STEPPERS))}), not {method!r}")
 
     def weighted(self, theta):
         return theta, None
@@ -298,38 +290,42 @@ class ParticleFlow(Flow):
         return {**out, **self.data_diagnostics(theta)}
 
     def stable_step(self, theta, s, method):
-        """2 / rho (euler, heun), 2.51 / rho (ssprk3), rho the spectral radius of the drift's
-        Jacobian at ``theta``, from 30 power iterations on central differences of the drift."""
-        limit = STABILITY_LIMIT.get(method)
-        if limit is None:
+        """The stepper's ``stability_limit`` / rho (2 / rho for euler and heun, 2.51 / rho for
+        ssprk3), rho the spectral radius of the drift's Jacobian at ``theta``, from 30 power
+        iterations on central differences of the drift; None for ``adaptive``."""
+        if method not in STEPPERS:
             return None
+        limit = STEPPERS[method].stability_limit
         rho = float(_spectral_radius(self, theta, jnp.asarray(s, theta.dtype)))
         if not (math.isfinite(rho) and rho > 0):
             return None
         return limit / rho, rho
 
     def step(self, method, theta, key, n, h):
+        """The stepper's ``apply`` with the forward-Euler step theta + dt v(theta, s + c h) + dW.
+
+        With temperature tau > 0, dW ~ N(0, 2 tau h) is drawn once per step and added
+        in every Euler term: for a ``stochastic`` stepper that is Euler-Maruyama
+        (euler) or the stochastic Heun method (heun: theta + h/2 (v_0 + v_1) + dW).
+        """
+        stepper = STEPPERS[method]
         reg = self.regularization
         s = n * h
         theta = self.reordering.apply(self.problem, theta, n)
-        loss, v = self.velocity(theta, s)
         if reg.temperature > 0:
             key, sub = jax.random.split(key)
             amp = jnp.sqrt(2.0 * reg.temperature * h).astype(theta.dtype)
             dw = amp * jax.random.normal(sub, theta.shape, theta.dtype)
         else:
             dw = jnp.zeros((), theta.dtype)
-        new = theta + h * v + dw
-        if method == "heun":
-            loss1, v1 = self.velocity(new, s + h)
-            return theta + 0.5 * h * (v + v1) + dw, key, finite(loss, v, loss1, v1)
-        if method == "ssprk3":
-            loss1, v1 = self.velocity(new, s + h)
-            u2 = 0.75 * theta + 0.25 * (new + h * v1)
-            loss2, v2 = self.velocity(u2, s + 0.5 * h)
-            new = theta / 3.0 + (2.0 / 3.0) * (u2 + h * v2)
-            return new, key, finite(loss, v, loss1, v1, loss2, v2)
-        return new, key, finite(loss, v)
+        times = stepper.stage_times
+
+        def euler(u, j, dt):
+            loss, v = self.velocity(u, s + times[j] * h)
+            return u + dt * v + dw, finite(loss, v)
+
+        new, ok = stepper.apply(euler, theta, h)
+        return new, key, jnp.all(jnp.stack(ok))
 
     def adaptive(self, theta, s0, s1, h0, rtol, atol):
         term = diffrax.ODETerm(lambda s, th, _: self.velocity(th, s)[1])

@@ -26,9 +26,10 @@ fixed-step methods the loop compares that quantity at consecutive records;
 a rise beyond round-off (``increase_tolerance``) means the step is above the
 method's stability limit. The first one triggers a ``StabilityWarning`` --
 also handed to the callback as ``Record.warning`` -- with the largest stable
-step estimated at that state (``Flow.stable_step``: 2 / |lambda_max| for
-euler and heun, 2.51 / |lambda_max| for ssprk3, lambda_max of the drift's
-Jacobian by power iteration). ``Schedule.on_increase = "stop"`` ends the run
+step estimated at that state (``Flow.stable_step``: the stepper's
+``stability_limit`` / |lambda_max| -- 2 for euler and heun, 2.51 for ssprk3 --
+with lambda_max of the drift's Jacobian by power iteration).
+``Schedule.on_increase = "stop"`` ends the run
 there with status ``"unstable"`` instead. ``adaptive`` is not checked: its
 error control allows rises of the order of its tolerances.
 
@@ -63,9 +64,9 @@ from jax import lax
 
 from ._blocks import Reordering
 from ._depth import DepthDiscretization
-from ._flow import METHODS, Flow, Measure, Regularization, make_flow
-from ._flow import STABILITY_LIMIT as STABILITY
+from ._flow import Flow, Measure, Regularization, make_flow
 from ._problem import Problem
+from ._steppers import STEPPERS, get_method
 
 STATUSES = ("running", "complete", "diverged", "unstable", "interrupted")
 ON_INCREASE = ("warn", "stop")
@@ -94,8 +95,7 @@ class Schedule:
             raise ValueError(f"train.time = {self.time!r}: must be a finite number > 0")
         if not (math.isfinite(self.dt) and 0 < self.dt):
             raise ValueError(f"train.dt = {self.dt!r}: must be a finite number > 0")
-        if self.method not in METHODS:
-            raise ValueError(f"train.method = {self.method!r}: allowed are {', '.join(METHODS)}")
+        get_method(self.method)  # ValueError naming the allowed methods
         if self.record_every < 1:
             raise ValueError(f"train.record_every = {self.record_every!r}: must be an integer >= 1")
         if self.snapshots < 2:
@@ -309,7 +309,8 @@ def integrate(
     else:
         initial = np.asarray(initial_loss, np.float64)
         threshold = np.where(initial > 0, schedule.divergence_factor * initial, np.inf)
-    watched = flow.monotone if schedule.method != "adaptive" else None
+    fixed = schedule.method in STEPPERS  # else the adaptive solver
+    watched = flow.monotone if fixed else None
     y_max = float(jnp.max(jnp.abs(problem.y))) if watched else 0.0
     previous = (step, values, measure)
     warned = False
@@ -318,7 +319,7 @@ def integrate(
         target = int(target)
         if target <= step:
             continue
-        if schedule.method == "adaptive":
+        if not fixed:
             measure, ok = _advance_adaptive(flow, (schedule.rtol, schedule.atol),
                                             jnp.asarray(h, dtype), measure,
                                             jnp.asarray(step * h, dtype),
@@ -378,8 +379,9 @@ def _rise_message(flow, schedule, name, before, after, s0, s1, measure) -> str:
     estimate = flow.stable_step(measure, s0, schedule.method)
     if estimate is not None and estimate[0] < h:
         stable, rho = estimate
+        limit = STEPPERS[schedule.method].stability_limit
         return text + (f"train.dt = {h:.3g} is above the stability limit of {schedule.method} "
-                       f"here, dt < {stable:.3g} (= {STABILITY[schedule.method]} / {rho:.4g}, the "
+                       f"here, dt < {stable:.3g} (= {limit} / {rho:.4g}, the "
                        f"largest eigenvalue of the velocity Jacobian at s = {s0:.6g}, by power "
                        f"iteration); use train.dt <= {0.9 * stable:.2g} or "
                        f'train.method = "adaptive"')

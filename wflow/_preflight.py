@@ -20,8 +20,9 @@ For particles (``_particle_parts``), with b the bytes of the run precision,
 N samples, d the state dimension, k parameters per particle:
 
 * parameters Theta (L, M, k) and the copies one step keeps alive: c_method
-  L M k b with c = 5 (euler), 7 (heun), 9 (ssprk3), 14 (adaptive: Tsit5
-  stages and error estimate), +1 with temperature > 0;
+  L M k b with c the method's ``step_copies`` (``wflow._steppers``: 5 euler,
+  7 heun, 9 ssprk3, 14 adaptive: Tsit5 stages and error estimate), +1 with
+  temperature > 0;
 * depth states: layered, the stored layer inputs z_0..z_{L-1} for the
   adjoint plus a few (N, d) buffers, (L + 4) N d b; continuous, diffrax's
   stages and checkpoints, 64 N d b (+ 12 L M k b for the backsolve adjoint's
@@ -55,6 +56,7 @@ import os
 from dataclasses import dataclass
 
 from ._schema import ConfigError
+from ._steppers import METHODS, get_method
 
 __all__ = ["Estimate", "Part", "available_memory", "check_resources", "estimate", "format_bytes",
            "parse_size"]
@@ -62,7 +64,7 @@ __all__ = ["Estimate", "Part", "available_memory", "check_resources", "estimate"
 MIB = 2**20
 RUNTIME_BYTES = 256 * MIB  # XLA runtime, compiled programs, Python objects
 HOPELESS = 2**50  # 1 PiB: no machine has this; refuse without asking the backend
-STEP_COPIES = {"euler": 5, "heun": 7, "ssprk3": 9, "adaptive": 14}
+STEP_COPIES = {name: get_method(name).step_copies for name in METHODS}
 DIGITS_N = 1797  # scikit-learn's digits data set
 
 
