@@ -16,11 +16,13 @@ from .base import AbstractMethod, AbstractStepper
 from .euler import Euler
 from .heun import Heun
 from .ssprk3 import SSPRK3
+from .ssprk43 import SSPRK43
 
 STEPPERS: dict[str, AbstractStepper] = {
     "euler": Euler(),
     "heun": Heun(),
     "ssprk3": SSPRK3(),
+    "ssprk43": SSPRK43(),
 }
 ADAPTIVE = Adaptive()
 METHODS: tuple[str, ...] = (*STEPPERS, ADAPTIVE.name)
