@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ._depth import DepthDiscretization, _slice_field
+from ._depth import DepthDiscretization, slice_field
 from ._problem import Problem
 
 __all__ = ["REORDERS", "EnsembleGap", "Reordering", "block_fields", "ensemble_gap",
@@ -60,7 +60,7 @@ def block_fields(problem: Problem, Theta: jax.Array, x: jax.Array | None = None,
 
     def one(_, inputs):
         theta, omega = inputs
-        return None, _slice_field(problem, z0, theta, omega)
+        return None, slice_field(problem, z0, theta, omega)
 
     return lax.scan(one, None, (Theta, weights))[1]
 

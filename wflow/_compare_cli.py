@@ -14,6 +14,8 @@ import math
 import os
 import sys
 
+from ._cli_args import add_config_arguments, add_no_plots
+
 EXIT_OK, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 2, 3, 130
 
 
@@ -25,15 +27,12 @@ def add_compare_parser(sub) -> None:
         "(same data, same initial parameters) next to the mean-field particle flow; write one "
         "HDF5 compare file and its figures. Exit 0 done, 2 bad config, 3 the mean-field run "
         "diverged, 130 interrupted.")
-    c.add_argument("config", metavar="CONFIG", help="TOML config file with a [compare] section")
-    c.add_argument("-o", "--output", metavar="COMPARE.h5",
-                   help="compare file (default: output.path with _compare before .h5)")
-    c.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", default=[],
-                   help="override a config key (VALUE is a TOML value, else a string); repeatable")
+    add_config_arguments(c, config_help="TOML config file with a [compare] section",
+                         output="COMPARE.h5", quiet_help="no per-run lines",
+                         output_help="compare file (default: output.path with _compare before .h5)")
     c.add_argument("--plots", metavar="DIR",
                    help="figure folder (default: <COMPARE stem>_plots beside the file)")
-    c.add_argument("--no-plots", action="store_true", help="write no figures")
-    c.add_argument("-q", "--quiet", action="store_true", help="no per-run lines")
+    add_no_plots(c, "no_plots")
     c.set_defaults(func=cmd_compare)
 
 

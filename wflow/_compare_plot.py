@@ -26,6 +26,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ._compare import check_compare_file
+from ._io import as_text
 
 __all__ = ["plot_compare"]
 
@@ -36,19 +37,15 @@ COLORS = {"sgd": "tab:blue", "momentum": "tab:orange", "adam": "tab:green",
 MAX_SCATTER = 4000
 
 
-def _text(v) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
 def _read(path: str) -> dict:
     check_compare_file(path)
     out = {"runs": {}, "name": os.path.basename(path)}
     with h5py.File(path, "r") as f:
-        out["run_names"] = [_text(n) for n in f.attrs["runs"]]
+        out["run_names"] = [as_text(n) for n in f.attrs["runs"]]
         for name in out["run_names"]:
             g = f[name]
             out["runs"][name] = {
-                "attrs": {k: (_text(v) if isinstance(v, (str, bytes)) else v)
+                "attrs": {k: (as_text(v) if isinstance(v, (str, bytes)) else v)
                           for k, v in g.attrs.items()},
                 **{k: np.asarray(g[k][()]) for k in g if isinstance(g[k], h5py.Dataset)}}
         out["data"] = {k: np.asarray(f["data"][k][()]) for k in f["data"]}
@@ -229,7 +226,7 @@ def _plot_scales(c: dict, out_dir: str) -> str:
 
 def _plot_reorder(c: dict, out_dir: str) -> str:
     r = c["reorder"]
-    modes = [_text(m) for m in r["modes"]]
+    modes = [as_text(m) for m in r["modes"]]
     keys = [k for k in ("loss", "test_loss", "accuracy", "test_accuracy") if k in r]
     paired = "none" in modes and len(modes) > 1
     fig = Figure(figsize=(4.6 * (len(keys) + paired), 4.2), layout="constrained")

@@ -74,6 +74,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import tomllib
 from typing import Any
 
 import numpy as np
@@ -469,8 +470,8 @@ def _resolve_solver(raw: dict, solver: dict, init: dict, train: dict, k: int,
     if solver["kind"] == "grid":
         raw_grid = raw.get("solver", {}).get("grid", {})
         solver.setdefault("grid", {name: spec.default for name, spec in grid_keys.items()})
-        resolve_grid_config(solver, init, train, k=k, given_solver=given,
-                            given_grid=set(raw_grid))
+        given_grid = {n for n in raw_grid if solver["grid"].get(n) != grid_keys[n].default}
+        resolve_grid_config(solver, init, train, k=k, given_solver=given, given_grid=given_grid)
     elif "grid" in solver:
         raise ConfigError(f"solver.grid = {fmt(raw['solver']['grid'])}: only used with "
                           f'solver.kind = "grid" (solver.kind is {fmt(solver["kind"])})')
@@ -528,7 +529,7 @@ def load_config(path, overrides=()) -> dict:
         ConfigError: one line naming the key, the value and what is allowed.
     """
     path = os.fspath(path)
-    raw = read_toml(path)
+    raw = _read_source(path)
     base = os.path.dirname(os.path.abspath(path))
     for section, key in PATH_KEYS:
         table = raw.get(section)
@@ -542,7 +543,48 @@ def load_config(path, overrides=()) -> dict:
         parts, value = parse_override(item)
         _apply_override(raw, parts, value)
     stem = os.path.splitext(os.path.basename(path))[0]
-    return _resolve(raw, stem)
+    config = _resolve(raw, stem)
+    out = config["output"]["path"]
+    if os.path.exists(out) and os.path.samefile(out, path):
+        raise ConfigError(f"output.path = {out!r}: is the file whose stored config is rerun; "
+                          "give a new file with -o NEW.h5")
+    return config
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _read_source(path: str) -> dict:
+    """The raw config of a TOML file, or the config stored in a wflow HDF5 file (run, study or
+    compare file: its ``config`` attribute, the resolved config it was made with), less its
+    output path (the rerun's output is ``-o`` or runs/<file stem>.h5, never the file itself)."""
+    try:
+        with open(path, "rb") as fh:
+            hdf5 = fh.read(8) == HDF5_SIGNATURE
+    except OSError:
+        hdf5 = False  # read_toml names the problem
+    if not hdf5:
+        return read_toml(path)
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            fmt_, text = f.attrs.get("format"), f.attrs.get("config")
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"config file {path!r}: not a readable HDF5 file ({e})") from None
+    fmt_ = fmt_.decode() if isinstance(fmt_, bytes) else fmt_
+    text = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+    if not (isinstance(fmt_, str) and fmt_.startswith("wflow-") and isinstance(text, str)):
+        raise ConfigError(f"config file {path!r}: an HDF5 file that is not a wflow run, study or "
+                          "compare file (no format and config attributes)")
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path!r}: its stored config is not valid TOML ({e})") \
+            from None
+    if isinstance(raw.get("output"), dict):
+        raw["output"].pop("path", None)
+    return raw
 
 
 def config_warnings(config: dict) -> list[str]:

@@ -42,6 +42,7 @@ part (same arguments); ``is_labelled`` says whether accuracies are defined.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -181,28 +182,24 @@ def make_dataset(
                  teacher_std=teacher_std, classes=classes, test_n=test_n, part="train")
 
 
-def make_test_set(
-    kind: str,
-    *,
-    test_n: int,
-    n: int = 256,
-    dim: int = 2,
-    seed: int = 0,
-    feature=None,
-    out_dim: int = 1,
-    noise: float = 0.0,
-    path: str | None = None,
-    teacher_width: int = 4,
-    teacher_depth: int = 4,
-    teacher_std: float = 1.0,
-    classes: tuple[int, ...] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The held-out (x_test (test_n, d_in), y_test (test_n, d_out)) of ``make_dataset``'s data."""
+# make_dataset's keywords and their defaults (make_test_set takes the same)
+_OPTIONS = {name: p.default for name, p in inspect.signature(make_dataset).parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "test_n"}
+
+
+def make_test_set(kind: str, *, test_n: int, **options) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out (x_test (test_n, d_in), y_test (test_n, d_out)) of ``make_dataset``'s data.
+
+    ``options`` are ``make_dataset``'s keywords (n, dim, seed, feature, ...), with the same
+    defaults; an unknown keyword is a TypeError.
+    """
     if not (isinstance(test_n, int) and test_n >= 1):
         raise DataError(f"data.test_n = {test_n!r}: make_test_set needs an integer >= 1")
-    return _make(kind, n=n, dim=dim, seed=seed, feature=feature, out_dim=out_dim, noise=noise,
-                 path=path, teacher_width=teacher_width, teacher_depth=teacher_depth,
-                 teacher_std=teacher_std, classes=classes, test_n=test_n, part="test")
+    unknown = set(options) - set(_OPTIONS)
+    if unknown:
+        raise TypeError(f"make_test_set got unknown keyword(s) {sorted(unknown)}; it takes "
+                        f"make_dataset's: {', '.join(_OPTIONS)}")
+    return _make(kind, **{**_OPTIONS, **options, "test_n": test_n}, part="test")
 
 
 class Request(NamedTuple):

@@ -161,7 +161,7 @@ class DepthDiscretization(eqx.Module):
         return loss, g / self.weights(L, g.dtype)[:, None, None]
 
 
-def _slice_field(problem: Problem, z, theta, omega, probe=None):
+def slice_field(problem: Problem, z, theta, omega, probe=None):
     """alpha F_l(z) = alpha sum_m omega_m f(z; theta_m) (+ the zero-valued probe of query points).
 
     The one place where the residual scale alpha (``problem.scale``, see
@@ -193,7 +193,7 @@ class LayeredDepth(DepthDiscretization):
 
         def layer(z, inputs):
             theta, omega, probe = inputs
-            return z + h * _slice_field(problem, z, theta, omega, probe), z
+            return z + h * slice_field(problem, z, theta, omega, probe), z
 
         return lax.scan(layer, z0, (Theta, weights, probes))
 
@@ -212,7 +212,7 @@ class LayeredDepth(DepthDiscretization):
             theta, omega, z = inputs
             # Through the feature's own reverse rule (for Neuron: the hand-written
             # adjoint on CPU, JAX's VJP on GPU; see _features.py).
-            _, vjp = jax.vjp(lambda z, th: _slice_field(problem, z, th, omega), z, theta)
+            _, vjp = jax.vjp(lambda z, th: slice_field(problem, z, th, omega), z, theta)
             gz, gtheta = vjp(p)
             return p + h * gz, gtheta
 
@@ -253,16 +253,16 @@ class ContinuousDepth(DepthDiscretization):
         """F(z, t) = (1 - a) F_j(z) + a F_{j+1}(z), the piecewise-linear interpolant."""
         L = Theta.shape[0]
 
-        def slice_field(j):
+        def node(j):
             at = lambda a: None if a is None else lax.dynamic_index_in_dim(a, j, keepdims=False)
-            return _slice_field(problem, z, at(Theta), at(weights), at(probes))
+            return slice_field(problem, z, at(Theta), at(weights), at(probes))
 
         if L == 1:
-            return slice_field(0)
+            return node(0)
         s = t * L - 0.5
         j = jnp.clip(jnp.floor(s), 0, L - 2).astype(jnp.int32)
         a = jnp.clip(s - j, 0.0, 1.0).astype(z.dtype)
-        return (1 - a) * slice_field(j) + a * slice_field(j + 1)
+        return (1 - a) * node(j) + a * node(j + 1)
 
     def norm(self, y) -> jax.Array:
         """The step-size controller's error norm: diffrax's default RMS norm over all of ``y``.

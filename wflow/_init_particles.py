@@ -35,7 +35,7 @@ INIT_KINDS = ("gaussian", "uniform", "point", "file")
 MEASURES = INIT_KINDS  # the former name, kept for ``wflow.MEASURES``
 
 
-def _per_coord(value, k: int, key: str) -> np.ndarray:
+def per_coord(value, k: int, key: str) -> np.ndarray:
     arr = np.asarray(value, dtype=np.float64)
     if arr.ndim == 0:
         return np.full((k,), float(arr))
@@ -76,16 +76,16 @@ def init_particles(
         half = init_particles(kind, key, L, M // 2, k, mean=mean, std=std, low=low, high=high,
                               dtype=dtype)
         return jnp.concatenate([half, half * jnp.asarray(R, dtype)], axis=1)
-    mean = _per_coord(mean, k, "init.mean")
-    std = _per_coord(std, k, "init.std")
+    mean = per_coord(mean, k, "init.mean")
+    std = per_coord(std, k, "init.std")
     if np.any(std < 0):
         raise DataError(f"init.std = {std.tolist()}: must be >= 0")
     if kind == "gaussian":
         xi = jax.random.normal(key, (L, M, k), dtype=dtype)
         return jnp.asarray(mean, dtype) + jnp.asarray(std, dtype) * xi
     if kind == "uniform":
-        lo = mean - np.sqrt(3.0) * std if low is None else _per_coord(low, k, "init.low")
-        hi = mean + np.sqrt(3.0) * std if high is None else _per_coord(high, k, "init.high")
+        lo = mean - np.sqrt(3.0) * std if low is None else per_coord(low, k, "init.low")
+        hi = mean + np.sqrt(3.0) * std if high is None else per_coord(high, k, "init.high")
         if np.any(hi < lo):
             raise DataError(f"init.high = {hi.tolist()}: must be >= init.low = {lo.tolist()}")
         u = jax.random.uniform(key, (L, M, k), dtype=dtype)

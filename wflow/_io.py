@@ -150,7 +150,7 @@ class LockedError(RunFileError):
         self.pid = pid
 
 
-def _text(v) -> str:
+def as_text(v) -> str:
     return v.decode("utf-8", "replace") if isinstance(v, (bytes, np.bytes_)) else str(v)
 
 
@@ -315,10 +315,10 @@ def _append(ds: h5py.Dataset, rows: np.ndarray) -> None:
 def _canonical(value) -> bytes:
     """Bytes that identify an attribute or array value (dtype, shape, contents)."""
     if isinstance(value, (str, bytes)):
-        return b"s:" + _text(value).encode("utf-8", "surrogateescape")
+        return b"s:" + as_text(value).encode("utf-8", "surrogateescape")
     a = np.asarray(value)
     if a.dtype.kind in "OSU":
-        return b"S:" + repr([_text(v) for v in a.ravel().tolist()]).encode("utf-8", "surrogateescape")
+        return b"S:" + repr([as_text(v) for v in a.ravel().tolist()]).encode("utf-8", "surrogateescape")
     return f"{a.dtype.str}{a.shape}".encode() + np.ascontiguousarray(a).tobytes()
 
 
@@ -595,7 +595,7 @@ def check_format(path: str, fmt: str, version_max: int, kind: str,
         raise error(f"{path}: not a regular file")
     try:
         with h5py.File(path, "r") as f:
-            attrs = {k: (_text(v) if isinstance(v, (str, bytes)) else v) for k, v in f.attrs.items()}
+            attrs = {k: (as_text(v) if isinstance(v, (str, bytes)) else v) for k, v in f.attrs.items()}
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise error(f"{path}: not a readable HDF5 file ({_one_line(e)})") from None
     if attrs.get("format") != fmt:
@@ -687,7 +687,7 @@ class _Reader:
             raise RunFileError(f"{path}: the root attributes are damaged "
                                f"({_one_line(e)})") from None
         self.sealed = "attrs_sha256" in raw_attrs
-        if self.sealed and _text(raw_attrs["attrs_sha256"]) != _attrs_digest(f):
+        if self.sealed and as_text(raw_attrs["attrs_sha256"]) != _attrs_digest(f):
             raise RunFileError(f"{path}: the root attributes (config, seed, ...) are damaged: "
                                "their checksum attrs_sha256 does not match")
         status = attrs.get("status")
@@ -695,7 +695,7 @@ class _Reader:
             raise RunFileError(f"{path}: root attribute status = {status!r}; expected one of "
                                f"{', '.join(STATUSES)}")
         try:
-            config = tomllib.loads(_text(attrs.get("config", "")))
+            config = tomllib.loads(as_text(attrs.get("config", "")))
         except (tomllib.TOMLDecodeError, RecursionError):
             if self.sealed:
                 raise RunFileError(f"{path}: root attribute config is not valid TOML") from None
@@ -801,7 +801,7 @@ class _Reader:
                                 "expected (2,) uint32")
             if self.sealed:
                 stored = state.attrs.get("sha256")
-                if stored is None or _text(stored) != _state_digest(state):
+                if stored is None or as_text(stored) != _state_digest(state):
                     raise self.fail("/state", "is damaged: its checksum sha256 does not match "
                                     "(the resumable state cannot be trusted)")
             self.out[f"state/{sname}"] = arr
@@ -883,7 +883,7 @@ def _read_open(path: str, f: h5py.File, attrs: dict, out: dict, all_snapshots: b
             r.complete(name)
         r.rest()
         r.consistent(config, x, y)
-    clean = {k: (_text(v) if isinstance(v, (str, bytes)) else v) for k, v in raw_attrs.items()}
+    clean = {k: (as_text(v) if isinstance(v, (str, bytes)) else v) for k, v in raw_attrs.items()}
     return clean, out
 
 
@@ -904,7 +904,7 @@ def verify_file(path: str) -> None:
     except (OSError, ValueError) as e:
         raise RunFileError(f"{path}: not a readable HDF5 file ({_one_line(e)})") from None
     with f:
-        if "attrs_sha256" in f.attrs and _text(f.attrs["attrs_sha256"]) != _attrs_digest(f):
+        if "attrs_sha256" in f.attrs and as_text(f.attrs["attrs_sha256"]) != _attrs_digest(f):
             raise RunFileError(f"{path}: the root attributes are damaged (attrs_sha256)")
 
         def visit(name, obj):

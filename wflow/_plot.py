@@ -38,7 +38,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from ._io import _text, verify_run
+from ._io import as_text, verify_run
 
 __all__ = ["plot_run"]
 
@@ -90,7 +90,7 @@ def _read(run_path: str) -> _Run:
     f = h5py.File(run_path, "r")
     with f:
         try:
-            config = tomllib.loads(_text(f.attrs.get("config", "")))
+            config = tomllib.loads(as_text(f.attrs.get("config", "")))
         except tomllib.TOMLDecodeError:
             config = {}  # figures only use the config for labels: plot without it
 
@@ -135,7 +135,7 @@ def _read(run_path: str) -> _Run:
                 grid_axes.append(axis.astype(float))
             return _Run(
                 name=name,
-                status=_text(f.attrs.get("status", "unknown")),
+                status=as_text(f.attrs.get("status", "unknown")),
                 config=config,
                 s=s.astype(float),
                 loss=loss.astype(float),

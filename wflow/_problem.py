@@ -25,7 +25,7 @@ alpha-independent rate (d g / ds = -K r with the alpha-independent tangent
 kernel K at leading order) while the parameters move by O(1/alpha): alpha = 1
 is the mean-field flow, alpha -> infinity the lazy (linearized) regime.
 The field is scaled where the depth discretizations form it
-(``_depth._slice_field``), the 1/alpha^2 where velocities are formed
+(``_depth.slice_field``), the 1/alpha^2 where velocities are formed
 (``DepthDiscretization.evaluate`` / ``first_variation_gradient``, through
 ``objective_weight``). The recorded loss is always the data fit E (so losses
 are comparable across alpha); along the flow dE/ds = -alpha^2 R with R the

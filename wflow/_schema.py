@@ -387,7 +387,10 @@ def check_table(section: str, table: Any, keys: dict[str, Key], subtables: dict)
         full = f"{section}.{name}"
         if name in keys:
             out[name] = keys[name].check(full, value)
-            given.add(name)
+            # a key equal to its default counts as not given: a resolved config (which
+            # writes every default, e.g. into a run file) is accepted as it is
+            if out[name] != keys[name].default:
+                given.add(name)
         elif name in subtables:
             sub, _ = check_table(full, value, subtables[name], {})
             out[name] = sub

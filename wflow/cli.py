@@ -41,6 +41,7 @@ import warnings
 import numpy as np
 
 from ._build import build_run, check_start
+from ._cli_args import add_config_arguments
 from ._config import ConfigError, config_warnings, load_config, to_toml
 from ._io import (
     RESUMABLE,
@@ -540,15 +541,12 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a config, write an HDF5 run file",
                        description="Validate CONFIG, run the gradient flow, write OUT.h5. "
                        "Exit 0 complete, 2 bad config, 3 diverged, 130 interrupted.")
-    r.add_argument("config", metavar="CONFIG", help="TOML config file")
-    r.add_argument("-o", "--output", metavar="OUT.h5",
-                   help="run file (default: output.path, else runs/<CONFIG stem>.h5)")
-    r.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", default=[],
-                   help="override a config key (VALUE is a TOML value, else a string); repeatable")
+    add_config_arguments(r, config_help="TOML config file", output="OUT.h5",
+                         output_help="run file (default: output.path, else runs/<CONFIG stem>.h5)",
+                         quiet_help="no progress bar")
     r.add_argument("--resume", action="store_true",
                    help="continue the interrupted run file OUT (the config stored in it must equal "
                    "CONFIG with --set applied; only [output] may differ)")
-    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.add_argument("--memory-limit", metavar="SIZE", default=None,
                    help="memory the run may use, e.g. 64GiB, instead of what the machine has "
                    "available; 'none' skips the memory check")

@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .._cli_args import add_config_arguments, add_no_plots
 from .._config import load_config
 from .._schema import ConfigError
 from ._file import StudyFileError, check_study_file, read_study
@@ -55,15 +56,13 @@ def add_parser(sub, func) -> None:
     for name, verb in VERBS.items():
         p = verbs.add_parser(name, help=verb.help, description=verb.help + ". Exit 0 complete, "
                              "2 bad config, 130 interrupted (resumable with --resume).")
-        p.add_argument("config", metavar="CONFIG", help="TOML config with a [study] section")
-        p.add_argument("-o", "--output", metavar="STUDY.h5",
-                       help=f"study file (default: runs/<CONFIG stem>_{name.replace('-', '')}.h5)")
-        p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", default=[],
-                       help="override a config key (VALUE is a TOML value); repeatable")
+        add_config_arguments(
+            p, config_help="TOML config with a [study] section", output="STUDY.h5",
+            output_help=f"study file (default: runs/<CONFIG stem>_{name.replace('-', '')}.h5)",
+            quiet_help="no progress bar")
         p.add_argument("--resume", action="store_true",
                        help="finish the interrupted study file (same config required)")
-        p.add_argument("--no-plot", action="store_true", help="do not write the figures")
-        p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+        add_no_plots(p, "no_plot")
         # Test hook: stop (as if interrupted) after K blocks / records.
         p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)
         p.set_defaults(func=func)

@@ -53,7 +53,7 @@ from datetime import UTC, datetime
 import h5py
 import numpy as np
 
-from .._io import _text, check_format
+from .._io import as_text, check_format
 from .._schema import ConfigError, to_toml
 
 FORMAT = "wflow-study"
@@ -101,9 +101,9 @@ def read_study(path: str) -> dict:
         def visit(name, obj):
             if isinstance(obj, h5py.Dataset):
                 value = obj[()]
-                out[name] = _text(value) if isinstance(value, bytes) else np.asarray(value)
+                out[name] = as_text(value) if isinstance(value, bytes) else np.asarray(value)
             for k, v in obj.attrs.items():
-                out[f"{name}@{k}"] = _text(v) if isinstance(v, (str, bytes)) else v
+                out[f"{name}@{k}"] = as_text(v) if isinstance(v, (str, bytes)) else v
 
         f.visititems(visit)
     return out

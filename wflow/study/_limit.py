@@ -65,7 +65,7 @@ from .._depth import ContinuousDepth, LayeredDepth
 from .._model import feature_from_config
 from .._flow import Regularization
 from .._integrate import Schedule, integrate
-from .._init_particles import _per_coord
+from .._init_particles import per_coord
 from .._problem import Problem, random_embedding, random_readout
 from .._schema import ConfigError
 from ._batch import Batch, forward_values
@@ -317,15 +317,15 @@ def _particles(setup: LimitSetup, member: Member, reference: bool) -> np.ndarray
         [setup.config["seed"], 1, member.rep, tag, 0 if shared else member.L, member.M, member.D]))
     k = setup.k(member.D)
     shape = (1 if shared else member.L, member.M, k)
-    mean = _per_coord(init["mean"], k, "init.mean").astype(dt)
-    std = _per_coord(init["std"], k, "init.std").astype(dt)
+    mean = per_coord(init["mean"], k, "init.mean").astype(dt)
+    std = per_coord(init["std"], k, "init.std").astype(dt)
     if init["kind"] == "gaussian":
         theta = rng.standard_normal(shape, dtype=dt)
         theta *= std
         theta += mean
     elif init["kind"] == "uniform":
-        lo = mean - np.sqrt(3.0) * std if init["low"] is None else _per_coord(init["low"], k, "init.low")
-        hi = mean + np.sqrt(3.0) * std if init["high"] is None else _per_coord(init["high"], k, "init.high")
+        lo = mean - np.sqrt(3.0) * std if init["low"] is None else per_coord(init["low"], k, "init.low")
+        hi = mean + np.sqrt(3.0) * std if init["high"] is None else per_coord(init["high"], k, "init.high")
         theta = rng.random(shape, dtype=dt)
         theta *= (hi - lo).astype(dt)
         theta += lo.astype(dt)
