@@ -18,7 +18,8 @@ one registry line) is tested with no edit here:
   and sharp (1.5 C gives negative densities);
 * noise: a ``stochastic`` stepper adds the step's increment dW exactly once;
   the others are refused with temperature > 0;
-* config and preflight read the attributes (choices, ``step_copies``).
+* config and preflight read the attributes (choices, ``step_copies``);
+* and explicitly for ssprk43: its polynomial, observed order 3, stability limit and C = 2.
 
 Float64 (tests/conftest.py).
 """
@@ -151,16 +152,12 @@ def _closed_form_theta(theta0, X2, S):
     return sol.y[:, -1][:, None, None] + (theta0 - m0[:, None, None]) * decay
 
 
-@pytest.mark.parametrize("name", STEPPERS)
-def test_order_on_the_closed_form(name):
-    """max |theta_h(S) - theta(S)| ~ h^order: fitted log-log slope within 0.15 (order 1) or
-    0.2 of the declared order, over 8, 16, 32 steps."""
-    s = wflow.STEPPERS[name]
+def _closed_form_errors(name, steps):
+    """max |theta_h(S) - theta(S)| of ``name`` with S / n steps, n in ``steps``."""
     problem, X2 = _closed_form_problem()
     theta0 = 0.3 * jax.random.normal(jax.random.PRNGKey(0), (L_CF, M_CF, 1), jnp.float64)
     exact = _closed_form_theta(theta0, X2, S_CF)
     reg = wflow.Regularization(l2=L2, l2_schedule="exponential", l2_decay=L2_DECAY)
-    steps = np.array([8, 16, 32])
     errors = []
     for n in steps:
         res = wflow.integrate(problem, wflow.LayeredDepth(),
@@ -170,6 +167,16 @@ def test_order_on_the_closed_form(name):
         assert res.status == "complete"
         errors.append(float(np.max(np.abs(np.asarray(res.state.measure) - exact))))
     assert np.max(np.abs(exact - np.asarray(theta0))) > 0.3  # the flow moved
+    return np.array(errors)
+
+
+@pytest.mark.parametrize("name", STEPPERS)
+def test_order_on_the_closed_form(name):
+    """max |theta_h(S) - theta(S)| ~ h^order: fitted log-log slope within 0.15 (order 1) or
+    0.2 of the declared order, over 8, 16, 32 steps."""
+    s = wflow.STEPPERS[name]
+    steps = np.array([8, 16, 32])
+    errors = _closed_form_errors(name, steps)
     slope = np.polyfit(np.log(S_CF / steps), np.log(errors), 1)[0]
     assert slope == pytest.approx(s.order, abs=0.15 if s.order == 1 else 0.2), (slope, errors)
     assert max(errors) < 0.05  # in the asymptotic range
@@ -290,3 +297,28 @@ def test_config_and_preflight_read_the_method(name, tmp_path):
     else:
         with pytest.raises(wflow.ConfigError, match="train.method"):
             wflow.load_config(str(path), grid)
+
+
+# ---------------------------------------------------------------------------------------
+# the additions, explicitly
+
+
+def test_ssprk43_is_the_four_stage_third_order_ssp_method():
+    """SSP-RK(4,3): R(z) = 1 + z + z^2/2 + z^3/6 + z^4/48, third order observed on the closed
+    form, stable up to h |lambda| = 5.1495 (twice ssprk3's 2.5127), SSP coefficient 2: on the
+    grid it reaches the same time in about half of ssprk3's substeps, rho >= 0."""
+    s = wflow.STEPPERS["ssprk43"]
+    assert (s.order, s.positivity_limit, s.stages, s.stochastic) == (3, 2.0, 4, False)
+    np.testing.assert_allclose(stability_polynomial(s).coef, [1, 1, 1 / 2, 1 / 6, 1 / 48],
+                               rtol=1e-15)
+    assert s.stage_times == pytest.approx((0.0, 0.5, 1.0, 0.5, 1.0), abs=1e-15)
+    assert s.stability_limit == pytest.approx(5.149486, abs=1e-4)
+    assert s.stability_limit > 2 * wflow.STEPPERS["ssprk3"].stability_limit
+    steps = np.array([8, 16, 32])
+    slope = np.polyfit(np.log(S_CF / steps), np.log(_closed_form_errors("ssprk43", steps)), 1)[0]
+    assert slope == pytest.approx(3.0, abs=0.2), slope
+    _, rho43, taken43, _, moved43 = _grid_march("ssprk43")
+    _, _, taken3, _, moved3 = _grid_march("ssprk3")
+    assert moved43 == pytest.approx(moved3, rel=1e-3)
+    assert taken43 <= 0.6 * taken3, (taken43, taken3)
+    assert float(jnp.min(rho43.rho)) >= 0.0
