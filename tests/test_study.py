@@ -239,6 +239,17 @@ def test_depth_slope_on_the_linear_exact_problem(tmp_path, capsys):
     for metric in ("loss", "output", "hidden"):
         s = data[f"fit/{metric}/slope_L"]  # (times, n_M)
         assert np.all(np.abs(s + 1.0) < 0.1), (metric, s)
+    # the free fit (one M: err ~ a L^-p, the rest NaN) finds the depth exponent 1 as the slope
+    # does; its interval is the seeds' (tests/test_study_rates.py checks it at larger L)
+    assert list(data["fit/output/free@params"]) == ["a", "p", "b", "q"]
+    assert "one M" in data["fit/output/free@note"]
+    for metric in ("loss", "output", "hidden"):
+        free, ci = data[f"fit/{metric}/free"], data[f"fit/{metric}/free_ci"]
+        assert free.shape == (2, 4) and ci.shape == (2, 4, 2)
+        assert np.all(np.abs(free[:, 1] - 1.0) < 0.1) and np.all(np.isnan(free[:, 2:]))
+        assert np.all(np.isfinite(ci[:, :2])) and np.all(ci[:, :2, 0] <= ci[:, :2, 1])
+    assert "free fit err ~ a L^-p + b (L M)^-q" in text and "(theory 1 " in text
+    assert data["reference/floor/output"].shape == (2,)
 
 
 LINEAR_GRID = LINEAR.replace("mean = 0.2", "mean = 0.0").replace("dt = 0.25", """dt = 0.25
@@ -324,6 +335,9 @@ def test_grid_reference_on_the_linear_exact_problem(tmp_path, capsys):
         b, b_err = data[f"fit/{metric}/model"][0, 1], data[f"fit/{metric}/model_err"][0, 1]
         assert abs(b - math.sqrt(X2) * 0.5) <= 3 * b_err, (metric, b, b_err, math.sqrt(X2) * 0.5)
         assert b_err < 0.1 * b  # the check has teeth
+        # the free fit finds the width exponent 1/2 inside its 95% interval, a narrow one
+        q, (lo, hi) = data[f"fit/{metric}/free"][0, 3], data[f"fit/{metric}/free_ci"][0, 3]
+        assert lo <= 0.5 <= hi and hi - lo < 0.2, (metric, q, lo, hi)
 
 
 STUDY = """
@@ -355,8 +369,10 @@ def _same_files(a, b):
     assert {k: v for k, v in A["attrs"].items() if k not in skip} == \
         {k: v for k, v in B["attrs"].items() if k not in skip}
     assert set(A) == set(B)
+    # HDF5 dimension-scale bookkeeping holds object references, which differ from file to file
+    scales = ("@DIMENSION_LIST", "@REFERENCE_LIST")
     for key in A:
-        if key != "attrs":
+        if key != "attrs" and not key.endswith(scales):
             np.testing.assert_array_equal(A[key], B[key], err_msg=key)
 
 

@@ -130,11 +130,15 @@ def test_a_study_with_one_metric_writes_it_everywhere(tmp_path, capsys, name):
     e = data[f"errors/{name}"]
     assert e.shape == (2, 2, 2, 1) and np.all(np.isfinite(e)) and np.all(e >= 0)
     # the reference keeps exactly the quantities the metric reads (and the loss)
-    kept = {k.split("/")[1] for k in data if k.startswith("reference/")} - {"done"}
+    kept = {k.split("/")[1] for k in data if k.startswith("reference/")} - {"done", "floor"}
     assert kept == {"loss", *metric.needs}
+    # the reference's own error in this metric, and the free fit beside the fixed one
+    assert data[f"reference/floor/{name}"].shape == (1,)
+    assert data[f"fit/{name}/free"].shape == (1, 4) and data[f"fit/{name}/free_ci"].shape == (1, 4, 2)
     # the table: the metric's section, headed by its label, with one row per L
     section = text.split(f"\n[{name}] {metric.label}\n")[1]
     assert section.splitlines()[1].startswith("  L=2 ") and "slope vs L" in section
+    assert "free fit err ~" in section and "reference floor" in section
     # the figures: one panel per figure, titled by the metric, its axis labelled by the label
     figures = limit_figures(data)
     assert set(figures) == {"limit_L.png", "limit_M.png", "limit_map.png"}

@@ -192,9 +192,11 @@ def _metric_lines(data: dict, metric: str) -> list[str]:
     lines = [f"\n[{metric}]" + (f" {known.label}" if known is not None else "")]
     rms = f("rms")
     if rms is not None and dims is None and len(L) * len(M) <= 120:
+        below = f("below_floor")
+        star = lambda i, j: "*" if below is not None and below[i, j, t] else " "
         lines.append("  error        " + " ".join(f"M={m:<9d}" for m in M))
         for i, l in enumerate(L):
-            lines.append(f"  L={l:<9d} " + " ".join(f"{rms[i, j, t]:<11.3e}"
+            lines.append(f"  L={l:<9d} " + " ".join(f"{rms[i, j, t]:<10.3e}{star(i, j)}"
                                                    for j in range(len(M))))
     for name, over in (("slope_L", "L"), ("slope_M", "M"), ("slope_D", "D")):
         s = f(name)
@@ -214,6 +216,55 @@ def _metric_lines(data: dict, metric: str) -> list[str]:
                           for i, n in enumerate("abc"[:len(c)]))
         lines.append(f"  fit err ~ {data['attrs'].get('fit_model', '')}: {parts}, "
                      f"R^2 = {f('model_r2')[t]:.3f} ({int(f('model_n')[t])} points)")
+    lines += _free_lines(data, metric, t)
+    return lines
+
+
+def _free_lines(data: dict, metric: str, t: int) -> list[str]:
+    """The free-exponent fit, its 95% intervals, the theory's exponents and the AIC verdict;
+    the reference's floor and the points left out for it."""
+    def f(name):
+        return data.get(f"fit/{metric}/{name}")
+
+    lines = []
+    floor = data.get(f"reference/floor/{metric}")
+    if floor is not None:
+        n_out = f("floor_excluded")
+        n_out = int(n_out[t]) if n_out is not None else 0
+        lines.append(f"  reference floor {_sci(float(floor[t]))}: {n_out} point(s) below 3x the "
+                     "floor (marked * above) left out of the fits")
+    free, ci = f("free"), f("free_ci")
+    if free is None:
+        return lines
+    names = [str(n) for n in data.get(f"fit/{metric}/free@params", [])]
+    theory = {"p": 1.0, "q": 0.5, "r": 0.5}
+    inside = f("theory_inside")
+    parts = []
+    for i, n in enumerate(names):
+        v = free[t, i]
+        if not math.isfinite(v):
+            continue
+        lo, hi = ci[t, i]
+        iv = f" [{lo:.3g}, {hi:.3g}]" if math.isfinite(lo) else ""
+        if n in theory:
+            verdict = ""
+            if inside is not None and math.isfinite(inside[t, i]):
+                verdict = (f" (theory {theory[n]:g} {'inside' if inside[t, i] else 'OUTSIDE'})")
+            parts.append(f"{n} = {v:.3f}{iv}{verdict}")
+        else:
+            parts.append(f"{n} = {v:.3g}{iv}")
+    model = "a L^-p + b (L M)^-q" + (" + c D^-r" if len(names) > 4 else "")
+    r2 = f("free_r2")[t]
+    lines.append(f"  free fit err ~ {model} (95% bootstrap intervals): " + ", ".join(parts)
+                 + f", R^2 = {r2:.3f}" + (" (poor fit)" if not r2 >= 0.9 else ""))
+    note = data.get(f"fit/{metric}/free@note", "")
+    if note:
+        lines.append(f"  note: {note}")
+    fa, ma = f("free_aic")[t], f("model_aic")[t]
+    if math.isfinite(fa) and math.isfinite(ma):
+        better = "free exponents" if fa < ma else "fixed exponents"
+        lines.append(f"  AIC on log residuals: free {fa:.1f}, fixed {ma:.1f} -> {better} "
+                     "describe the data better")
     return lines
 
 

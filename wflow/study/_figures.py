@@ -4,8 +4,11 @@ Limit study (``kind = "limit"``), at the last study time, one column per metric 
 the study (``study.metrics``), its axis labelled with the metric's ``label``:
 
 * ``limit_L.png``   RMS error against L, one line per M (per D: the largest D),
-                    with the fitted model a/L + b/sqrt(LM) [+ c/sqrt(D)] drawn over the
-                    points (dashed) and seed bootstrap error bars;
+                    with the better-fitting model (lower AIC on log residuals) of the
+                    free-exponent fit a L^-p + b (LM)^-q [+ c D^-r] and the fixed one
+                    a/L + b/sqrt(LM) [+ c/sqrt(D)] drawn over the points (dashed; dotted and
+                    labelled "poor fit" when its R^2 < 0.9), seed bootstrap error bars and
+                    the reference's own error (``/reference/floor``) as a grey band;
 * ``limit_M.png``   against M, one line per L (largest D);
 * ``limit_D.png``   against D, one line per M (largest L), with dims;
 * ``limit_map.png`` heat map of log10 error over (L, M) (with dims: over (M, D) at the
@@ -28,7 +31,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ._file import read_study
-from ._fit import model_terms
+from ._fit import free_model, model_terms
 from ._metrics import STUDY_METRICS
 
 __all__ = ["limit_figures", "plot_study", "zero_loss_figures"]
@@ -91,13 +94,31 @@ class _Limit:
             return rms, err
         return rms[..., None], err[..., None]
 
+    def better(self, metric) -> tuple[str, float]:
+        """("free" | "fixed", its R^2): the model with the lower AIC (the fixed one in a file
+        without free fits)."""
+        t, data = self.t, self.data
+        fb = data.get(f"fit/{metric}/free_better")
+        if fb is not None and fb[t] and np.any(np.isfinite(data[f"fit/{metric}/free"][t])):
+            return "free", float(data[f"fit/{metric}/free_r2"][t])
+        return "fixed", float(data[f"fit/{metric}/model_r2"][t])
+
     def model_at(self, metric, Lv, Mv, Dv):
-        """The fitted model at the points (Lv, Mv, Dv), or None if it was not fitted."""
+        """The better fitted model (``better``) at the points (Lv, Mv, Dv), or None if it was
+        not fitted."""
+        D = Dv if self.dims is not None else None
+        if self.better(metric)[0] == "free":
+            return free_model(self.data[f"fit/{metric}/free"][self.t], Lv, Mv, D)
         coef = self.data[f"fit/{metric}/model"][self.t]
         if not np.any(np.isfinite(coef)):
             return None
         coef = np.where(np.isfinite(coef), coef, 0.0)  # a term not swept is left out
-        return model_terms(Lv, Mv, Dv if self.dims is not None else None) @ coef
+        return model_terms(Lv, Mv, D) @ coef
+
+    def floor(self, metric) -> float | None:
+        """The reference's own error at the figure's time (``/reference/floor``), or None."""
+        f = self.data.get(f"reference/floor/{metric}")
+        return None if f is None or not np.isfinite(f[self.t]) else float(f[self.t])
 
     def panels(self):
         """A figure with one panel per metric: (fig, [(ax, metric), ...])."""
@@ -145,17 +166,37 @@ def _against(s: _Limit, over: str) -> Figure:
     xf = np.geomspace(xs[0], xs[-1], 50)
     for ax, metric in panels:
         rms, err = s.rms(metric)
+        which, r2 = s.better(metric)
+        poor = not r2 >= 0.9  # a fit that misses its points is dotted and says so
+        style = ":" if poor else "--"
         for c, (label, at, fixed) in enumerate(lines):
             ax.errorbar(xs, rms[at], yerr=err[at], fmt="o", ms=4, color=cols[c], label=label,
                         capsize=2)
             fitv = s.model_at(metric, *(xf if v is None else np.full_like(xf, v) for v in fixed))
             if fitv is not None:
-                ax.plot(xf, fitv, "--", color=cols[c], lw=1)
+                ax.plot(xf, fitv, style, color=cols[c], lw=1.2 if poor else 1)
+        ax.plot([], [], style, color="0.3",
+                label=f"{which} fit, R^2 = {r2:.2f}" + (" < 0.9: poor fit" if poor else ""))
         _loglog(ax, xlabel, _label(metric), xs)
+        _floor_band(ax, s.floor(metric))
         ax.set_title(f"{metric}: {title}", fontsize=10)
         ax.legend(fontsize=7, ncol=2)
-    fig.suptitle(f"{s.title}; dashed: fit {s.model}", fontsize=9)
+    fig.suptitle(f"{s.title}; lines: the model with the lower AIC (free exponents "
+                 f"a L^-p + b (LM)^-q, or fixed {s.model}); grey band: the reference's own "
+                 "error (floor to 3x floor)", fontsize=8)
     return fig
+
+
+def _floor_band(ax, floor: float | None) -> None:
+    """The reference's error floor as a grey band: below it darker, up to 3x floor lighter
+    (points there are left out of the fits)."""
+    if floor is None or floor <= 0:
+        return
+    lo, hi = ax.get_ylim()
+    bottom = min(lo, floor / 3)
+    ax.axhspan(bottom, floor, color="0.5", alpha=0.3, lw=0, label="reference floor")
+    ax.axhspan(floor, 3 * floor, color="0.5", alpha=0.12, lw=0)
+    ax.set_ylim(bottom, max(hi, 4 * floor))
 
 
 def _heat_map(s: _Limit) -> Figure:

@@ -24,12 +24,24 @@ Limit study (``kind = "limit"``; the grid axes are (n_L, n_M) or, with
     /reference/prediction, /reference/state   ("particles", "grid": (S, T, N, d_out),
                                               (S, T, N, D_ref); the quantities the metrics need)
     /reference/done      (S,)                 "particles": uint8, 1 = reference run computed
+    /reference/floor/<metric>   (T,)          the reference's own error (``_floor``)
     /fit/<metric>/rms, rms_err   (grid..., T)  RMS over seeds and its bootstrap std
     /fit/<metric>/slope_L, slope_L_err  (T, n_M[, n_D])   log-log slope against L
     /fit/<metric>/slope_M, slope_M_err  (T, n_L[, n_D])   against M
     /fit/<metric>/slope_D, slope_D_err  (T, n_L, n_M)     against D (with dims)
     /fit/<metric>/model, model_err      (T, 2|3)   a, b[, c] of the model (attr ``model``)
-    /fit/<metric>/model_r2, model_n     (T,)       R^2 on log err, points used
+    /fit/<metric>/model_r2, model_n, model_aic  (T,)  R^2 and AIC on log err, points used
+    /fit/<metric>/free          (T, P)      the free-exponent fit a L^-p + b (L M)^-q
+                                            [+ c D^-r], attribute ``params`` (["a", "p", "b",
+                                            "q"[, "c", "r"]]) and ``note`` (what the sweep does
+                                            not identify); NaN: not fitted
+    /fit/<metric>/free_ci       (T, P, 2)   95% seed-bootstrap intervals
+    /fit/<metric>/free_r2, free_aic, free_n  (T,)
+    /fit/<metric>/theory_inside (T, P)      1 / 0: the theory's exponent (1, 1/2, 1/2) in the
+                                            interval; NaN for coefficients, exponents not fitted
+    /fit/<metric>/free_better   (T,)        1: the free fit has the lower AIC
+    /fit/<metric>/below_floor   (grid..., T)  1: RMS error below 3x the floor (not fitted)
+    /fit/<metric>/floor_excluded (T,)       how many points that is
     /data/x, /data/y
 
 Zero-loss study (``kind = "zero-loss"``), one group per initial measure::
@@ -68,7 +80,11 @@ class StudyFileError(ValueError):
 
 
 def write_study(path: str, attrs: dict, arrays: dict) -> None:
-    """Write ``arrays`` ({"group/name": array}) and root ``attrs`` to ``path`` atomically."""
+    """Write ``arrays`` ({"group/name": array}) and root ``attrs`` to ``path`` atomically.
+
+    A key "group/name@attr" is the attribute ``attr`` of the dataset "group/name" (read back
+    by ``read_study`` under the same key).
+    """
     import jax
 
     from .. import __version__
@@ -83,7 +99,12 @@ def write_study(path: str, attrs: dict, arrays: dict) -> None:
         for name, value in {**base, **attrs}.items():
             f.attrs[name] = value
         for name, value in arrays.items():
-            f.create_dataset(name, data=value if isinstance(value, str) else np.asarray(value))
+            if "@" not in name:
+                f.create_dataset(name, data=value if isinstance(value, str) else np.asarray(value))
+        for name, value in arrays.items():  # "group/name@attr": an attribute of that dataset
+            if "@" in name:
+                target, attr = name.split("@")
+                f[target].attrs[attr] = value
 
     commit_h5(path, build, fresh=True)  # temporary file, fsync, rename: old or new, never half
 

@@ -22,11 +22,14 @@ the fitted numbers is reported.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["ModelFit", "aggregate", "bootstrap_indices", "fit_model", "model_terms", "slope"]
+__all__ = ["FreeFit", "ModelFit", "THEORY_EXPONENTS", "aggregate", "aic", "bootstrap_indices",
+           "fit_free", "fit_model", "free_model", "free_params", "identified", "log_rss",
+           "model_terms", "slope"]
 
 
 def aggregate(errors: np.ndarray, seed_axis: int = -2) -> np.ndarray:
@@ -93,3 +96,171 @@ def fit_model(terms: np.ndarray, err: np.ndarray) -> ModelFit:
     ss_tot = np.sum((le - le.mean()) ** 2)
     r2 = 1.0 - np.sum((le - lm) ** 2) / ss_tot if ss_tot > 0 else float("nan")
     return ModelFit(coef, float(r2), int(ok.sum()))
+
+
+# ----------------------------------------------------------------------------- free exponents
+
+THEORY_EXPONENTS = {"p": 1.0, "q": 0.5, "r": 0.5}
+"""The theory's exponents of err ~ a L^-p + b (L M)^-q + c D^-r (docs/theory.md)."""
+
+# exponents are searched in [0, MAX_EXPONENT]; coefficients in log space within +-LOG_RANGE
+MAX_EXPONENT = 4.0
+_LOG_RANGE = 60.0
+
+
+class FreeFit(NamedTuple):
+    """A free-exponent fit err ~ a L^-p + b (L M)^-q [+ c D^-r] (``fit_free``).
+
+    ``params``: the names ("a", "p", "b", "q"[, "c", "r"]); ``value`` their values, NaN for
+    what the sweep does not identify; ``note`` says what was left out and why ("" if nothing).
+    ``rss`` is the sum of squared log residuals, ``aic`` = n log(rss / n) + 2 k with k the
+    number of fitted parameters.
+    """
+
+    params: tuple[str, ...]
+    value: np.ndarray
+    r2: float
+    aic: float
+    n: int
+    note: str
+
+
+def free_params(with_dims: bool) -> tuple[str, ...]:
+    return ("a", "p", "b", "q") + (("c", "r") if with_dims else ())
+
+
+def free_model(params: np.ndarray, L, M, D=None) -> np.ndarray:
+    """a L^-p + b (L M)^-q [+ c D^-r]; a term with a NaN coefficient is left out and a term
+    with a NaN exponent is the constant coefficient (its variable is not swept)."""
+    L, M = np.asarray(L, np.float64), np.asarray(M, np.float64)
+    params = np.asarray(params, np.float64)
+    xs = [L, L * M] + ([np.asarray(D, np.float64)] if D is not None else [])
+    out = np.zeros(np.broadcast(*xs).shape)
+    for i, x in enumerate(xs):
+        c, e = params[2 * i], params[2 * i + 1]
+        if np.isfinite(c):
+            out = out + c * (x ** -e if np.isfinite(e) else 1.0)
+    return out
+
+
+def identified(n_L: int, n_M: int, n_D: int | None) -> tuple[np.ndarray, str]:
+    """Which parameters of ``free_params`` a sweep of n_L x n_M [x n_D] values identifies.
+
+    Returns a (P,) int array: 1 fitted, 0 a constant term (coefficient fitted, exponent
+    NaN: its variable has one value), -1 left out (NaN). With one L the depth term a L^-p is
+    a constant; with one M the width term b (L M)^-q is a power of L like the depth term,
+    so only err ~ a L^-p is fitted; with one D the term c D^-r is a constant that cannot
+    be told from a L^-p's, so it is left out. The note says so.
+    """
+    use = [1, 1, 1, 1] + ([1, 1] if n_D is not None else [])
+    notes = []
+    if n_M < 2 and n_L >= 2:
+        use[2] = use[3] = -1
+        notes.append("one M: the width term (L M)^-q is a power of L like the depth term; "
+                     "fitted err ~ a L^-p only")
+    elif n_L < 2:
+        use[1] = 0
+        notes.append("one L: a L^-p is a constant (p not identified)")
+        if n_M < 2:
+            use[2] = use[3] = -1
+    if n_D is not None and n_D < 2:
+        use[4] = use[5] = -1
+        notes.append("one D: the term c D^-r is left out")
+    return np.asarray(use), "; ".join(notes)
+
+
+def fit_free(L, M, err, D=None, use=None, start=None) -> FreeFit:
+    """Least squares of log err against log(a L^-p + b (L M)^-q [+ c D^-r]).
+
+    ``L, M, D, err``: flat arrays of the points (non-finite or non-positive errors are left
+    out). ``use``: ``identified``'s (P,) array (default: every parameter). The coefficients
+    are fitted as their logarithms (so they stay > 0; a term the data do not need goes to a
+    tiny coefficient and its exponent is then loosely determined), the exponents in
+    [0, MAX_EXPONENT]. ``start``: one starting point (P,) (the bootstrap starts from the
+    main fit); default: a few starts around the theory's exponents, the best kept.
+    Too few points (n <= number of fitted parameters) give NaN.
+    """
+    from scipy.optimize import least_squares
+
+    err = np.asarray(err, np.float64).ravel()
+    cols = [np.asarray(L, np.float64).ravel(), np.asarray(L, np.float64).ravel()
+            * np.asarray(M, np.float64).ravel()]
+    if D is not None:
+        cols.append(np.asarray(D, np.float64).ravel())
+    names = free_params(D is not None)
+    use = np.ones(len(names), int) if use is None else np.asarray(use)
+    ok = np.isfinite(err) & (err > 0)
+    le = np.log(err[ok])
+    logx = [np.log(c[ok]) for c in cols]
+    terms = [i for i in range(len(cols)) if use[2 * i] >= 0]
+    free_e = [i for i in terms if use[2 * i + 1] == 1]
+    k = len(terms) + len(free_e)
+    nan = FreeFit(names, np.full(len(names), np.nan), float("nan"), float("nan"), int(ok.sum()), "")
+    if ok.sum() <= k or not terms:
+        return nan
+
+    # x = [log c_i for i in terms] + [e_i for i in free_e]
+    def unpack(x):
+        logc = dict(zip(terms, x[:len(terms)], strict=True))
+        ex = dict(zip(free_e, x[len(terms):], strict=True))
+        return logc, ex
+
+    def parts(x):
+        logc, ex = unpack(x)
+        return [(i, np.exp(logc[i] - ex.get(i, 0.0) * logx[i])) for i in terms]
+
+    def resid(x):
+        total = sum(p for _, p in parts(x))
+        return np.log(np.maximum(total, 1e-300)) - le
+
+    def jac(x):
+        ps = parts(x)
+        total = np.maximum(sum(p for _, p in ps), 1e-300)
+        J = np.empty((le.size, x.size))
+        for j, (i, p) in enumerate(ps):
+            J[:, j] = p / total
+        for j, i in enumerate(free_e):
+            J[:, len(terms) + j] = -dict(ps)[i] * logx[i] / total
+        return J
+
+    lo = np.r_[np.full(len(terms), -_LOG_RANGE), np.zeros(len(free_e))]
+    hi = np.r_[np.full(len(terms), _LOG_RANGE), np.full(len(free_e), MAX_EXPONENT)]
+    if start is not None and np.all(np.isfinite(start[[2 * i for i in terms]])):
+        starts = [np.r_[np.log(np.maximum(start[[2 * i for i in terms]], 1e-20)),
+                        np.clip(start[[2 * i + 1 for i in free_e]], 0.0, MAX_EXPONENT)]]
+    else:
+        theory = [THEORY_EXPONENTS["pqr"[i]] for i in free_e]
+        base = np.log(np.exp(le).mean() / len(terms))
+        starts = []
+        for f in (1.0, 0.5, 2.0):
+            e0 = np.clip(np.asarray(theory) * f, 0.0, MAX_EXPONENT)
+            logc = [base + (e0[free_e.index(i)] * logx[i].mean() if i in free_e else 0.0)
+                    for i in terms]
+            starts.append(np.r_[logc, e0])
+    best = None
+    for x0 in starts:
+        x0 = np.clip(x0, lo + 1e-9, hi - 1e-9)
+        sol = least_squares(resid, x0, jac=jac, bounds=(lo, hi), method="trf", x_scale="jac")
+        if best is None or sol.cost < best.cost:
+            best = sol
+    logc, ex = unpack(best.x)
+    value = np.full(len(names), np.nan)
+    for i in terms:
+        value[2 * i] = math.exp(logc[i])
+        value[2 * i + 1] = ex.get(i, np.nan)
+    rss = float(np.sum(resid(best.x) ** 2))
+    n = int(ok.sum())
+    ss_tot = float(np.sum((le - le.mean()) ** 2))
+    r2 = 1.0 - rss / ss_tot if ss_tot > 0 else float("nan")
+    return FreeFit(names, value, r2, aic(rss, n, k), n, "")
+
+
+def aic(rss: float, n: int, k: int) -> float:
+    """Akaike's criterion of a least-squares fit on log residuals: n log(rss / n) + 2 k."""
+    return n * math.log(max(rss, 1e-300) / n) + 2 * k
+
+
+def log_rss(model: np.ndarray, err: np.ndarray) -> float:
+    """Sum of squared log residuals over the points where both are finite and > 0."""
+    ok = np.isfinite(err) & (err > 0) & np.isfinite(model) & (model > 0)
+    return float(np.sum((np.log(model[ok]) - np.log(err[ok])) ** 2))

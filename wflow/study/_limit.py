@@ -88,13 +88,18 @@ _REFERENCE_TAG = 0x5EF
 
 @dataclass(frozen=True)
 class Member:
-    """One run: shape index (iL, iM, iD), its sizes, and the repetition r."""
+    """One run: shape index (iL, iM, iD), its sizes, and the repetition r.
+
+    ``half`` h in (1, 2): the run of the h-th half (M particles) of the "particles"
+    reference's reference_M particles (the reference's error floor, ``_floor``); 0 otherwise.
+    """
 
     index: tuple[int, int, int]
     L: int
     M: int
     D: int
     rep: int
+    half: int = 0
 
 
 @dataclass(frozen=True)
@@ -313,10 +318,11 @@ def _particles(setup: LimitSetup, member: Member, reference: bool) -> np.ndarray
     init, dt = setup.config["init"], np.dtype(setup.dtype)
     tag = _REFERENCE_TAG if reference else 0
     shared = setup.study["sampling"] == "shared"
+    M = setup.reference_shape()[1] if member.half else member.M  # a half: draw all, keep half
     rng = np.random.default_rng(np.random.SeedSequence(
-        [setup.config["seed"], 1, member.rep, tag, 0 if shared else member.L, member.M, member.D]))
+        [setup.config["seed"], 1, member.rep, tag, 0 if shared else member.L, M, member.D]))
     k = setup.k(member.D)
-    shape = (1 if shared else member.L, member.M, k)
+    shape = (1 if shared else member.L, M, k)
     mean = per_coord(init["mean"], k, "init.mean").astype(dt)
     std = per_coord(init["std"], k, "init.std").astype(dt)
     if init["kind"] == "gaussian":
@@ -331,6 +337,8 @@ def _particles(setup: LimitSetup, member: Member, reference: bool) -> np.ndarray
         theta += lo.astype(dt)
     else:  # point
         theta = np.broadcast_to(mean, shape)
+    if member.half:
+        theta = theta[:, (member.half - 1) * member.M: member.half * member.M]
     return np.broadcast_to(theta, (member.L, member.M, k))
 
 

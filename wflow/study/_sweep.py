@@ -18,7 +18,8 @@ import jax
 import numpy as np
 
 from ._file import config_text, resume_study, write_study
-from ._fit import aggregate, bootstrap_indices, fit_model, model_terms, slope
+from ._fit import (THEORY_EXPONENTS, aggregate, aic, bootstrap_indices, fit_free, fit_model,
+                   free_params, identified, log_rss, model_terms, slope)
 from ._limit import BlockResult, LimitSetup, block_errors, build_limit, grid_values, plan, run_block
 from ._metrics import QUANTITIES
 
@@ -42,6 +43,7 @@ class LimitState:
         if st["reference"] == "continuous":
             self.ref_loss = np.full(self.grid + (S, T), np.nan)
         self.wall = 0.0
+        self.floor: dict = {}  # {metric: (T,)} the reference's own error (``_floor``), at the end
         self.fits: dict = {}
 
     def cell(self, member):
@@ -66,6 +68,8 @@ class LimitState:
             out["reference/done"] = self.ref_done
             if self.ref_wall is not None:
                 out["reference/wall_mass"] = self.ref_wall
+        for name, value in self.floor.items():
+            out[f"reference/floor/{name}"] = value
         for name, value in self.fits.items():
             out[f"fit/{name}"] = value
         return out
@@ -139,7 +143,12 @@ def run_limit(config: dict, study: dict, path: str, *, resume: bool = False,
     checkpoint("running")
     status = _run_blocks(state, blocks, checkpoint, should_stop, progress, stop_after)
     if status == "complete":
-        state.fits = fit_limit(setup, state)
+        from ._floor import reference_floor
+
+        ref = None if study["reference"] == "continuous" else state.reference()
+        key = jax.random.fold_in(jax.random.PRNGKey(config["seed"]), 3)
+        state.floor = reference_floor(setup, ref, key)
+        state.fits = fit_limit(setup, state, state.floor)
     checkpoint(status)
     return status
 
@@ -258,46 +267,89 @@ class _Progress:
         return update
 
 
-def fit_limit(setup: LimitSetup, state: LimitState) -> dict:
-    """Aggregated errors, slopes and the model fit of every metric at every time (``_fit``)."""
+def fit_limit(setup: LimitSetup, state: LimitState, floor: dict | None = None) -> dict:
+    """Aggregated errors, slopes, the fixed-exponent model and the free-exponent fit of every
+    metric at every time (``_fit``), with seed-bootstrap errors and 95% intervals.
+
+    ``floor``: {metric: (T,)} the reference's own error (``_floor``); points whose RMS error
+    is below 3x the floor are flagged (``below_floor``) and left out of the model fits.
+    Keys ("<metric>/<name>", under /fit/): rms, rms_err, slope_*, model, model_err, model_r2,
+    model_n, model_aic; free (T, P) with the attribute ``params``, free_ci (T, P, 2), free_r2,
+    free_aic, free_n; theory_inside (T, P): 1 / 0 whether the theory's exponent lies in the
+    interval (NaN for coefficients and exponents not fitted); free_better (T,) 1 where the
+    free fit has the lower AIC; below_floor (grid..., T) and floor_excluded (T,).
+    """
     st = setup.study
     L = np.asarray(st["L"], np.float64)
     M = np.asarray(st["M"], np.float64)
     dims = st["dims"]
     grids = np.meshgrid(L, M, *([np.asarray(dims, np.float64)] if dims else []), indexing="ij")
-    terms = model_terms(grids[0].ravel(), grids[1].ravel(), grids[2].ravel() if dims else None)
+    Lf, Mf = grids[0].ravel(), grids[1].ravel()
+    Df = grids[2].ravel() if dims else None
+    terms = model_terms(Lf, Mf, Df)
     # a term whose variable is not swept is a constant: it is left out (its coefficient is NaN)
     use = np.array([len(L) > 1, True] + ([len(dims) > 1] if dims else []))
+    use_free, note = identified(len(L), len(M), len(dims) if dims else None)
+    names = free_params(bool(dims))
     boot = bootstrap_indices(st["seeds"], st["bootstrap"], setup.config["seed"])
     out = {}
     for metric, errors in state.errors.items():
         e = np.moveaxis(errors, -1, 0)  # (T, grid..., S)
         rms = aggregate(e, seed_axis=-1)  # (T, grid...)
+        T = rms.shape[0]
+        fl = np.full(T, np.nan) if floor is None else np.asarray(floor[metric], np.float64)
+        with np.errstate(invalid="ignore"):
+            below = rms < 3.0 * fl.reshape((T,) + (1,) * (rms.ndim - 1))
         samples = [aggregate(np.take(e, idx, axis=-1), seed_axis=-1) for idx in boot]
 
-        def fitted(rms):
+        def fitted(rms, start=None):
             res = {"slope_L": slope(L, rms, axis=1), "slope_M": slope(M, rms, axis=2)}
             if dims:
                 res["slope_D"] = slope(np.asarray(dims, np.float64), rms, axis=3)
-            fits = [fit_model(terms[:, use], rms[t].ravel()) for t in range(rms.shape[0])]
-            coef = np.full((len(fits), terms.shape[1]), np.nan)
+            kept = np.where(below, np.nan, rms).reshape(T, -1)
+            fits = [fit_model(terms[:, use], kept[t]) for t in range(T)]
+            coef = np.full((T, terms.shape[1]), np.nan)
             coef[:, use] = np.stack([f.coef for f in fits])
             res["model"] = coef
             res["model_r2"] = np.asarray([f.r2 for f in fits])
             res["model_n"] = np.asarray([f.n for f in fits])
+            res["model_aic"] = np.asarray([
+                aic(log_rss(terms[:, use] @ coef[t, use], kept[t]), f.n, int(use.sum()))
+                if f.n > 0 else np.nan for t, f in enumerate(fits)])
+            free = [fit_free(Lf, Mf, kept[t], Df, use_free,
+                             None if start is None else start[t]) for t in range(T)]
+            res["free"] = np.stack([f.value for f in free])
+            res["free_r2"] = np.asarray([f.r2 for f in free])
+            res["free_aic"] = np.asarray([f.aic for f in free])
+            res["free_n"] = np.asarray([f.n for f in free])
             return res
 
         main = fitted(rms)
         for name, value in main.items():
             out[f"{metric}/{name}"] = value
         out[f"{metric}/rms"] = np.moveaxis(rms, 0, -1)
+        out[f"{metric}/below_floor"] = np.moveaxis(below, 0, -1).astype(np.uint8)
+        out[f"{metric}/floor_excluded"] = below.reshape(T, -1).sum(axis=1)
+        out[f"{metric}/free@params"] = list(names)
+        out[f"{metric}/free@note"] = note
+        with np.errstate(invalid="ignore"):
+            out[f"{metric}/free_better"] = (main["free_aic"] < main["model_aic"]).astype(np.uint8)
+        ci = np.full(main["free"].shape + (2,), np.nan)
         if samples:
-            boots = [fitted(s) for s in samples]
+            boots = [fitted(s, start=main["free"]) for s in samples]
             with np.errstate(invalid="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN lines stay NaN
                 for name in ("slope_L", "slope_M", "slope_D", "model"):
                     if name in main:
                         out[f"{metric}/{name}_err"] = np.nanstd(
                             np.stack([b[name] for b in boots]), axis=0)
+                free = np.stack([b["free"] for b in boots])  # (n_boot, T, P)
+                ci = np.moveaxis(np.nanpercentile(free, [2.5, 97.5], axis=0), 0, -1)
+                ci[~np.isfinite(main["free"])] = np.nan
             out[f"{metric}/rms_err"] = np.moveaxis(np.std(np.stack(samples), axis=0), 0, -1)
+        out[f"{metric}/free_ci"] = ci
+        theory = np.array([THEORY_EXPONENTS.get(n, np.nan) for n in names])
+        inside = ((ci[..., 0] <= theory) & (theory <= ci[..., 1])).astype(np.float64)
+        inside[~np.isfinite(ci[..., 0]) | ~np.isfinite(theory)] = np.nan
+        out[f"{metric}/theory_inside"] = inside
     return out

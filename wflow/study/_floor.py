@@ -1,0 +1,112 @@
+"""The reference's own error (its *floor*), measured for every reference kind.
+
+A limit study measures finite networks against a reference that has an error of its own;
+once a finite network's error is of that size, the error says nothing about the finite
+network. ``reference_floor`` estimates the reference's error in each metric at each study
+time, (T,) per metric, stored as ``/reference/floor/<metric>``:
+
+* "continuous": one run (the largest shape of the sweep, repetition 0) is redone in
+  continuous depth at 10x tighter solver.rtol and solver.atol; the floor is the metric
+  between the two. The ODE solver's global error is about proportional to its tolerance,
+  so the difference estimates the reference's error to within ~10%.
+* "particles": the reference's reference_M particles (every slice) are split into two
+  halves of reference_M / 2 particles, each trained on its own as a reference. The two are
+  independent with the reference's law: their disagreement d has the size of sqrt(2) times
+  a half's sampling error, and a half's error is sqrt(2) times the full reference's (the
+  error ~ 1 / sqrt(M)); the floor is d / 2, RMS over the repetitions.
+* "grid": the grid reference of repetition 0 is redone with half the cells per axis (cell
+  width r h, r = n / floor(n / 2)); with the scheme's order q (upwind 1, muscl 2) the error
+  is e(h) ~ C h^q, so |u_h - u_rh| = (r^q - 1) e(h) (Richardson) and the floor is
+  d / (r^q - 1).
+
+``_sweep.fit_limit`` flags the points within 3x of the floor and leaves them out of the
+fits; the table prints the floor, the figures draw it as a band.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .._depth import ContinuousDepth
+from ._limit import Block, BlockResult, LimitSetup, Member, _split, grid_values, run_block
+from ._metrics import STUDY_METRICS, Runs
+
+__all__ = ["SCHEME_ORDER", "reference_floor"]
+
+SCHEME_ORDER = {"upwind": 1, "muscl": 2}
+"""Order of accuracy in the cell width of the grid's finite-volume schemes (``wflow._grid``)."""
+
+TIGHTER = 10.0  # the "continuous" floor: rtol and atol divided by this
+
+
+def reference_floor(setup: LimitSetup, reference: BlockResult | None, key) -> dict[str, np.ndarray]:
+    """{metric: (T,)} the reference's own error (module docstring).
+
+    ``reference``: the stored "particles" / "grid" reference (one row per repetition;
+    None for "continuous"); ``key``: the PRNG key of the extra runs.
+    """
+    kind = setup.study["reference"]
+    return {"continuous": _continuous, "particles": _particles, "grid": _grid}[kind](
+        setup, reference, key)
+
+
+def _metrics(setup: LimitSetup, run: BlockResult, ref: BlockResult, dims) -> dict:
+    a = Runs(*run, tuple(dims), setup.random_embedding)
+    b = Runs(*ref, tuple(dims), setup.random_embedding)
+    return {m: STUDY_METRICS[m].compute(a, b) for m in setup.study["metrics"]}
+
+
+def _continuous(setup: LimitSetup, reference, key) -> dict:
+    st = setup.study
+    L, M, D = st["L"][-1], st["M"][-1], setup.dims[-1]
+    index = (len(st["L"]) - 1, len(st["M"]) - 1, len(setup.dims) - 1)
+    block = Block(L, M, D, (Member(index, L, M, D, 0),), 1)
+    c = setup.continuous
+    tight = ContinuousDepth(adjoint=c.adjoint, solver=c.solver, rtol=c.rtol / TIGHTER,
+                            atol=c.atol / TIGHTER, max_steps=c.max_steps * 4)
+    normal = run_block(setup, block, c, key)
+    fine = run_block(setup, block, tight, key)
+    return {m: e[0] for m, e in _metrics(setup, normal, fine, (D,)).items()}
+
+
+def _particles(setup: LimitSetup, reference, key) -> dict:
+    Lr, Mr, Dr = setup.reference_shape()
+    S, half = setup.study["seeds"], Mr // 2
+    members = [Member((-1, -1, -1), Lr, half, Dr, r, h) for r in range(S) for h in (1, 2)]
+    rows: dict[tuple[int, int], dict] = {}
+    budget = setup.study["memory"] * 2**30
+    for i, block in enumerate(_split(setup, members, Lr, half, Dr, budget, reference=True)):
+        import jax
+
+        res = run_block(setup, block, setup.reference_depth(), jax.random.fold_in(key, i))
+        for j, m in enumerate(block.members):
+            rows[(m.rep, m.half)] = {q: None if v is None else v[j:j + 1]
+                                     for q, v in res._asdict().items()}
+    first = BlockResult(**{q: _stack([rows[(r, 1)][q] for r in range(S)]) for q in rows[(0, 1)]})
+    second = BlockResult(**{q: _stack([rows[(r, 2)][q] for r in range(S)]) for q in rows[(0, 2)]})
+    d = _metrics(setup, first, second, (Dr,) * S)  # (S, T)
+    return {m: np.sqrt(np.mean(e * e, axis=0)) / 2.0 for m, e in d.items()}
+
+
+def _stack(parts):
+    return None if parts[0] is None else np.concatenate(parts, axis=0)
+
+
+def _grid(setup: LimitSetup, reference, key) -> dict:
+    st = setup.study
+    g = st["grid"]
+    cells = list(g["cells"])
+    coarse = [max(n // 2, 1) for n in cells]
+    r = cells[0] / coarse[0]
+    order = SCHEME_ORDER[g["scheme"]]
+    coarse_setup = setup._replace(study={**st, "grid": {**g, "cells": coarse}})
+    D = setup.dims[-1]
+    block = Block(st["reference_L"], math.prod(coarse), D,
+                  (Member((-1, -1, -1), st["reference_L"], math.prod(coarse), D, 0),), 1,
+                  reference=True)
+    res, _ = grid_values(coarse_setup, block, key)
+    fine = BlockResult(*(None if v is None else v[:1] for v in reference))
+    d = _metrics(setup, fine, res, (D,))
+    return {m: e[0] / (r ** order - 1.0) for m, e in d.items()}
