@@ -19,6 +19,7 @@ rho (docs/theory.md). The public surface:
 * blocks (Lu et al. 2020): ``shallow_ensemble``, ``ensemble_gap``, ``Reordering``
 * many devices:    ``ShardedDepth`` (a depth split over a device mesh), ``make_mesh``,
                    ``shard_depth``
+* files:           ``open_run`` (a run, study or compare file as an xarray DataTree)
 * studies:         ``wflow.study`` (limit sweeps, zero-loss runs, fits, study files);
                    ``random_embedding``, ``random_readout`` (fixed random maps, ``Problem``)
 
@@ -59,6 +60,7 @@ _LAZY = {
         "OPTIMIZERS", "SGD", "Adam", "CompareResult", "Minibatch", "Momentum", "Trajectory",
         "meanfield_trajectory", "run_compare", "train_network", "write_compare")},
     "plot_compare": "._compare_plot",
+    "open_run": "._dims",
 }
 
 
@@ -146,6 +148,7 @@ __all__ = [
     "make_flow",
     "make_mesh",
     "make_test_set",
+    "open_run",
     "meanfield_trajectory",
     "plot_compare",
     "positivity_limit",

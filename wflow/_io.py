@@ -105,6 +105,7 @@ from typing import Self
 import h5py
 import numpy as np
 
+from ._dims import label_dimensions
 from ._signals import critical
 
 FORMAT = "wflow-run"
@@ -381,6 +382,7 @@ def commit_h5(path: str, update: Callable[[h5py.File], None], *, fresh: bool = F
                 f = h5py.File(tmp, "r+", libver=LIBVER)
             with f:
                 update(f)
+                label_dimensions(f)  # named dimensions for xarray (``_dims``)
                 seal(f)
             if durable:
                 _fsync_path(tmp)
