@@ -30,17 +30,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._data import DataError, load_array_file
+from ._schema import fmt
 
 INIT_KINDS = ("gaussian", "uniform", "point", "file")
 MEASURES = INIT_KINDS  # the former name, kept for ``wflow.MEASURES``
 
 
 def per_coord(value, k: int, key: str) -> np.ndarray:
+    """A scalar or a list of k values (config ``key``) as k float64 values."""
     arr = np.asarray(value, dtype=np.float64)
     if arr.ndim == 0:
         return np.full((k,), float(arr))
     if arr.shape != (k,):
-        raise DataError(f"{key} = {list(np.atleast_1d(arr))}: give a scalar or a list of k = {k} values")
+        raise DataError(f"{key} = {fmt(arr.tolist())}: give a scalar or a list of k = {k} values")
     return arr
 
 

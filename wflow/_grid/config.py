@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._init_particles import per_coord
 from .._schema import ConfigError, fmt
 from .finite_volume import FiniteVolume
 from .flow import GRID_METHODS
 from .geometry import MAX_K, Grid
-from .initial import per_coord
 
 WALL_MASS_WARNING = 1e-3   # the CLI warns once when wall_mass exceeds this
 

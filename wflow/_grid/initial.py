@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._data import DataError, load_array_file
+from .._init_particles import per_coord
 from .._schema import fmt
 from .finite_volume import FiniteVolume
 from .flow import GridDensity
@@ -48,15 +49,6 @@ def _interval_mass_point(edges: np.ndarray, x: float) -> np.ndarray:
         j = min(max(int(np.searchsorted(edges, x, side="right")) - 1, 0), len(out) - 1)
         out[j] = 1.0
     return out
-
-
-def per_coord(value, k: int, key: str) -> np.ndarray:
-    arr = np.asarray(value, dtype=np.float64)
-    if arr.ndim == 0:
-        return np.full((k,), float(arr))
-    if arr.shape != (k,):
-        raise DataError(f"{key} = {fmt(arr.tolist())}: give a scalar or a list of k = {k} values")
-    return arr
 
 
 INIT_KINDS = ("gaussian", "uniform", "point", "file")
