@@ -19,20 +19,29 @@ from wflow.study._metrics import QUANTITIES
 METRICS = list(STUDY_METRICS)
 
 
-def runs(seed, b=3, nt=2, N=6, d_out=2, D=4, dims=None, scaled=False) -> Runs:
-    """Random quantities of b runs (state dimension dims[j] <= D, zero-padded to D)."""
+def runs(seed, b=3, nt=2, N=6, d_out=2, D=4, dims=None, scaled=False, L=3, M=5, k=3) -> Runs:
+    """Random quantities of b runs (state dimension dims[j] <= D, zero-padded to D), with
+    particles (L, M, k) of weight 1/M and themselves as twins."""
     rng = np.random.default_rng(seed)
     dims = (D,) * b if dims is None else tuple(dims)
     state = rng.normal(size=(b, nt, N, D))
     for j, d in enumerate(dims):
         state[j, :, :, d:] = 0.0
+    particles = rng.normal(size=(b, nt, L, M, k))
     return Runs(rng.uniform(0.1, 1.0, size=(b, nt)), rng.normal(size=(b, nt, N, d_out)), state,
-                dims, scaled)
+                dims, scaled, particles, np.full((b, nt, L, M), 1.0 / M), particles,
+                {"sinkhorn_epsilon": 0.1})
+
+
+EXTRA = ("weights", "twins")  # come with "particles"
 
 
 def only_needs(metric, r: Runs) -> Runs:
     """``r`` with every quantity the metric does not need set to None."""
-    return r._replace(**{q: None for q in QUANTITIES if q not in metric.needs})
+    drop = [q for q in QUANTITIES if q not in metric.needs]
+    if "particles" in drop:
+        drop += EXTRA
+    return r._replace(**{q: None for q in drop})
 
 
 @pytest.mark.parametrize("name", METRICS)
@@ -57,12 +66,15 @@ def test_metric_is_zero_against_itself(name, scaled):
 @pytest.mark.parametrize("name", METRICS)
 def test_metric_is_positive_per_run_and_reads_only_its_needs(name):
     metric = STUDY_METRICS[name]
-    a, ref = runs(1, dims=(2, 3, 4)), runs(2)
+    a = runs(1, dims=(2, 3, 4))
+    # a reference of larger state dimension D_ref >= D; particles (of k(D) parameters) are
+    # compared at equal D only (NaN otherwise, ``coupling`` / ``sinkhorn``)
+    ref = runs(2, dims=(2, 3, 4) if "particles" in metric.needs else None)
     e = metric.compute(only_needs(metric, a), only_needs(metric, ref))
     assert e.shape == (3, 2) and np.all(np.isfinite(e)) and np.all(e > 0)
     # row j depends on run j and reference j only: a subset in another order gives its rows
     rows = [2, 0]
-    sub = lambda r: r._replace(**{q: getattr(r, q)[rows] for q in QUANTITIES},
+    sub = lambda r: r._replace(**{q: getattr(r, q)[rows] for q in QUANTITIES + EXTRA},
                                dims=tuple(r.dims[j] for j in rows))
     np.testing.assert_array_equal(metric.compute(sub(a), sub(ref)), e[rows])
 
@@ -84,6 +96,7 @@ def test_metric_is_nan_for_a_diverged_run(name):
     a = a._replace(**{q: getattr(a, q).copy() for q in QUANTITIES})
     for q in QUANTITIES:
         getattr(a, q)[1, -1] = np.nan  # run 1 diverged before the last study time
+    a = a._replace(twins=a.particles)
     e = metric.compute(a, ref)
     assert np.isnan(e[1, -1]) and np.all(np.isfinite(np.delete(e.ravel(), 1 * 2 + 1)))
 
@@ -126,12 +139,13 @@ def test_a_study_with_one_metric_writes_it_everywhere(tmp_path, capsys, name):
     text, err = capsys.readouterr()
     assert rc == 0, err
     data = read_study(str(out))
-    assert [k for k in data if k.startswith("errors/")] == [f"errors/{name}"]
+    datasets = [k for k in data if "@" not in k]  # not the attributes
+    assert [k for k in datasets if k.startswith("errors/")] == [f"errors/{name}"]
     e = data[f"errors/{name}"]
     assert e.shape == (2, 2, 2, 1) and np.all(np.isfinite(e)) and np.all(e >= 0)
     # the reference keeps exactly the quantities the metric reads (and the loss)
-    kept = {k.split("/")[1] for k in data if k.startswith("reference/")} - {"done", "floor"}
-    assert kept == {"loss", *metric.needs}
+    kept = {k.split("/")[1] for k in datasets if k.startswith("reference/")} - {"done", "floor"}
+    assert kept == {"loss", *metric.needs} | ({"weights"} if "particles" in metric.needs else set())
     # the reference's own error in this metric, and the free fit beside the fixed one
     assert data[f"reference/floor/{name}"].shape == (1,)
     assert data[f"fit/{name}/free"].shape == (1, 4) and data[f"fit/{name}/free_ci"].shape == (1, 4, 2)

@@ -9,6 +9,7 @@ reference 4x larger (particles).
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -220,3 +221,110 @@ def test_particles_floor_against_a_reference_4x_larger(tmp_path):
         true = np.sqrt(np.mean(e * e, axis=0)) / math.sqrt(1.25)
         assert np.all(0.5 * true <= floor[name]) and np.all(floor[name] <= 2.0 * true), (
             name, floor[name], true)
+
+
+# ----------------------------------------------------------------------------- coupling
+
+
+def _coupled_shifts(m0, X2, a, dt, n):
+    """docs/theory.md, "Closed form: linear, d = 1", the two coupled flows by explicit Euler in s.
+
+    Layered (L layers, layer means m_l): z(1) = x P, P = prod_l (1 + m_l / L), so every
+    particle of layer l moves by v_l = -X2 (P - a) P / (1 + m_l / L) (E = X2 (P - a)^2 / 2,
+    dE/dtheta_{l,m} = v_l / (L M)). Its twin, moved by the continuous reference's field:
+    z(1) = x e^A with A = (1/L) sum_l m_l^c (the hat functions' weights are 1/L), the same
+    velocity -X2 (e^A - a) e^A at every theta and depth. Returns the shifts
+    Delta_l = theta_{l,m}(s) - theta_{l,m}(0) of both, (L,) each.
+    """
+    L = len(m0)
+    m, mc = np.array(m0, float), np.array(m0, float)
+    for _ in range(n):
+        P = np.prod(1.0 + m / L)
+        v = -X2 * (P - a) * P / (1.0 + m / L)
+        A = mc.mean()
+        vc = -X2 * (math.exp(A) - a) * math.exp(A)
+        m, mc = m + dt * v, mc + dt * vc
+    return m - np.asarray(m0), mc - np.asarray(m0)
+
+
+@pytest.mark.parametrize("sampling", ["iid"])  # "shared" is the special case m_l = m
+def test_coupling_equals_the_closed_form_of_the_coupled_linear_flows(tmp_path, sampling):
+    """Linear d = 1: every particle of a layer moves by the same shift, so a particle and its
+    twin differ by the difference of the two flows' shifts, Delta_l - Delta^c, and the
+    coupling error is sqrt(mean_l (Delta_l - Delta^c)^2) whatever the draws (the draws enter
+    through the layer means only)."""
+    from wflow.study._limit import block_errors
+
+    setup = setup_of(tmp_path, LINEAR, "study.metrics=[\"coupling\", \"output\"]",
+                     "study.times=[0.0, 0.5, 1.0]", 'train.method="euler"',
+                     f'study.sampling="{sampling}"', "study.L=[5]", "study.M=[3]", "init.mean=0.4")
+    members = tuple(Member((0, 0, 0), 5, 3, 1, r) for r in range(2))
+    block = Block(5, 3, 1, members, 2)
+    key = jax.random.PRNGKey(0)
+    run = run_block(setup, block, setup.depth, key)
+    ref = run_block(setup, block, setup.continuous, key)
+    e = block_errors(setup, block, run, ref)["coupling"]  # (2 members, 3 times)
+    x, y = setup.x[:, 0], setup.y[:, 0]
+    X2, a = float(np.mean(x * x)), float(np.sum(x * y) / np.sum(x * x))
+    for r, member in enumerate(members):
+        m0 = _particles(setup, member, False)[:, :, 0].mean(axis=1)
+        for t, n in enumerate((0, 2, 4)):  # s = 0, 0.5, 1 with dt = 0.25
+            d, dc = _coupled_shifts(m0, X2, a, 0.25, n)
+            expected = math.sqrt(np.mean((d - dc) ** 2))
+            assert abs(e[r, t] - expected) <= 1e-7 * max(expected, 1e-3), (r, t, e[r, t], expected)
+    assert np.all(e[:, 0] == 0) and np.all(e[:, 1:] > 1e-4)  # twins start together, then part
+
+
+# ----------------------------------------------------------------------------- sinkhorn
+
+
+def test_sinkhorn_is_zero_for_identical_measures_and_positive_otherwise():
+    from wflow.study import STUDY_METRICS
+
+    rng = np.random.default_rng(0)
+    p = rng.normal(size=(2, 1, 3, 5, 2))
+    w = np.full((2, 1, 3, 5), 0.2)
+    r = Runs(None, None, None, (2, 2), particles=p, weights=w, settings={"sinkhorn_epsilon": 0.1})
+    np.testing.assert_array_equal(STUDY_METRICS["sinkhorn"].compute(r, r), 0.0)
+    # the same measure written with its points in another order and a zero-weight point more
+    perm = rng.permutation(5)
+    q = np.concatenate([p[..., perm, :], rng.normal(size=(2, 1, 3, 1, 2))], axis=3)
+    wq = np.concatenate([w, np.zeros((2, 1, 3, 1))], axis=3)
+    other = r._replace(particles=q, weights=wq)
+    np.testing.assert_allclose(STUDY_METRICS["sinkhorn"].compute(r, other), 0.0, atol=1e-8)
+    moved = r._replace(particles=p + 0.5)
+    assert np.all(STUDY_METRICS["sinkhorn"].compute(r, moved) > 0.1)
+
+
+def test_sinkhorn_tends_to_exact_optimal_transport_for_small_epsilon():
+    """S_eps -> W_2^2 as eps -> 0: against ott-jax's exact univariate solver (d = 1, unequal
+    sizes and weights: at first order in eps) and the exact assignment (d = 2, equal sizes and
+    weights, a unique optimal permutation: exponentially fast once eps is below its gaps;
+    scipy)."""
+    from ott.geometry import pointcloud
+    from ott.problems.linear import linear_problem
+    from ott.solvers.linear import univariate
+    from scipy.optimize import linear_sum_assignment
+
+    from wflow.study._metrics.sinkhorn import divergence
+
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(1, 7, 1)), 0.5 + 1.5 * rng.normal(size=(1, 5, 1))
+    a, b = rng.uniform(0.5, 1.5, size=(1, 7)), rng.uniform(0.5, 1.5, size=(1, 5))
+    a, b = a / a.sum(), b / b.sum()
+    prob = linear_problem.LinearProblem(pointcloud.PointCloud(jnp.asarray(x[0]), jnp.asarray(y[0])),
+                                        jnp.asarray(a[0]), jnp.asarray(b[0]))
+    exact = float(univariate.quantile_solver(prob).ot_costs[0])
+    # unequal weights split mass: the optimal plan is not a permutation and the entropic bias
+    # is first order in eps; observed order by log-log regression over eps
+    eps = np.array([2e-3, 1e-3, 5e-4, 2.5e-4])
+    gap = np.array([exact - divergence(x, a, y, b, e) for e in eps])
+    assert np.all(gap > 0)
+    order = np.polyfit(np.log(eps), np.log(gap), 1)[0]
+    assert abs(order - 1.0) < 0.15, (order, gap)
+    assert gap[-1] < 2e-4 * exact
+    x, y = rng.normal(size=(2, 6, 2)), rng.normal(size=(2, 6, 2)) + 0.3
+    u = np.full((2, 6), 1 / 6)
+    C = np.sum((x[:, :, None] - y[:, None]) ** 2, axis=-1)
+    w2 = np.mean([C[l][linear_sum_assignment(C[l])].mean() for l in range(2)])
+    np.testing.assert_allclose(divergence(x, u, y, u, 3e-3), w2, rtol=1e-5)

@@ -28,16 +28,18 @@ Schema (defaults in brackets)::
     [init]   kind ["gaussian"] | "uniform" | "point" | "file"; mean [0.0]; std [1.0]
              (scalars or lists of k values); low, high (uniform); path (kind = "file");
              symmetric [false] (pairs theta, R theta: zero field at s = 0; M even)
-    [solver] kind ["particles"] | "grid" (Eulerian finite volumes, k <= 3; rules in _grid.py);
+    [solver] kind ["particles"] | "grid" (Eulerian finite volumes, k <= 3; rules in _grid/);
              depth ["layers"] | "continuous"; L [16]; M [64]; adjoint ["checkpoint"] |
              "backsolve"; ode_solver ["tsit5"]; rtol [1e-5]; atol [1e-7];
              precision ["float32"] | "float64"; devices [all visible devices of the
              default backend]; shard ["auto"] | "data" | "particles"; tile [2^18 on CPUs, 2^24 else]
              (largest (N, M) block of one field call, elements; see _sharding.py, _features.py)
              [solver.grid] (kind = "grid" only) cells [32]; bounds [[-4.0, 4.0]];
-             scheme ["muscl"] | "upwind"; limiter ["vanleer"] | "minmod" (muscl only);
+             scheme ["muscl"] | "upwind"; limiter ["vanleer"] | "minmod" | "mc" (muscl only;
+             the registry LIMITERS);
              cfl [0.4]
-    [train]  time [10.0]; dt [0.01]; method ["euler"] | "heun" | "adaptive"; l2 [0.0];
+    [train]  time [10.0]; dt [0.01]; method ["euler"] | "heun" | "ssprk3" | "ssprk43" |
+             "adaptive" (the registry STEPPERS, and diffrax); l2 [0.0];
              l2_schedule ["constant"] | "inverse" | "exponential"; l2_decay [1.0];
              temperature [0.0]; record_every [10]; snapshots [5]; rtol [1e-4];
              atol [1e-6]; divergence_factor [1e6]; on_increase ["warn"] | "stop";
@@ -47,7 +49,8 @@ Schema (defaults in brackets)::
              record; see _io)
     [study]  keys of ``wflow study limit`` / ``wflow study zero-loss`` (``wflow.study``):
              L, M, dims, seeds, times, metrics, sampling, reference, reference_M,
-             reference_L, reference_dim, reference_depth, bootstrap, memory; inits, box,
+             reference_L, reference_dim, reference_depth, bootstrap, memory,
+             sinkhorn_epsilon; inits, box,
              box_points, tail_radius; [study.grid] (the keys of [solver.grid]: the grid of
              study.reference = "grid"). Defaults (None here) and the cross-key rules belong to
              the study verbs (``wflow/study/_keys.py``); ``wflow run`` ignores the section.
@@ -116,7 +119,7 @@ from ._schema import (
     unknown_key,
 )
 from ._sharding import SHARD_MODES
-from ._steppers import METHODS
+from ._steppers import METHODS, STEPPERS
 from .study._metrics import STUDY_METRICS as _STUDY_METRIC_REGISTRY
 
 __all__ = ["ConfigError", "config_warnings", "load_config", "to_toml"]
@@ -219,6 +222,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "reference_depth": choice_key(None, DEPTHS),
         "bootstrap": int_key(None, 0),
         "memory": float_key(None, 0.0, strict=True),
+        "sinkhorn_epsilon": float_key(None, 0.0, strict=True),
         "inits": choices_key(None, STUDY_INITS),
         "box": float_key(None, 0.0, strict=True),
         "box_points": int_key(None, 1),
@@ -491,8 +495,9 @@ def _resolve_train(cfg: dict, train: dict, solver: dict, given: set) -> None:
         raise ConfigError(f"train.reorder = {fmt(train['reorder'])}: block reordering is for "
                           'particles (solver.kind is "grid"); allowed with the grid is "none"')
     if train["reorder"] != "none" and train["method"] == "adaptive":
+        fixed = ", ".join(f'"{name}"' for name in STEPPERS)
         raise ConfigError(f"train.reorder = {fmt(train['reorder'])}: needs fixed steps "
-                          '(train.method = "euler", "heun" or "ssprk3"), not "adaptive"')
+                          f'(train.method = {fixed}), not "adaptive"')
     if "compare" in cfg:
         for name in OPTIMIZER_KEYS:
             if name in cfg["compare"]:

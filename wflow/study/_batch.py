@@ -11,7 +11,9 @@ Members may be *padded* so that different shapes share one compiled program:
 * width: a member with M < M_pad particles per slice carries M_pad - M
   particles of weight 0 (``weights`` omega (L, M_pad), 1/M on the real ones).
   A zero-weight particle adds nothing to the field F_l = sum_m omega_m f(.; theta_m)
-  and is not moved (its velocity, 0/0 in ``evaluate``, is set to 0).
+  and is not moved (its velocity, 0/0 in ``evaluate``, is set to 0) -- except in a
+  batch with ``twins = True`` (``TwinParticleFlow``), where zero-weight points are
+  passive tracers moved by the field (the twins of the ``coupling`` study metric).
 * state dimension: a member of state dimension D < D_pad lives in the first D
   coordinates of R^{D_pad}: its embedding has zero rows, its readout zero
   columns, its particles zero entries in the extra coordinates (for ``neuron``
@@ -49,7 +51,7 @@ import jax.numpy as jnp
 
 from .._flow import Flow, Measure, ParticleFlow
 
-__all__ = ["Batch", "BatchFlow", "WeightedParticleFlow", "forward_values"]
+__all__ = ["Batch", "BatchFlow", "TwinParticleFlow", "WeightedParticleFlow", "forward_values"]
 
 
 def forward_values(flow: Flow, measure) -> dict[str, jax.Array]:
@@ -58,14 +60,44 @@ def forward_values(flow: Flow, measure) -> dict[str, jax.Array]:
     The measure is read as weighted particles (``flow.weighted``: particles, padded
     particles, or grid cells as weighted points) and z(1; x_i) is the depth's final
     state from z(0; x_i) = embed(x_i). Returns ``loss`` E, ``prediction``
-    g(z(1; x_i)) (N, d_out) and ``state`` z(1; x_i) (N, D): the quantities a study
+    g(z(1; x_i)) (N, d_out), ``state`` z(1; x_i) (N, D), ``particles`` Theta and
+    ``weights`` omega (1/M when the measure has none): the quantities a study
     metric reads (``wflow.study._metrics``). Used by ``BatchFlow.diagnostics``
     (per member) and by the generic reference path (``_limit.measure_values``).
     """
     problem = flow.problem
     Theta, weights = flow.weighted(measure)
     z1 = flow.depth.final_state(problem, Theta, problem.embed(problem.x), weights)
-    return {"loss": problem.loss(z1), "prediction": problem.readout(z1), "state": z1}
+    if weights is None:
+        weights = jnp.full(Theta.shape[:2], 1.0 / Theta.shape[1], Theta.dtype)
+    return {"loss": problem.loss(z1), "prediction": problem.readout(z1), "state": z1,
+            "particles": Theta, "weights": weights}
+
+
+class TwinParticleFlow(ParticleFlow):
+    """Weighted particles whose zero-weight points are *twins*: moved by the field, not held.
+
+    Every point moves by -grad_theta V_l(theta) - lambda(s) theta, V_l the first variation of
+    the weighted measure (``first_variation_gradient``): the weighted particles as in
+    ``evaluate`` (the same velocity), the zero-weight ones as passive tracers that add
+    nothing to the field (the synchronous coupling of the ``coupling`` study metric).
+    """
+
+    weights: jax.Array = eqx.field(kw_only=True)
+
+    def weighted(self, theta):
+        return theta, self.weights
+
+    def velocity(self, theta, s):
+        loss, G = self.depth.first_variation_gradient(self.problem, theta, theta, self.weights)
+        v = -G
+        if self.regularization.l2 > 0:
+            v = v - self.regularization.l2_at(s).astype(theta.dtype) * theta
+        return loss, v
+
+    def diagnostics(self, theta, s):
+        ev = self.depth.evaluate(self.problem, theta, self.weights)
+        return {"loss": ev.loss, "stationarity": ev.stationarity}
 
 
 class WeightedParticleFlow(ParticleFlow):
@@ -98,7 +130,8 @@ class BatchFlow(Flow):
     keeps what it needs from the diagnostics.
     """
 
-    history_names: ClassVar[tuple[str, ...]] = ("loss", "prediction", "state")
+    history_names: ClassVar[tuple[str, ...]] = ("loss", "prediction", "state", "particles",
+                                                "weights")
 
     @property
     def monotone(self) -> None:
@@ -113,6 +146,8 @@ class BatchFlow(Flow):
         problem = p.replace(embedding=m.embedding, readout_matrix=m.readout)
         if m.weights is None:
             return ParticleFlow(problem, self.depth, self.regularization)
+        if m.twins:
+            return TwinParticleFlow(problem, self.depth, self.regularization, weights=m.weights)
         return WeightedParticleFlow(problem, self.depth, self.regularization, weights=m.weights)
 
     def check(self, batch, method):
@@ -124,7 +159,8 @@ class BatchFlow(Flow):
     def _vmap(self, fn, batch, *args, out_axes=0):
         """vmap ``fn(member, *args)`` over the members (args batched on their leading axis)."""
         axes = Batch(1, None if batch.weights is None else 1,
-                     None if batch.embedding is None else 0, None if batch.readout is None else 0)
+                     None if batch.embedding is None else 0, None if batch.readout is None else 0,
+                     twins=batch.twins)
         return jax.vmap(fn, in_axes=(axes,) + (0,) * len(args), out_axes=out_axes)(batch, *args)
 
     def step(self, method, batch, key, n, h):
@@ -179,5 +215,6 @@ class Batch(Measure):
     weights: jax.Array | None = None
     embedding: jax.Array | None = None
     readout: jax.Array | None = None
+    twins: bool = eqx.field(static=True, default=False)  # zero-weight points move (twins)
 
     flow_type: ClassVar[type[Flow]] = BatchFlow

@@ -13,7 +13,10 @@ time, (T,) per metric, stored as ``/reference/floor/<metric>``:
   halves of reference_M / 2 particles, each trained on its own as a reference. The two are
   independent with the reference's law: their disagreement d has the size of sqrt(2) times
   a half's sampling error, and a half's error is sqrt(2) times the full reference's (the
-  error ~ 1 / sqrt(M)); the floor is d / 2, RMS over the repetitions.
+  error ~ 1 / sqrt(M)); the floor is d / 2, RMS over the repetitions. (For ``sinkhorn``,
+  which is a squared distance ~ 1 / M, the same d / 2 is an over-estimate by about 2.)
+  Metrics that pair each particle with its twin (``coupling``) have no floor here (NaN):
+  independent halves have no pairing.
 * "grid": the grid reference of repetition 0 is redone with half the cells per axis (cell
   width r h, r = n / floor(n / 2)); with the scheme's order q (upwind 1, muscl 2) the error
   is e(h) ~ C h^q, so |u_h - u_rh| = (r^q - 1) e(h) (Richardson) and the floor is
@@ -52,9 +55,13 @@ def reference_floor(setup: LimitSetup, reference: BlockResult | None, key) -> di
         setup, reference, key)
 
 
-def _metrics(setup: LimitSetup, run: BlockResult, ref: BlockResult, dims) -> dict:
-    a = Runs(*run, tuple(dims), setup.random_embedding)
-    b = Runs(*ref, tuple(dims), setup.random_embedding)
+def _metrics(setup: LimitSetup, run: BlockResult, ref: BlockResult, dims, twins=False) -> dict:
+    """The metrics between two versions of the reference. ``twins``: the second one's particles
+    are the first one's twins (the same initial particles: "continuous"); otherwise a metric
+    reading twins gives NaN (two independent references have no pairing)."""
+    a = Runs.of(run, dims, setup.random_embedding, settings=setup.study)
+    b = Runs.of(ref, dims, setup.random_embedding, settings=setup.study,
+                twins=ref.particles if twins else None)
     return {m: STUDY_METRICS[m].compute(a, b) for m in setup.study["metrics"]}
 
 
@@ -68,7 +75,7 @@ def _continuous(setup: LimitSetup, reference, key) -> dict:
                             atol=c.atol / TIGHTER, max_steps=c.max_steps * 4)
     normal = run_block(setup, block, c, key)
     fine = run_block(setup, block, tight, key)
-    return {m: e[0] for m, e in _metrics(setup, normal, fine, (D,)).items()}
+    return {m: e[0] for m, e in _metrics(setup, normal, fine, (D,), twins=True).items()}
 
 
 def _particles(setup: LimitSetup, reference, key) -> dict:

@@ -29,6 +29,11 @@ study file stores.
                                  the section must be given (the box has to fit the problem)
     bootstrap [200]              bootstrap resamples of the seeds for the fits' errors
     memory [4.0]                 GiB one compiled block of runs may use
+    sinkhorn_epsilon             the entropic regularization eps of the ``sinkhorn`` metric
+                                 (squared distance units of theta) [0.05 x the mean squared
+                                 distance between two independent draws of the initial law,
+                                 2 sum_j Var(theta_j): it scales with the data; 0.05 x 2k
+                                 for a point initial measure]
 
 ``wflow study zero-loss`` keys::
 
@@ -54,7 +59,7 @@ __all__ = ["LIMIT_KEYS", "ZERO_LOSS_KEYS", "resolve_limit", "resolve_zero_loss",
 
 LIMIT_KEYS = ("L", "M", "dims", "seeds", "times", "metrics", "sampling", "reference",
               "reference_M", "reference_L", "reference_dim", "reference_depth", "bootstrap",
-              "memory", "grid")
+              "memory", "grid", "sinkhorn_epsilon")
 ZERO_LOSS_KEYS = ("inits", "box", "box_points", "tail_radius")
 _REFERENCE_KEYS = ("reference_M", "reference_L", "reference_dim", "reference_depth")
 
@@ -138,7 +143,33 @@ def resolve_limit(config: dict) -> dict:
     out.update(_reference_keys(config, study, out))
     out["bootstrap"] = study["bootstrap"] if study["bootstrap"] is not None else 200
     out["memory"] = study["memory"] if study["memory"] is not None else 4.0
+    out["sinkhorn_epsilon"] = (study["sinkhorn_epsilon"] if study["sinkhorn_epsilon"] is not None
+                               else default_sinkhorn_epsilon(config, out["dims"]))
     return out
+
+
+def default_sinkhorn_epsilon(config: dict, dims) -> float:
+    """0.05 x E|theta - theta'|^2 for two independent draws of the initial law (init.kind,
+    mean, std, low, high), = 0.05 x 2 sum_j Var(theta_j) over the k parameters (k of the
+    largest swept D); 0.05 x 2k for a point measure (no spread to scale by)."""
+    from .._init_particles import per_coord
+    from .._model import feature_from_config
+    from ._metrics.sinkhorn import DEFAULT_RELATIVE_EPSILON
+
+    init = config["init"]
+    model = config["model"]
+    k = feature_from_config(model, dim=max(dims) if dims else model["dim"]).k
+    std = per_coord(init["std"], k, "init.std")
+    if init["kind"] == "uniform":
+        mean = per_coord(init["mean"], k, "init.mean")
+        lo = mean - math.sqrt(3.0) * std if init["low"] is None else per_coord(init["low"], k, "init.low")
+        hi = mean + math.sqrt(3.0) * std if init["high"] is None else per_coord(init["high"], k, "init.high")
+        var = (hi - lo) ** 2 / 12.0
+    elif init["kind"] == "gaussian":
+        var = std ** 2
+    else:
+        var = np.full(k, 0.5)
+    return float(DEFAULT_RELATIVE_EPSILON * 2.0 * np.sum(var))
 
 
 def _reference_keys(config: dict, study: dict, sweep: dict) -> dict:

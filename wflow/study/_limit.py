@@ -162,6 +162,20 @@ class LimitSetup(NamedTuple):
         return m["embedding"] == "random" or m["readout"] == "random"
 
     @property
+    def carries_twins(self) -> bool:
+        """Whether the "particles" reference carries the sweep's twins: a selected metric reads
+        them (``Runs.twins``, declared by ``needs`` containing "particles" and ``twins``) and
+        no D is swept (a twin lives in the reference's coordinates)."""
+        st = self.study
+        return (st["reference"] == "particles" and st["dims"] is None
+                and any(STUDY_METRICS[m].twins for m in st["metrics"]))
+
+    @property
+    def n_twins(self) -> int:
+        """Twin columns per reference slice (``twin_layout``); 0 without twins."""
+        return twin_layout(self)[1] if self.carries_twins else 0
+
+    @property
     def quantities(self) -> tuple[str, ...]:
         """The per-run quantities kept at the study times: those the selected metrics need,
         and the loss (stored for every run, ``/values/loss``)."""
@@ -358,13 +372,16 @@ def make_batch(setup: LimitSetup, block: Block) -> tuple[Problem, Batch]:
     thetas, weights, embs, ros = [], [], [], []
     model, seed = setup.config["model"], setup.config["seed"]
     d_in, d_out = setup.x.shape[1], setup.y.shape[1]
+    twins = block.reference and setup.carries_twins and not block.members[0].half
     for m in members:
         th = _particles(setup, m, block.reference)
         if (m.M, m.D) != (Mp, Dp):
             th = _pad_particles(setup, th, m.D, Mp, Dp)
-        thetas.append(th)
         w = np.zeros((m.L, Mp), dt)
         w[:, :m.M] = 1.0 / m.M
+        if twins:  # the sweep's initial particles of this repetition, weight 0 (``twin_layout``)
+            th, w = _with_twins(setup, m.rep, th, w)
+        thetas.append(th)
         weights.append(w)
         if model["embedding"] == "random":
             A = random_embedding(seed, m.D, d_in, stream=m.rep)
@@ -375,7 +392,7 @@ def make_batch(setup: LimitSetup, block: Block) -> tuple[Problem, Batch]:
     theta = jnp.asarray(np.stack(thetas, axis=1) if len(thetas) > 1 else thetas[0][:, None], dt)
     del thetas
     W = None
-    if any(m.M != Mp for m in members):
+    if any(m.M != Mp for m in members) or twins:
         W = jnp.asarray(np.stack(weights, axis=1), dt)
     A = jnp.asarray(np.stack(embs), dt) if embs else None
     C = jnp.asarray(np.stack(ros), dt) if ros else None
@@ -384,26 +401,45 @@ def make_batch(setup: LimitSetup, block: Block) -> tuple[Problem, Batch]:
     problem = Problem(setup.feature(Dp), jnp.asarray(setup.x, dt), jnp.asarray(setup.y, dt),
                       embedding=None if A is None else A[0],
                       readout_matrix=None if C is None else C[0])
-    return problem, Batch(theta, W, A, C)
+    return problem, Batch(theta, W, A, C, twins=twins)
+
+
+def _with_twins(setup: LimitSetup, rep: int, theta: np.ndarray, w: np.ndarray):
+    """A reference member's particles (L_ref, M_ref, k) and weights with the twins of
+    repetition ``rep`` appended: (L_ref, M_ref + Q, k), weights 0 on the twins (unused twin
+    columns repeat the slice's last particle)."""
+    layout, Q = twin_layout(setup)
+    Lr, Mr, k = theta.shape
+    out = np.concatenate([theta, np.repeat(theta[:, -1:], Q, axis=1)], axis=1)
+    for (iL, iM), (j, col) in layout.items():
+        L, M = setup.study["L"][iL], setup.study["M"][iM]
+        th = _particles(setup, Member((iL, iM, 0), L, M, setup.dims[-1], rep), False)
+        for l in range(L):
+            out[j[l], Mr + col[l]: Mr + col[l] + M] = th[l]
+    return out, np.concatenate([w, np.zeros((Lr, Q), w.dtype)], axis=1)
 
 
 class BlockResult(NamedTuple):
     """A block's quantities (``_metrics.QUANTITIES``) at the study times, real members only.
 
     float64 arrays, NaN where not reached; None for a quantity that no selected metric needs
-    (``LimitSetup.quantities``).
+    (``LimitSetup.quantities``; ``weights`` comes with ``particles``).
     """
 
     loss: np.ndarray | None  # (b, n_t)
     prediction: np.ndarray | None  # (b, n_t, N, d_out)
     state: np.ndarray | None  # (b, n_t, N, D_pad)
+    particles: np.ndarray | None = None  # (b, n_t, L, M_pad, k_pad)
+    weights: np.ndarray | None = None  # (b, n_t, L, M_pad)
 
 
-def _empty(setup: LimitSetup, b: int, D: int) -> dict[str, np.ndarray]:
-    """NaN arrays of the kept quantities of b runs of state dimension D at the study times."""
+def _empty(setup: LimitSetup, b: int, D: int, L: int, M: int, k: int) -> dict[str, np.ndarray]:
+    """NaN arrays of the kept quantities of b runs of state dimension D, L slices of M points
+    with k parameters, at the study times."""
     per_run = {"loss": (), "prediction": (setup.x.shape[0], setup.y.shape[1]),
-               "state": (setup.x.shape[0], D)}
-    return {q: np.full((b, len(setup.steps)) + per_run[q], np.nan) for q in setup.quantities}
+               "state": (setup.x.shape[0], D), "particles": (L, M, k), "weights": (L, M)}
+    kept = setup.quantities + (("weights",) if "particles" in setup.quantities else ())
+    return {q: np.full((b, len(setup.steps)) + per_run[q], np.nan) for q in kept}
 
 
 _forward = eqx.filter_jit(lambda flow, batch: flow.diagnostics(batch, 0.0))
@@ -420,7 +456,8 @@ def run_block(setup: LimitSetup, block: Block, depth, key, on_progress=None,
     """
     problem, batch = make_batch(setup, block)
     b = len(block.members)
-    kept = _empty(setup, b, block.D)
+    L, _, Mc, k = batch.theta.shape  # Mc: the block's M, and the twins a reference carries
+    kept = _empty(setup, b, block.D, L, Mc, k)
     where = {}
     for j, n in enumerate(setup.steps):
         where.setdefault(n, []).append(j)
@@ -430,7 +467,7 @@ def run_block(setup: LimitSetup, block: Block, depth, key, on_progress=None,
             for q, array in kept.items():
                 array[:, j] = values[q][:b]
 
-    result = BlockResult(**{q: kept.get(q) for q in QUANTITIES})
+    result = BlockResult(**{q: kept.get(q) for q in BlockResult._fields})
     if setup.schedule is None:
         from .._flow import make_flow
 
@@ -476,8 +513,9 @@ def measure_values(setup: LimitSetup, problem: Problem, depth, measure0, key, *,
     """
     from .._flow import make_flow
 
-    kept = _empty(setup, 1, problem.d)
     flow = make_flow(problem, depth, measure0, setup.regularization)
+    Theta0, _ = flow.weighted(measure0)
+    kept = _empty(setup, 1, problem.d, *Theta0.shape)
     total = setup.schedule.n_steps if setup.schedule is not None else 0
     state, initial = None, None
     stopped = False
@@ -512,7 +550,7 @@ def measure_values(setup: LimitSetup, problem: Problem, depth, measure0, key, *,
                     inspect(j, flow, measure)
     if on_progress:
         on_progress(1.0)
-    return BlockResult(**{q: kept.get(q) for q in QUANTITIES})
+    return BlockResult(**{q: kept.get(q) for q in BlockResult._fields})
 
 
 def grid_reference(setup: LimitSetup, rep: int):
@@ -575,7 +613,53 @@ def block_errors(setup: LimitSetup, block: Block, run: BlockResult, ref: BlockRe
     """
     rows = np.arange(len(block.members)) if ref_index is None else np.asarray(ref_index)
     dims = tuple(m.D for m in block.members)
-    runs = Runs(*run, dims, setup.random_embedding)
-    refs = Runs(*(None if a is None else a[rows] for a in ref),
-                dims if ref_D is None else (ref_D,) * len(dims), setup.random_embedding)
+    runs = Runs.of(run, dims, setup.random_embedding, settings=setup.study)
+    refd = BlockResult(*(None if a is None else a[rows] for a in ref))
+    twins = None
+    if ref.particles is not None:
+        # the twins of member j: the "continuous" reference's own particles (row j), or the
+        # passive points the "particles" reference carried for it
+        twins = (refd.particles if ref_index is None
+                 else twin_rows(setup, block, refd.particles) if setup.carries_twins else None)
+    refs = Runs.of(refd, dims if ref_D is None else (ref_D,) * len(dims), setup.random_embedding,
+                   twins=twins, settings=setup.study)
     return {name: STUDY_METRICS[name].compute(runs, refs) for name in setup.study["metrics"]}
+
+
+def twin_layout(setup: LimitSetup) -> tuple[dict, int]:
+    """Where the "particles" reference carries the twins of every sweep run.
+
+    Layer l of a run with L layers is paired with the reference's slice
+    j(l) = floor((l + 1/2) L_ref / L) (the slice at the middle of its depth interval
+    [l / L, (l + 1) / L]); its M twins sit in that slice after the reference's own
+    reference_M particles. Returns ({(iL, iM): (j (L,), first column (L,))}, Q) with Q the
+    largest number of twin columns of a slice. The same for every repetition.
+    """
+    Lr = setup.study["reference_L"]
+    used = np.zeros(Lr, int)
+    layout = {}
+    for iL, L in enumerate(setup.study["L"]):
+        for iM, M in enumerate(setup.study["M"]):
+            j = np.minimum(((np.arange(L) + 0.5) * Lr / L).astype(int), Lr - 1)
+            col = np.empty(L, int)
+            for l in range(L):
+                col[l] = used[j[l]]
+                used[j[l]] += M
+            layout[(iL, iM)] = (j, col)
+    return layout, int(used.max())
+
+
+def twin_rows(setup: LimitSetup, block: Block, ref_particles: np.ndarray) -> np.ndarray:
+    """The twins of the block's members, (b, n_t, L, M_pad, k), from the reference's particles
+    (b, n_t, L_ref, M_ref + Q, k) taken at each member's repetition (``twin_layout``); padded
+    particles get NaN twins (their weight is 0)."""
+    layout, _ = twin_layout(setup)
+    Mr = setup.reference_shape()[1]
+    b, T = ref_particles.shape[:2]
+    k = ref_particles.shape[-1]
+    out = np.full((b, T, block.L, block.M, k), np.nan)
+    for n, m in enumerate(block.members):
+        j, col = layout[m.index[:2]]
+        for l in range(m.L):
+            out[n, :, l, :m.M] = ref_particles[n, :, j[l], Mr + col[l]: Mr + col[l] + m.M]
+    return out

@@ -21,7 +21,6 @@ from ._file import config_text, resume_study, write_study
 from ._fit import (THEORY_EXPONENTS, aggregate, aic, bootstrap_indices, fit_free, fit_model,
                    free_params, identified, log_rss, model_terms, slope)
 from ._limit import BlockResult, LimitSetup, block_errors, build_limit, grid_values, plan, run_block
-from ._metrics import QUANTITIES
 
 __all__ = ["LimitState", "fit_limit", "run_limit"]
 
@@ -81,7 +80,9 @@ class LimitState:
         if self.setup.study["reference"] == "continuous":
             self.ref_loss = data["reference/loss"]
         elif "reference/loss" in data:
-            self.ref = {q: data[f"reference/{q}"] for q in self.setup.quantities}
+            names = self.setup.quantities + (
+                ("weights",) if "particles" in self.setup.quantities else ())
+            self.ref = {q: data[f"reference/{q}"] for q in names}
             self.ref_done = data["reference/done"]
             self.ref_wall = data.get("reference/wall_mass")
         self.wall = float(data["attrs"].get("wall_time", 0.0))
@@ -99,7 +100,7 @@ class LimitState:
 
     def reference(self) -> BlockResult:
         """The stored reference ("particles", "grid"), one row per repetition."""
-        return BlockResult(**{q: self.ref.get(q) for q in QUANTITIES})
+        return BlockResult(**{q: self.ref.get(q) for q in BlockResult._fields})
 
     def keep(self, block, res: BlockResult, errors: dict, ref: BlockResult | None) -> None:
         """Store a sweep block's errors and losses (``ref``: its "continuous" reference)."""

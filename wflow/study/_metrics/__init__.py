@@ -9,10 +9,12 @@ table, the figures and tests/test_study_metrics.py read this registry.
 from __future__ import annotations
 
 from .base import QUANTITIES, AbstractStudyMetric, Runs
+from .coupling import Coupling
 from .hidden import Hidden
 from .loss import Loss
 from .output import Output
 from .relative_output import RelativeOutput
+from .sinkhorn import Sinkhorn
 
 __all__ = ["QUANTITIES", "STUDY_METRICS", "AbstractStudyMetric", "Runs"]
 
@@ -21,4 +23,6 @@ STUDY_METRICS: dict[str, AbstractStudyMetric] = {m.name: m for m in (
     Output(),
     Hidden(),
     RelativeOutput(),
+    Coupling(),
+    Sinkhorn(),
 )}

@@ -6,9 +6,16 @@ time, some of the per-run *quantities* ``QUANTITIES``:
     loss        E                                   (b, n_t)
     prediction  g(z(1; x_i)), the network's output  (b, n_t, N, d_out)
     state       z(1; x_i), the final hidden state   (b, n_t, N, D_pad)
+    particles   the measure as weighted points:     (b, n_t, L, M_pad, k_pad) and weights
+                theta_{l,m} and omega_{l,m}         (b, n_t, L, M_pad) (0: a padding particle,
+                                                    or a twin; a grid: cell centres, masses)
 
 (one forward pass, ``_batch.forward_values``). A metric turns them into one
-error per run and study time. It declares
+error per run and study time. A reference also carries each run's *twins*
+(``Runs.twins``, with "particles"): the run's own initial particles moved by the
+reference's velocity field (``_limit``: the "continuous" reference's particles
+themselves; zero-weight passive particles carried by the "particles" reference).
+It declares
 
 * ``name``: the key in ``study.metrics`` and the study file's ``/errors/<name>``
   and ``/fit/<name>/...``;
@@ -34,7 +41,7 @@ import numpy as np
 
 __all__ = ["QUANTITIES", "AbstractStudyMetric", "Runs"]
 
-QUANTITIES = ("loss", "prediction", "state")
+QUANTITIES = ("loss", "prediction", "state", "particles")
 
 
 class Runs(NamedTuple):
@@ -52,6 +59,18 @@ class Runs(NamedTuple):
     state: np.ndarray | None  # (b, n_t, N, D_pad)
     dims: tuple[int, ...]  # (b,) state dimension D of each run
     scaled_state: bool = False
+    particles: np.ndarray | None = None  # (b, n_t, L, M_pad, k_pad)
+    weights: np.ndarray | None = None  # (b, n_t, L, M_pad), with "particles"
+    twins: np.ndarray | None = None  # (b, n_t, L, M_pad, k_pad): a reference's, for run j;
+    #                                  None where the reference carries none (a grid)
+    settings: dict | None = None  # the resolved [study] keys (e.g. sinkhorn_epsilon)
+
+    @classmethod
+    def of(cls, result, dims, scaled_state=False, twins=None, settings=None) -> "Runs":
+        """Runs from a block's quantities (``_limit.BlockResult``: loss, prediction, state,
+        particles, weights)."""
+        return cls(result.loss, result.prediction, result.state, tuple(dims), scaled_state,
+                   result.particles, result.weights, twins, settings)
 
 
 class AbstractStudyMetric(abc.ABC):
@@ -64,6 +83,7 @@ class AbstractStudyMetric(abc.ABC):
     name: ClassVar[str]
     label: ClassVar[str]
     needs: ClassVar[tuple[str, ...]]
+    twins: ClassVar[bool] = False  # reads the reference's twins of each run (``Runs.twins``)
 
     @abc.abstractmethod
     def compute(self, run: Runs, reference: Runs) -> np.ndarray:
