@@ -25,6 +25,10 @@ from ._signals import guard_startup as _guard_startup
 
 _guard_startup()  # the ``wflow`` command: Ctrl-C / SIGTERM during these imports -> exit 130
 
+from ._supervise import supervise_if_needed as _supervise_if_needed
+
+_supervise_if_needed()  # one process of a multi-process ``wflow run``: run it in a watched child
+
 from importlib.metadata import PackageNotFoundError, version
 
 from ._activations import ACTIVATIONS, Activation, get_activation

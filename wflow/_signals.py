@@ -255,6 +255,14 @@ class Interrupts:
             _write_line(line)
             os._exit(EXIT_INTERRUPTED)
 
+    def reinstall(self) -> None:
+        """Take SIGINT / SIGTERM back after a library replaced their handlers (JAX's
+        multi-process start-up installs a SIGTERM handler of its own)."""
+        if self._installed:
+            for sig in SIGNALS:
+                with contextlib.suppress(ValueError, OSError):
+                    signal.signal(sig, self._handle)
+
     # --- context manager
 
     def __enter__(self) -> Self:

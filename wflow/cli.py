@@ -52,7 +52,17 @@ from ._io import (
     remove_stale_temporaries,
 )
 from ._preflight import check_resources, parse_size
-from ._sharding import describe, initialize_distributed, is_main_process, sync_processes
+from ._sharding import (
+    ProcessLost,
+    any_process,
+    describe,
+    initialize_distributed,
+    is_main_process,
+    lost_message,
+    multi_process,
+    sync_processes,
+    to_host,
+)
 from ._signals import Interrupted, Interrupts, current, is_cli_process
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_DIVERGED, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
@@ -143,7 +153,9 @@ def _cmd_run(args) -> int:
     except ValueError as e:
         return _fail(f"--memory-limit {e}")
     try:
-        initialize_distributed()  # multi-process environments (SLURM, Open MPI, coordinator)
+        if initialize_distributed():  # multi-process environments (SLURM, Open MPI, coordinator)
+            if current() is not None:  # JAX installed a SIGTERM handler of its own
+                current().reinstall()
     except (RuntimeError, ValueError, KeyError) as e:
         return _fail(f"jax.distributed.initialize failed: {e}")
     try:
@@ -321,7 +333,12 @@ def _execute(args, config, setup, writer: RunWriter, out: str, *, state, initial
                disable=args.quiet or not main, file=sys.stderr, dynamic_ncols=True, leave=True,
                desc=os.path.basename(out))
 
-    def state_of(measure, step, key):
+    multi = multi_process()
+
+    def state_of(measure, step, key, snapshot=None):
+        if multi:  # gathered now, by every process (a collective), whether or not they write
+            array = flow.snapshot(measure) if snapshot is None else snapshot
+            return lambda: (array, step, np.asarray(key))
         return lambda: (flow.snapshot(measure), step, np.asarray(key))
 
     def on_record(rec) -> bool:
@@ -331,7 +348,7 @@ def _execute(args, config, setup, writer: RunWriter, out: str, *, state, initial
         row = {"s": rec.s, **rec.values, "wall_time": rec.wall_time} if rec.history else None
         writer.add(history=row,
                    snapshot=(rec.s, rec.snapshot) if rec.snapshot is not None else None,
-                   state=state_of(rec.measure, rec.step, rec.key))
+                   state=None if multi else state_of(rec.measure, rec.step, rec.key))
         where["step"] = rec.step
         if row is not None:
             last.update(row)
@@ -345,14 +362,22 @@ def _execute(args, config, setup, writer: RunWriter, out: str, *, state, initial
             writer.set_attr("wall_mass_warning", text)
             if main:
                 tqdm.write(f"wflow: warning: {text}", file=sys.stderr)
-        if writer.due():
+        n_records += 1
+        stop = interrupts is not None and interrupts.requested
+        stop = stop or (stop_after is not None and n_records >= stop_after)
+        due = bool(writer.due())
+        if multi:
+            # Every process takes the same path: all stop together (a signal may reach one
+            # of them), and all gather the state process 0 commits.
+            stop, due = any_process("record", (stop, due))
+            if due or stop or rec.snapshot is not None:
+                writer.add(state=state_of(rec.measure, rec.step, rec.key, rec.snapshot))
+        if due:
             writer.commit()
         bar.update(rec.step - bar.n)
         bar.set_postfix_str(f"s={rec.s:.4g} loss={rec.loss:.3e} "
                             f"stationarity={rec.stationarity:.3e}")
-        n_records += 1
-        stop = interrupts is not None and interrupts.requested
-        return stop or (stop_after is not None and n_records >= stop_after)
+        return stop
 
     def finish_interrupted() -> str:
         """Commit what is queued as "interrupted" (the main thread or the signal watcher)."""
@@ -374,19 +399,25 @@ def _execute(args, config, setup, writer: RunWriter, out: str, *, state, initial
         writer.add(state=state_of(final.measure, final.step, final.key))
         if result.status == "complete":
             predict = eqx.filter_jit(lambda flow, measure: flow.predict(measure))
-            writer.set_final(np.asarray(predict(flow, final.measure)))
+            writer.set_final(to_host(predict(flow, final.measure)))
         writer.commit(result.status)
         if not main:
             return _EXIT[result.status]
     except Interrupted:
         bar.close()
         raise
+    except ProcessLost as e:  # another process of a multi-process run is gone
+        bar.close()
+        return _lost_partner(_line(e), writer, out, main)
     except RunFileError as e:  # a checkpoint could not be written (disk full, ...)
         bar.close()
         print(f"wflow: error: {_line(e)}; continue later with: {resume_hint}", file=sys.stderr)
-        return EXIT_FAILED
+        return _leave(EXIT_FAILED) if multi else EXIT_FAILED
     except Exception as e:
         bar.close()
+        if multi and _collective_failed(e):  # a collective found its partner gone
+            return _lost_partner(lost_message("its connection closed during a collective"),
+                                 writer, out, main)
         failure = _failure_text(e)
         expected = isinstance(e, (MemoryError, OSError)) or type(e).__name__ == "JaxRuntimeError"
         if not expected:
@@ -400,7 +431,8 @@ def _execute(args, config, setup, writer: RunWriter, out: str, *, state, initial
         if not expected and os.environ.get("WFLOW_TRACEBACK"):
             raise
         print(f"wflow: error: the run failed: {failure}; {kept}", file=sys.stderr)
-        return EXIT_FAILED if expected else EXIT_INTERNAL
+        code = EXIT_FAILED if expected else EXIT_INTERNAL
+        return _leave(code) if multi else code
     finally:
         bar.close()
 
@@ -418,6 +450,43 @@ def _execute(args, config, setup, writer: RunWriter, out: str, *, state, initial
         print(f"wflow: stopped at s = {s:.6g} (train.on_increase = \"stop\"): the loss rose; see "
               "the warning above", file=sys.stderr)
     return _EXIT[result.status]
+
+
+def _leave(code: int) -> int:
+    """End this process of a multi-process run that cannot finish with the others: no wait at
+    JAX's shutdown barrier, which they will never reach (the others see it gone and stop)."""
+    if is_cli_process():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _lost(line: str) -> int:
+    """Another process of a multi-process run is gone: one line, exit 4."""
+    print(f"wflow: error: {line}", file=sys.stderr)
+    return _leave(EXIT_FAILED)
+
+
+def _lost_partner(line: str, writer, out: str, main: bool) -> int:
+    """``_lost`` after process 0 committed its file as "failed" (resumable)."""
+    if not main:
+        return _lost(line)
+    try:
+        writer.set_attr("failure", line)
+        writer.commit("failed")
+        kept = f"{out} keeps status \"failed\" at its last checkpoint (resumable)"
+    except RunFileError as e:
+        kept = f"the run file could not be updated ({_line(e)})"
+    return _lost(f"{line}; {kept}")
+
+
+def _collective_failed(e: BaseException) -> bool:
+    """A device collective's error that says its partner process is gone (gloo, NCCL, ...)."""
+    text = str(e)
+    return type(e).__name__ == "JaxRuntimeError" and any(
+        needle in text for needle in ("Gloo", "gloo", "Connection reset", "Connection closed",
+                                      "connection closed", "Socket closed", "NCCL", "peer"))
 
 
 def _num(v: float) -> str:
@@ -544,6 +613,14 @@ def main(argv: list[str] | None = None) -> int:
     any moment give exit 130 and one line; nothing ends in a traceback (an
     unforeseen exception prints one line, exit 1; ``WFLOW_TRACEBACK=1`` re-raises).
     """
+    if argv is None and is_cli_process():
+        from ._supervise import distributed_environment
+
+        verb = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
+        if verb in ("study", "compare") and distributed_environment() is not None:
+            return _fail(f"wflow {verb} runs as one process; this is one of a multi-process "
+                         f"run ({distributed_environment()} is set): run it without srun / "
+                         "mpirun / JAX_COORDINATOR_ADDRESS (WFLOW_NO_DISTRIBUTED=1 ignores them)")
     with Interrupts() as interrupts:
         try:
             parser = _parser()
@@ -569,6 +646,8 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stderr.flush()
                 os._exit(EXIT_INTERRUPTED)
             return EXIT_INTERRUPTED
+        except ProcessLost as e:
+            return _lost(_line(e))
         except Exception as e:
             if os.environ.get("WFLOW_TRACEBACK"):
                 raise
