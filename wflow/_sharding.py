@@ -223,7 +223,8 @@ def sync_processes(name: str, timeout: float | None = None) -> None:
                                        ranks or None)) from None
 
 
-def any_process(name: str, flags: tuple[bool, ...], timeout: float | None = None) -> tuple[bool, ...]:
+def any_process(name: str, flags: tuple[bool, ...],
+                timeout: float | None = None) -> tuple[bool, ...]:
     """Each flag OR-ed over every process (``flags`` itself with one process).
 
     One round trip through the coordination service, no device collective: the

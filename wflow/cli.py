@@ -51,6 +51,7 @@ from ._io import (
     read_run,
     remove_stale_temporaries,
 )
+from ._paths import check_output_dir, check_output_file
 from ._preflight import check_resources, parse_size
 from ._sharding import (
     ProcessLost,
@@ -163,8 +164,8 @@ def _cmd_run(args) -> int:
         for warning in config_warnings(config):
             print(f"wflow: warning: {warning}", file=sys.stderr)
         out = config["output"]["path"]
-        if os.path.isdir(out):
-            raise ConfigError(f"output.path = {out!r}: is a directory; give a file name (OUT.h5)")
+        if is_main_process():  # only process 0 writes
+            check_output_file(out, f"output.path = {out!r}")
         if args.resume and not os.path.exists(out):
             raise ConfigError(f"output.path = {out!r}: no run file to resume (run without --resume "
                               "to start one)")
@@ -506,6 +507,10 @@ def _cmd_plot(args) -> int:
     if out_dir is None:
         stem = os.path.splitext(os.path.basename(path))[0]
         out_dir = os.path.join(os.path.dirname(path), f"{stem}_plots")
+    try:
+        check_output_dir(out_dir, f"-o {out_dir!r}")
+    except ConfigError as e:
+        return _fail(e)
     from ._plot import plot_run
 
     try:

@@ -18,6 +18,8 @@ import sys
 import numpy as np
 
 from .._config import load_config
+from .._io import OutputLock, RunFileError, remove_stale_temporaries
+from .._paths import check_output_dir, check_output_file
 from .._schema import ConfigError
 from ._file import StudyFileError, check_study_file, read_study
 
@@ -75,13 +77,27 @@ def main(args, should_stop) -> int:
     config = load_config(args.config, overrides)
     stem = os.path.splitext(os.path.basename(args.config))[0]
     out = args.output or os.path.join("runs", f"{stem}_{verb.replace('-', '')}.h5")
-    if os.path.isdir(out):
-        raise ConfigError(f"-o {out}: is a directory; give a file name (STUDY.h5)")
+    check_output_file(out, f"-o {out}", "STUDY.h5")
+    if not args.no_plot:
+        check_output_dir(_plots_dir(out), f"the figure folder {_plots_dir(out)!r}")
     if args.resume and not os.path.exists(out):
         raise ConfigError(f"-o {out}: no study file to resume (run without --resume to start one)")
     if not args.resume and os.path.exists(out) and not config["output"]["overwrite"]:
         raise ConfigError(f"-o {out}: the file exists; set output.overwrite = true (e.g. --set "
                           "output.overwrite=true) or use --resume to continue it")
+    lock = OutputLock(out, kind="study file", key="-o")
+    try:
+        lock.acquire()  # one writer per study file; a second one is told the holder's pid
+    except RunFileError as e:
+        raise ConfigError(str(e)) from None
+    try:
+        remove_stale_temporaries(out)
+        return _run(args, config, verb, out, should_stop)
+    finally:
+        lock.release()
+
+
+def _run(args, config: dict, verb: str, out: str, should_stop) -> int:
     if verb == "limit":
         from ._keys import resolve_limit
         from ._sweep import run_limit
@@ -112,9 +128,10 @@ def main(args, should_stop) -> int:
 
 def _plot(path: str, out_dir: str | None, quiet: bool = False) -> int:
     try:
-        check_study_file(path)
+        check_study_file(path)  # the format and the checksums
     except StudyFileError as e:
         raise ConfigError(str(e)) from None
+    check_output_dir(out_dir or _plots_dir(path), f"-o {out_dir or _plots_dir(path)!r}")
     from ._figures import plot_study
 
     for p in plot_study(path, out_dir or _plots_dir(path)):
