@@ -141,7 +141,9 @@ def critical():
         if active is not None and _depth.value == 0 and active._pending is not None \
                 and threading.current_thread() is threading.main_thread():
             signum, active._pending = active._pending, None
-            raise Interrupted(signum)
+            if not (active._aborting or active._finishing):
+                active._aborting = True
+                raise Interrupted(signum)
 
 
 def current() -> Interrupts | None:
@@ -166,6 +168,7 @@ class Interrupts:
         self._finish: Callable[[], str] | None = None
         self._pending: int | None = None  # abort deferred by a critical section
         self._finishing = False  # someone (main thread or watcher) is ending the command
+        self._aborting = False  # Interrupted was raised: later signals add nothing
         self._old: dict = {}
         self._old_fd = -1
         self._pipe: tuple[int, int] | None = None
@@ -211,6 +214,8 @@ class Interrupts:
     def _handle(self, signum, frame):
         self.signum = signum
         self._count += 1
+        if self._aborting or self._finishing:
+            return  # the command is already ending (exit 130, one line): nothing to add
         if self._running and self._count == 1:
             self.requested = True
             _write_line(f"wflow: {_name(signum)} received: stopping at the next record "
@@ -219,6 +224,7 @@ class Interrupts:
         if _depth.value > 0:
             self._pending = signum
             return
+        self._aborting = True
         raise Interrupted(signum)
 
     def _watch(self, fd: int) -> None:
@@ -285,16 +291,33 @@ class Interrupts:
         _active = self
         return self
 
+    def _late(self, signum, frame):
+        """A signal after the command ended (interpreter shutdown): exit 130 at once; one line
+        unless the command already said it was interrupted."""
+        if self.signum is None and not self._aborting:
+            _write_line(f"wflow: interrupted by {_name(signum)} while exiting; the command had "
+                        "finished and its output is complete")
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+        os._exit(EXIT_INTERRUPTED)
+
     def __exit__(self, *exc) -> bool:
         global _active
         if not self._installed:
             return False
+        late = is_cli_process()  # the process ends next: late signals end it with 130
+        if late:
+            for sig in SIGNALS:
+                with contextlib.suppress(ValueError, OSError):
+                    signal.signal(sig, self._late)
         self._closed.set()
         _active = None
         if self._old_fd is not None:
             with contextlib.suppress(ValueError, OSError):
                 signal.set_wakeup_fd(self._old_fd)
         for sig, old in self._old.items():
+            if late:
+                break
             with contextlib.suppress(ValueError, OSError, TypeError):
                 signal.signal(sig, old)
         if self._pipe is not None:

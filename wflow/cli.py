@@ -382,6 +382,9 @@ def _execute(args, config, setup, writer: RunWriter, out: str, *, state, initial
 
     def finish_interrupted() -> str:
         """Commit what is queued as "interrupted" (the main thread or the signal watcher)."""
+        ended = writer.status if isinstance(writer, RunWriter) else None
+        if ended in ("complete", "diverged", "unstable"):  # the last commit was done
+            return f"wflow: interrupted after the run ended; {out} keeps status \"{ended}\""
         writer.commit("interrupted")
         return (f"wflow: interrupted at s = {where['step'] * h:.6g}; {out} keeps status "
                 f"\"interrupted\"; continue with: {resume_hint}")
@@ -638,7 +641,14 @@ def main(argv: list[str] | None = None) -> int:
             if args.verb is None:
                 parser.print_help(sys.stderr)
                 return EXIT_USAGE
-            return args.func(args)
+            code = args.func(args)
+            if code == EXIT_OK and interrupts.signum is not None:
+                # A signal came as the command finished (e.g. during its last commit): too late
+                # to stop anything, but an interruption is exit 130.
+                print(f"wflow: interrupted by {Interrupted(interrupts.signum).name} as the "
+                      "command finished; its output is complete", file=sys.stderr)
+                return EXIT_INTERRUPTED
+            return code
         except (Interrupted, KeyboardInterrupt) as e:
             interrupts.claim_finish()
             name = e.name if isinstance(e, Interrupted) else "SIGINT"
