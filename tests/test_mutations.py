@@ -47,7 +47,7 @@ from wflow._config import load_config
 from wflow.cli import main
 
 MAX_STEPS = 400
-DEFAULT = {"config": 120, "data": 40, "init": 40, "runfile": 50, "limits": 30}  # 280 cases
+DEFAULT = {"config": 120, "data": 40, "init": 40, "runfile": 50, "limits": 20}  # 270 cases
 SLOW = {"config": 600, "data": 200, "init": 200, "runfile": 250, "limits": 150}  # 1400 cases
 
 PARTICLES = """seed = 0

@@ -335,3 +335,20 @@ def test_a_lost_process_ends_the_other_with_exit_4(tmp_path, victim):
     assert len(own) == 1 and "SIGKILL" in own[0], outs
     attrs = read_run(out)["attrs"]
     assert attrs["status"] in (("failed",) if victim == 1 else ("running", "failed"))
+
+
+@pytest.mark.parametrize("verb", ["study", "compare"])
+def test_study_and_compare_refuse_a_multi_process_environment(tmp_path, verb):
+    """They run as one process: inside a multi-process job, exit 2 with one line saying so."""
+    cfg = _tiny_config(tmp_path)
+    env = _env(devices=2)
+    env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{_free_port()}", JAX_NUM_PROCESSES="2",
+               JAX_PROCESS_ID="0")
+    args = ["study", "limit", cfg] if verb == "study" else ["compare", cfg]
+    proc = subprocess.run([sys.executable, "-m", "wflow.cli", *args, "-o",
+                           str(tmp_path / "x.h5")], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert f"wflow {verb} runs as one process" in lines[0] and "JAX_COORDINATOR_ADDRESS" in lines[0]
+    assert not (tmp_path / "x.h5").exists()

@@ -175,6 +175,7 @@ class Interrupts:
         self._watcher: threading.Thread | None = None
         self._closed = threading.Event()
         self._installed = False
+        self._old_hook = None
 
     # --- phases
 
@@ -287,16 +288,27 @@ class Interrupts:
         self._watcher = threading.Thread(target=self._watch, args=(r,), daemon=True,
                                          name="wflow-signals")
         self._watcher.start()
+        self._old_hook = sys.unraisablehook
+        sys.unraisablehook = self._unraisable
         self._installed = True
         _active = self
         return self
+
+    def _unraisable(self, unraisable) -> None:
+        """``Interrupted`` raised where Python can only print it (a ``__del__``, a garbage
+        collector callback) is lost: print nothing; the watcher ends the command (a fatal
+        signal started its deadline), and a later signal may raise again."""
+        if isinstance(unraisable.exc_value, (Interrupted, KeyboardInterrupt)):
+            self._aborting = False
+            return
+        (self._old_hook or sys.__unraisablehook__)(unraisable)
 
     def _late(self, signum, frame):
         """A signal after the command ended (interpreter shutdown): exit 130 at once; one line
         unless the command already said it was interrupted."""
         if self.signum is None and not self._aborting:
-            _write_line(f"wflow: interrupted by {_name(signum)} while exiting; the command had "
-                        "finished and its output is complete")
+            _write_line(f"wflow: interrupted by {_name(signum)} while exiting (the command had "
+                        "already finished)")
         with contextlib.suppress(OSError, ValueError):
             sys.stdout.flush()
         os._exit(EXIT_INTERRUPTED)
@@ -312,6 +324,8 @@ class Interrupts:
                     signal.signal(sig, self._late)
         self._closed.set()
         _active = None
+        if self._old_hook is not None:
+            sys.unraisablehook = self._old_hook
         if self._old_fd is not None:
             with contextlib.suppress(ValueError, OSError):
                 signal.set_wakeup_fd(self._old_fd)
