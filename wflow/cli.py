@@ -32,6 +32,7 @@ resumable); 130 interrupted by SIGINT / SIGTERM (file kept with status
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -615,7 +616,32 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``wflow`` console script; returns the exit code.
+    """Entry point of the ``wflow`` console script; returns the exit code (``_main``).
+
+    As the ``wflow`` command, the process then ends at once (``os._exit``, after the
+    multi-process shutdown when there is one) instead of going through Python's own
+    shutdown, where a late SIGINT / SIGTERM would find the default handlers again (exit
+    143, a KeyboardInterrupt traceback) instead of ending with 130.
+    """
+    code = _main(argv)
+    if argv is None and is_cli_process():
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        if "jax" in sys.modules:
+            import jax
+
+            from jax._src import distributed
+
+            if distributed.global_state.client is not None:  # the others wait for us here
+                with contextlib.suppress(Exception):
+                    jax.distributed.shutdown()
+        os._exit(code)
+    return code
+
+
+def _main(argv: list[str] | None = None) -> int:
+    """The command: its exit code.
 
     Signal handling comes first (``_signals.Interrupts``), so SIGINT / SIGTERM at
     any moment give exit 130 and one line; nothing ends in a traceback (an
