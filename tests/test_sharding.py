@@ -352,3 +352,37 @@ def test_study_and_compare_refuse_a_multi_process_environment(tmp_path, verb):
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert f"wflow {verb} runs as one process" in lines[0] and "JAX_COORDINATOR_ADDRESS" in lines[0]
     assert not (tmp_path / "x.h5").exists()
+
+
+_BARRIER = r"""
+import os, sys, time, jax
+from wflow._sharding import ProcessLost, initialize_distributed, sync_processes
+initialize_distributed()
+if jax.process_index() == 1:
+    time.sleep(8)  # alive, heartbeating, but late for the barrier
+    os._exit(0)
+try:
+    sync_processes("late", timeout=2.0)
+    print("PASSED")
+except ProcessLost as e:
+    print("LOST " + str(e))
+sys.stdout.flush()
+os._exit(0)
+"""
+
+
+def test_a_barrier_gives_up_on_a_late_process():
+    """A process alive but not at the barrier in time: ``ProcessLost`` naming it (the CLI:
+    exit 4, one line), not a wait without end."""
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = _env(devices=1)
+        env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+                   JAX_PROCESS_ID=str(rank), JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
+        procs.append(subprocess.Popen([sys.executable, "-c", _BARRIER], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    codes, outs = _finish(procs, timeout=120)
+    line = [ln for ln in outs[0][0].splitlines() if ln.startswith(("LOST", "PASSED"))]
+    assert line and line[0].startswith("LOST process 1 of the 2-process run was lost"), outs
+    assert "did not reach the barrier 'late' within 2 s" in line[0], outs
