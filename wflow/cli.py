@@ -11,7 +11,8 @@ What protects a run, in order (each piece is reusable by other verbs):
    any moment end the command with exit 130 and one line (``_signals``).
 2. ``_preflight.check_resources``: memory and disk estimated from the config
    before anything is allocated (``--memory-limit SIZE`` overrides the memory).
-3. ``_io.OutputLock``: one writer per run file (a second one: exit 2 naming
+3. ``_paths.check_output_file`` and ``_io.OutputLock``: a file name in a
+   writable folder, and one writer per run file (a second one: exit 2 naming
    the holder's pid).
 4. ``_build.check_start``: data and initial particles representable, the loss
    finite at s = 0 -- before the file exists.
@@ -22,10 +23,11 @@ What protects a run, in order (each piece is reusable by other verbs):
    unforeseen prints one line ("internal error"; ``WFLOW_TRACEBACK=1`` shows the
    traceback) instead of a traceback.
 
-Exit codes: 0 complete; 1 internal error; 2 bad config, usage or input file
-(one line on stderr, nothing written); 3 diverged or unstable (file kept with
-that status); 4 failed at run time (file kept with status "failed",
-resumable); 130 interrupted by SIGINT / SIGTERM (file kept with status
+Exit codes: 0 complete; 1 internal error; 2 bad config, usage, input file or
+output path (one line on stderr, nothing written); 3 diverged or unstable (file
+kept with that status); 4 failed at run time, or another process of a
+multi-process run was lost (file kept with status "failed", resumable); 130
+interrupted by SIGINT / SIGTERM, however many (file kept with status
 "interrupted", resumable with ``--resume``, or no file if none was begun).
 """
 
