@@ -15,7 +15,8 @@ parent:
   stack frames) are kept back (``WFLOW_TRACEBACK=1`` shows them);
 * SIGINT / SIGTERM received by the parent are passed to the child, which runs in
   its own process group (a Ctrl-C in the terminal reaches it once, through the
-  parent) and handles them as any ``wflow`` command does (exit 130, one line);
+  parent) and handles them as any ``wflow`` command does (exit 130, one line); a child
+  still alive 20 s after a second signal (stuck in native code) is killed;
 * the child's exit status is the command's; a child ended by a signal is reported
   in one line: exit 4 naming the lost process when JAX's service reported one
   (the run file keeps its last checkpoint and is resumable), exit 130 when the
@@ -31,9 +32,11 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 EXIT_FAILED, EXIT_INTERRUPTED = 4, 130
 CHILD_FLAG = "WFLOW_SUPERVISED"
+STUCK_AFTER = 20.0  # seconds after a second signal before a child that did not end is killed
 
 _NATIVE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ [^\]]*\] ")
 _FRAME = re.compile(r"^\s+@\s+0x[0-9a-f]+|^\*\*\* |^\[Gloo\]|^terminate called|^\s+what\(\):")
@@ -148,12 +151,20 @@ def run(argv: list[str]) -> int:
             if not chunk:
                 return
 
+    since = None
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
     while True:
         try:
-            code = child.wait()
+            code = child.wait(timeout=1.0)
             break
+        except subprocess.TimeoutExpired:
+            # Two signals end a wflow command within about a second; a child still alive
+            # STUCK_AFTER seconds after the second is stuck in native code: end it.
+            if len(forwarded) >= 2:
+                since = since or time.monotonic()
+                if time.monotonic() - since > STUCK_AFTER:
+                    child.kill()
         except InterruptedError:
             continue
     reader.join(5.0)
