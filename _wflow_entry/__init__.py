@@ -4,8 +4,9 @@ Importing the ``wflow`` package has no side effects. The command's guard
 against signals during start-up lives here, installed before the first
 import of wflow (and so of JAX, equinox, diffrax ...): a SIGINT or SIGTERM
 while Python imports them prints one line and exits 130; nothing can have
-been written yet. ``wflow.cli.main`` then installs the command's own handlers
-(``wflow._signals.Interrupts``). The console script ``wflow`` and
+been written yet. In a multi-process environment ``wflow run`` then continues in a
+watched child process (``wflow._supervise``). ``wflow.cli.main`` installs the
+command's own handlers (``wflow._signals.Interrupts``). The console script ``wflow`` and
 ``python -m _wflow_entry`` come here; ``python -m wflow.cli`` works too, without
 this guard during its imports.
 """
@@ -40,6 +41,9 @@ def guard() -> None:
 
 def main() -> int:
     guard()
+    from wflow._supervise import supervise_if_needed
+
+    supervise_if_needed()  # one process of a multi-process ``wflow run``: a watched child
     from wflow.cli import main as run
 
     return run()

@@ -296,3 +296,69 @@ def test_two_writers_started_together(tmp_path):
     # finished, because the file exists
     assert ("is writing" in err and any(str(p.pid) in err for p in procs)) or "exists" in err
     assert _io.verify_run(str(out))["status"] == "complete"
+
+
+# ----------------------------------------------------------------------------- signal storms
+
+
+def _signal_storm(tmp_path, trials: int, seed: int) -> dict:
+    """``trials`` runs, each sent two or three SIGINT / SIGTERM at random instants: from start-up
+    through the last commit to interpreter shutdown (the first at a random time over the
+    run's lifetime -- in every other trial over its last 1.5 s --, the next ones 0-300 ms
+    apart). Every run the signals reached ends with
+    exit 130, no traceback, and exactly one final "interrupted" line; its file, if any, is
+    intact (verify_run)."""
+    cfg = write_config(tmp_path, time_=0.4)
+    t0 = time.time()
+    probe = spawn("run", cfg, "-o", tmp_path / "probe.h5", "-q")
+    probe.communicate(timeout=300)
+    assert probe.returncode == 0
+    lifetime = time.time() - t0
+    rng = np.random.default_rng(seed)
+    seen = {"interrupted": 0, "too late": 0, "statuses": {}}
+    for trial in range(trials):
+        out = tmp_path / f"t{trial}.h5"
+        n = int(rng.integers(2, 4))
+        # every other trial aims at the end: the last records, the final commit, the exit
+        start = 0.3 if trial % 2 == 0 else max(0.3, lifetime - 1.5)
+        first = float(rng.uniform(start, lifetime + 0.3))
+        gaps = rng.uniform(0.0, 0.3, n - 1).tolist()
+        sigs = [signal.SIGINT if rng.random() < 0.5 else signal.SIGTERM for _ in range(n)]
+        proc = spawn("run", cfg, "-o", out, "-q")
+        output = Output(proc)
+        sent = 0
+        for delay, sig in zip([first, *gaps], sigs, strict=True):
+            time.sleep(delay)
+            if proc.poll() is not None:
+                break
+            proc.send_signal(sig)
+            sent += 1
+        proc.wait(timeout=120)
+        err = output.text()
+        what = (trial, n, first, gaps, err)
+        if sent == 0:
+            assert proc.returncode == 0, what
+            seen["too late"] += 1
+            continue
+        seen["interrupted"] += 1
+        assert proc.returncode == 130, what
+        assert "Traceback" not in err, what
+        finals = [ln for ln in err.splitlines() if ln.startswith("wflow: interrupted")]
+        assert len(finals) == 1 and _last_line(err) == finals[0], what
+        if out.exists():
+            status = _io.verify_run(str(out))["status"]
+            assert status in ("running", "interrupted", "complete"), what
+            seen["statuses"][status] = seen["statuses"].get(status, 0) + 1
+    return seen
+
+
+def test_two_and_three_signals_at_random_instants(tmp_path):
+    seen = _signal_storm(tmp_path, trials=4, seed=1)
+    assert seen["interrupted"] >= 3, seen
+
+
+@pytest.mark.slow
+def test_two_and_three_signals_at_random_instants_50_trials(tmp_path):
+    seen = _signal_storm(tmp_path, trials=50, seed=2)
+    assert seen["interrupted"] >= 40, seen
+    print(seen)

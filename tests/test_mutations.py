@@ -16,7 +16,11 @@ one to three mutations per case), ``data`` and ``init`` (the ``.npz`` files behi
 ``data.kind = "file"`` and ``init.kind = "file"``: wrong shapes, dtypes, non-finite and
 huge values, missing arrays, damaged bytes, other file kinds), ``runfile`` (a valid
 interrupted run file damaged by byte flips, truncation or h5py edits, then ``wflow run
---resume`` or ``wflow plot``).
+--resume`` or ``wflow plot``), ``limits`` (output paths of run, plot, study and compare:
+a trailing separator, an existing directory or file, a file where a folder should be,
+new nested folders; and the memory limits of a container: a fake cgroup tree,
+``WFLOW_CGROUP_ROOT``, with random, missing or malformed ``memory.max`` /
+``memory.current`` and v1 values, and random ``--memory-limit`` sizes).
 
 Mutations that leave a valid but long run (more than ``MAX_STEPS`` steps) are redrawn:
 they are not hostile, only slow. The default run draws ``DEFAULT`` cases (a few hundred,
@@ -43,8 +47,8 @@ from wflow._config import load_config
 from wflow.cli import main
 
 MAX_STEPS = 400
-DEFAULT = {"config": 120, "data": 40, "init": 40, "runfile": 50}  # 250 cases
-SLOW = {"config": 600, "data": 200, "init": 200, "runfile": 250}  # 1250 cases
+DEFAULT = {"config": 120, "data": 40, "init": 40, "runfile": 50, "limits": 20}  # 270 cases
+SLOW = {"config": 600, "data": 200, "init": 200, "runfile": 250, "limits": 150}  # 1400 cases
 
 PARTICLES = """seed = 0
 [data]
@@ -450,6 +454,95 @@ def _case_runfile(capsys, tmp, rng, stopped, cfg, reference, label):
     return rc
 
 
+_CGROUP_VALUES = ["max", "0", "1", "100000000", "300000000", "1000000000", "9223372036854771712",
+                  "", "garbage", "-5", "1e9", " 400000000 \n", "18446744073709551615"]
+
+
+def _fake_cgroup(rng, root) -> str:
+    """A random cgroup tree: v2 files at the top and/or v1 files in memory/, some malformed."""
+    os.makedirs(root)
+    for folder, limit, used in (("", "memory.max", "memory.current"),
+                                ("memory", "memory.limit_in_bytes", "memory.usage_in_bytes")):
+        if rng.random() < 0.6:
+            os.makedirs(os.path.join(root, folder), exist_ok=True)
+            for name in (limit, used):
+                if rng.random() < 0.9:
+                    with open(os.path.join(root, folder, name), "w") as fh:
+                        fh.write(str(rng.choice(_CGROUP_VALUES)))
+    return root
+
+
+def _hostile_output(rng, tmp) -> tuple[str, str]:
+    """(an output path, what it is): hostile or merely unusual."""
+    os.makedirs(os.path.join(tmp, "dir"))
+    with open(os.path.join(tmp, "file"), "w") as fh:
+        fh.write("not a folder")
+    kind = str(rng.choice(["slash", "dir", "under_file", "nested", "spaces", "exists"]))
+    path = {"slash": os.path.join(tmp, "new") + os.sep, "dir": os.path.join(tmp, "dir"),
+            "under_file": os.path.join(tmp, "file", "out.h5"),
+            "nested": os.path.join(tmp, "a", "b", "out.h5"),
+            "spaces": os.path.join(tmp, "with space é", "out.h5"),
+            "exists": os.path.join(tmp, "file")}[kind]
+    return path, kind
+
+
+def _case_limits(capsys, tmp, rng, stopped, cfg, reference, label, monkeypatch):
+    """Output paths and memory limits (module docstring, family ``limits``)."""
+    what = []
+    if rng.random() < 0.5:
+        monkeypatch.setenv("WFLOW_CGROUP_ROOT", _fake_cgroup(rng, os.path.join(tmp, "cgroup")))
+        what.append("cgroup " + " ".join(sorted(
+            f"{os.path.relpath(os.path.join(d, f), tmp)}={open(os.path.join(d, f)).read()!r}"
+            for d, _, fs in os.walk(os.path.join(tmp, "cgroup")) for f in fs)))
+    else:
+        monkeypatch.delenv("WFLOW_CGROUP_ROOT", raising=False)
+    out, kind = _hostile_output(rng, tmp)
+    what.append(f"output {kind}")
+    verb = str(rng.choice(["run", "run", "run", "plot", "study", "compare"]))
+    if verb in ("study", "compare") and kind in ("nested", "spaces"):
+        verb = "run"  # a valid path would compute a whole study: not hostile, only slow
+    extra = []
+    if verb == "run" and rng.random() < 0.3:
+        extra = ["--memory-limit", str(rng.choice(["1", "1KB", "300MB", "1e12", "none", "-1",
+                                                   "0", "lots", "1e400", "nan"]))]
+        what.append(" ".join(extra))
+    before = _digest(out)
+    if verb == "run":
+        argv = ["run", cfg, "-o", out, "-q", *extra]
+    elif verb == "plot":
+        argv = ["plot", stopped, "-o", out]
+    else:
+        text = _render(_tables(PARTICLES))
+        if verb == "compare":
+            text += "[compare]\noptimizers = [\"sgd\"]\nrecords = 2\n"
+        else:
+            text += ("[study]\nL = [2]\nM = [4]\nseeds = 1\ntimes = [0.4]\n"
+                     'reference = "particles"\nreference_M = 8\nreference_depth = "layers"\n')
+        sub = os.path.join(tmp, f"{verb}.toml")
+        with open(sub, "w") as fh:
+            fh.write(text)
+        argv = ([verb, sub, "-o", out, "-q", "--no-plots"] if verb == "compare"
+                else ["study", "limit", sub, "-o", out, "-q", "--no-plot"])
+    rc, err = _call(capsys, argv)
+    label = f"{label} {verb}: {'; '.join(what)}"
+    assert "Traceback" not in err, f"{label}: traceback\n{err[-2000:]}"
+    assert rc in (0, 2), f"{label}: exit {rc}\n{err[-2000:]}"
+    must_fail = ("under_file", "exists") if verb == "plot" else ("slash", "dir", "under_file",
+                                                                   "exists")
+    if kind in must_fail:
+        assert rc == 2, f"{label}: exit {rc}, expected 2\n{err[-2000:]}"
+    if rc == 2:
+        lines = [ln for ln in err.strip().splitlines() if ln.startswith("wflow: error")]
+        assert len(lines) == 1, f"{label}: {err[-2000:]}"
+        assert _digest(out) == before, f"{label}: exit 2 but {out} changed"
+        assert not os.path.exists(os.path.join(tmp, "new")), f"{label}: created a folder"
+    elif verb == "run":
+        _io.read_run(out)
+    elif verb == "plot":
+        assert os.listdir(out), f"{label}: no figures"
+    return rc
+
+
 @pytest.fixture(scope="module")
 def stopped_run(tmp_path_factory):
     """A valid run file of PARTICLES stopped after three records (status "interrupted")."""
@@ -463,7 +556,7 @@ def stopped_run(tmp_path_factory):
     return str(path), str(cfg), datasets(done)
 
 
-def _campaign(capsys, tmp_path, stopped_run, family, n, seed):
+def _campaign(capsys, tmp_path, stopped_run, family, n, seed, monkeypatch=None):
     known = _known_keys()
     codes: dict[int, int] = {}
     for i in range(n):
@@ -475,6 +568,8 @@ def _campaign(capsys, tmp_path, stopped_run, family, n, seed):
             rc = _case_config(capsys, str(tmp), rng, known, label)
         elif family in ("data", "init"):
             rc = _case_file(capsys, str(tmp), rng, family, label)
+        elif family == "limits":
+            rc = _case_limits(capsys, str(tmp), rng, *stopped_run, label, monkeypatch)
         else:
             rc = _case_runfile(capsys, str(tmp), rng, *stopped_run, label)
         codes[rc] = codes.get(rc, 0) + 1
@@ -483,8 +578,9 @@ def _campaign(capsys, tmp_path, stopped_run, family, n, seed):
 
 
 @pytest.mark.parametrize("family", sorted(DEFAULT))
-def test_generated_hostile_inputs(capsys, tmp_path, stopped_run, family):
-    codes = _campaign(capsys, tmp_path, stopped_run, family, DEFAULT[family], seed=2026)
+def test_generated_hostile_inputs(capsys, tmp_path, stopped_run, family, monkeypatch):
+    codes = _campaign(capsys, tmp_path, stopped_run, family, DEFAULT[family], seed=2026,
+                      monkeypatch=monkeypatch)
     # The generator must exercise both outcomes where both are possible (else it tests nothing).
     assert codes.get(2, 0) > 0
     if family != "runfile":
@@ -493,5 +589,6 @@ def test_generated_hostile_inputs(capsys, tmp_path, stopped_run, family):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(SLOW))
-def test_generated_hostile_inputs_campaign(capsys, tmp_path, stopped_run, family):
-    _campaign(capsys, tmp_path, stopped_run, family, SLOW[family], seed=11)
+def test_generated_hostile_inputs_campaign(capsys, tmp_path, stopped_run, family, monkeypatch):
+    _campaign(capsys, tmp_path, stopped_run, family, SLOW[family], seed=11,
+              monkeypatch=monkeypatch)

@@ -349,6 +349,63 @@ def test_preflight_limit_override_and_disk(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "o.h5").exists()
 
 
+def test_preflight_honours_ulimit_v(tmp_path):
+    """3e7 samples (about 4.4 GiB) under a 4 GB address-space limit: refused before anything
+    is built (MemAvailable alone would accept it), one line naming RLIMIT_AS."""
+    import subprocess
+    import sys
+
+    if _preflight.memory_limits()[0][1] < 8 * 2**30:
+        pytest.skip("needs 8 GiB MemAvailable, so that the address-space limit is the smallest")
+    cfg = write_config(tmp_path, {"data.n": "30000000"})
+    out = tmp_path / "o.h5"
+    cmd = f"ulimit -v 4000000 && exec {sys.executable} -m _wflow_entry run {cfg} -o {out} -q"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120,
+                          env=env, check=False)
+    line = one_error_line(proc.stderr)
+    assert proc.returncode == 2 and proc.stderr.strip() == line, proc.stderr
+    assert "memory" in line and "ulimit -v (RLIMIT_AS)" in line and "data.n" in line
+    assert not out.exists()
+
+
+def _fake_cgroup(root, v2=None, v1=None):
+    """A cgroup file system at ``root``: v2 (memory.max, memory.current) at its top, v1
+    (memory.limit_in_bytes, memory.usage_in_bytes) in memory/."""
+    root.mkdir()
+    if v2 is not None:
+        (root / "memory.max").write_text(f"{v2[0]}\n")
+        (root / "memory.current").write_text(f"{v2[1]}\n")
+    if v1 is not None:
+        (root / "memory").mkdir()
+        (root / "memory" / "memory.limit_in_bytes").write_text(f"{v1[0]}\n")
+        (root / "memory" / "memory.usage_in_bytes").write_text(f"{v1[1]}\n")
+    return str(root)
+
+
+@pytest.mark.parametrize("version, needle", [("v2", "cgroup memory.max 300 MiB minus "
+                                                     "memory.current 100 MiB"),
+                                             ("v1", "cgroup memory.limit_in_bytes 300 MiB minus "
+                                                     "memory.usage_in_bytes 100 MiB")])
+def test_preflight_honours_the_cgroup_limit(tmp_path, capsys, monkeypatch, version, needle):
+    """A container's or batch job's memory limit (a fake cgroup tree, WFLOW_CGROUP_ROOT):
+    300 MiB with 100 MiB used leaves 200 MiB, below this run's ~260 MiB: exit 2 naming the
+    limit; "max" (v2) or the v1 'unlimited' value is no limit."""
+    mib = 2**20
+    limits = {version: (300 * mib, 100 * mib)}
+    monkeypatch.setenv("WFLOW_CGROUP_ROOT", _fake_cgroup(tmp_path / "cg", **limits))
+    assert _preflight.host_limit()[1] == 200 * mib
+    cfg = write_config(tmp_path)
+    rc, _, err = cli(capsys, "run", cfg, "-o", tmp_path / "o.h5", "-q")
+    line = one_error_line(err)
+    assert rc == 2 and needle in line and "200 MiB available" in line, line
+    assert not (tmp_path / "o.h5").exists()
+    unlimited = {"v2": ("max", 100 * mib), "v1": (9223372036854771712, 100 * mib)}[version]
+    monkeypatch.setenv("WFLOW_CGROUP_ROOT", _fake_cgroup(tmp_path / "cg2", **{version: unlimited}))
+    assert all("cgroup" not in what for what, _ in _preflight.memory_limits())
+    assert cli(capsys, "run", cfg, "-o", tmp_path / "o.h5", "-q")[0] == 0
+
+
 def test_preflight_estimate_is_exact_arithmetic():
     import tempfile
 

@@ -227,3 +227,163 @@ def test_cli_multi_process_run(tmp_path, shard):
         for name in ("history/loss", "snapshots/theta", "final/prediction"):
             ref = c[name][()]
             assert np.max(np.abs(a[name][()] - ref)) / np.max(np.abs(ref)) < TOL, name
+
+
+# ----------------------------------------------------------------------------- many processes
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _tiny_config(tmp_path, shard="particles", time=0.1) -> str:
+    lines = ["seed = 3", "[data]", 'kind = "teacher"', "n = 16", "dim = 2", "[solver]", "L = 2",
+             "M = 8", 'precision = "float64"', f'shard = "{shard}"', "[train]", f"time = {time}",
+             "dt = 0.01", "record_every = 2", "snapshots = 3", "[output]", "checkpoint_every = 0"]
+    path = tmp_path / "tiny.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def _launch(cfg, out, *args, processes=2):
+    """``wflow run`` as a run of two processes x 2 CPU devices (gloo, explicit coordinator)."""
+    port = _free_port()
+    procs = []
+    for rank in range(processes):
+        env = _env(devices=2)
+        env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES=str(processes),
+                   JAX_PROCESS_ID=str(rank), JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
+        procs.append(subprocess.Popen([sys.executable, "-m", "_wflow_entry", "run", cfg, "-o", out,
+                                       "-q", *args], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def _finish(procs, timeout=300):
+    outs = []
+    for p in procs:
+        try:
+            outs.append(p.communicate(timeout=timeout))
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise AssertionError(f"a process of the multi-process run hung ({timeout} s)") from None
+    return [p.returncode for p in procs], outs
+
+
+def _child_of(proc, timeout=60):
+    """The pid of the process that runs the command under ``proc`` (its supervising parent)."""
+    import time
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        kids = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                              text=True).stdout.split()
+        if kids:
+            return int(kids[0])
+        time.sleep(0.1)
+    raise AssertionError("no child process")
+
+
+def test_two_processes_split_particles_and_end(tmp_path):
+    """The short multi-process check of the default suite: a particle-split run of two
+    processes ends (the final state is gathered by both, process 0 commits it), both exit 0,
+    and the file is complete and verifies."""
+    from wflow._io import read_run
+
+    cfg, out = _tiny_config(tmp_path), str(tmp_path / "two.h5")
+    codes, outs = _finish(_launch(cfg, out), timeout=240)
+    assert codes == [0, 0], outs
+    assert "status=complete" in outs[0][0] and "status=complete" not in outs[1][0]
+    assert outs[0][1] == "" and outs[1][1] == "", outs  # nothing on stderr (native logs kept back)
+    run = read_run(out)
+    assert run["attrs"]["status"] == "complete" and run["attrs"]["shard"] == "particles"
+    assert run["attrs"]["devices"] == 4 and int(run["state/step"]) == 10
+    assert run["snapshots/theta"].shape == (3, 2, 8, 5) and run["history/s"].shape == (6,)
+    assert np.all(np.isfinite(run["final/prediction"]))
+
+
+@pytest.mark.parametrize("victim", [1, pytest.param(0, marks=pytest.mark.slow)])
+def test_a_lost_process_ends_the_other_with_exit_4(tmp_path, victim):
+    """SIGKILL one process in the middle of a run: the other ends within seconds, exit 4,
+    one line naming the lost process; process 0's file is kept and verifies."""
+    import signal
+    import time
+
+    from wflow._io import read_run
+
+    cfg, out = _tiny_config(tmp_path, time=100.0), str(tmp_path / "lost.h5")
+    procs = _launch(cfg, out)
+    t0 = time.monotonic()
+    while not os.path.exists(out) and time.monotonic() - t0 < 240:
+        assert all(p.poll() is None for p in procs), _finish(procs)
+        time.sleep(0.1)
+    time.sleep(1.0)
+    os.kill(_child_of(procs[victim]), signal.SIGKILL)
+    t1 = time.monotonic()
+    codes, outs = _finish(procs, timeout=120)
+    assert time.monotonic() - t1 < 60
+    survivor = 1 - victim
+    assert codes == [4, 4], outs
+    lines = outs[survivor][1].strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"wflow: error: process {victim} of "), outs
+    assert "lost" in lines[0]
+    own = outs[victim][1].strip().splitlines()
+    assert len(own) == 1 and "SIGKILL" in own[0], outs
+    attrs = read_run(out)["attrs"]
+    assert attrs["status"] in (("failed",) if victim == 1 else ("running", "failed"))
+
+
+@pytest.mark.parametrize("verb", ["study", "compare"])
+def test_study_and_compare_refuse_a_multi_process_environment(tmp_path, verb):
+    """They run as one process: inside a multi-process job, exit 2 with one line saying so."""
+    cfg = _tiny_config(tmp_path)
+    env = _env(devices=2)
+    env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{_free_port()}", JAX_NUM_PROCESSES="2",
+               JAX_PROCESS_ID="0")
+    args = ["study", "limit", cfg] if verb == "study" else ["compare", cfg]
+    proc = subprocess.run([sys.executable, "-m", "_wflow_entry", *args, "-o",
+                           str(tmp_path / "x.h5")], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert f"wflow {verb} runs as one process" in lines[0] and "JAX_COORDINATOR_ADDRESS" in lines[0]
+    assert not (tmp_path / "x.h5").exists()
+
+
+_BARRIER = r"""
+import os, sys, time, jax
+from wflow._sharding import ProcessLost, initialize_distributed, sync_processes
+initialize_distributed()
+if jax.process_index() == 1:
+    time.sleep(8)  # alive, heartbeating, but late for the barrier
+    os._exit(0)
+try:
+    sync_processes("late", timeout=2.0)
+    print("PASSED")
+except ProcessLost as e:
+    print("LOST " + str(e))
+sys.stdout.flush()
+os._exit(0)
+"""
+
+
+def test_a_barrier_gives_up_on_a_late_process():
+    """A process alive but not at the barrier in time: ``ProcessLost`` naming it (the CLI:
+    exit 4, one line), not a wait without end."""
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = _env(devices=1)
+        env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+                   JAX_PROCESS_ID=str(rank), JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
+        procs.append(subprocess.Popen([sys.executable, "-c", _BARRIER], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    codes, outs = _finish(procs, timeout=120)
+    line = [ln for ln in outs[0][0].splitlines() if ln.startswith(("LOST", "PASSED"))]
+    assert line and line[0].startswith("LOST process 1 of the 2-process run was lost"), outs
+    assert "did not reach the barrier 'late' within 2 s" in line[0], outs

@@ -778,11 +778,12 @@ def write_compare(path: str, result: CompareResult, config_text: str) -> None:
                 g.create_dataset(name, data=np.stack([
                     _stack([result.reorder[(m, s)] for s in seeds], name, n) for m in modes]))
 
-    commit_h5(path, build, fresh=True)
+    commit_h5(path, build, fresh=True, seal_data=True)  # checksums of attributes and datasets
 
 
 def check_compare_file(path: str) -> dict:
-    """Root attributes of a compare file; ``ValueError`` with one line otherwise."""
+    """Root attributes of a compare file whose checksums hold (``_io.verify_file``);
+    ``ValueError`` with one line otherwise."""
     if not os.path.isfile(path):
         raise ValueError(f"{path}: file not found")
     import h5py
@@ -797,4 +798,7 @@ def check_compare_file(path: str) -> dict:
         fmt_ = fmt_.decode()
     if fmt_ != FORMAT:
         raise ValueError(f"{path}: not a wflow compare file (format = {fmt_!r}, expected {FORMAT!r})")
+    from ._io import verify_file
+
+    verify_file(path)  # RunFileError is a ValueError
     return attrs

@@ -50,21 +50,53 @@ def default_output(config: dict) -> str:
 
 
 def cmd_compare(args) -> int:
-    from ._compare import build_optimizers, run_compare, write_compare
-    from ._config import ConfigError, config_warnings, load_config, to_toml
+    from ._config import ConfigError
+    from ._io import OutputLock, RunFileError, remove_stale_temporaries
+
+    lock = None
+    try:
+        try:
+            config, out, folder = _checked(args)
+            lock = OutputLock(out, kind="compare file", key="-o")
+            lock.acquire()  # one writer per compare file; a second one is told the holder's pid
+        except (ConfigError, RunFileError) as e:
+            return _fail(e)
+        remove_stale_temporaries(out)
+        return _compare(args, config, out, folder)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _checked(args):
+    """(config, output file, figure folder or None), every check done before any computation."""
+    from ._compare import build_optimizers
+    from ._config import ConfigError, load_config
+    from ._paths import check_output_dir, check_output_file
+
+    config = load_config(args.config, list(args.set or []))
+    if "compare" not in config:
+        raise ConfigError(f"config file {args.config!r}: has no [compare] section; wflow "
+                          'compare needs one (e.g. [compare] optimizers = ["sgd", "adam"])')
+    build_optimizers(config)
+    out = args.output or default_output(config)
+    check_output_file(out, f"-o {out!r}", "COMPARE.h5")
+    if os.path.exists(out) and not config["output"]["overwrite"]:
+        raise ConfigError(f"-o {out!r}: the file exists; set output.overwrite = true "
+                          "(e.g. --set output.overwrite=true) or choose another name")
+    folder = None
+    if not args.no_plots:
+        stem = os.path.splitext(os.path.basename(out))[0]
+        folder = args.plots or os.path.join(os.path.dirname(out), f"{stem}_plots")
+        check_output_dir(folder, f"--plots {folder!r}")
+    return config, out, folder
+
+
+def _compare(args, config, out, folder) -> int:
+    from ._compare import run_compare, write_compare
+    from ._config import ConfigError, config_warnings, to_toml
 
     try:
-        config = load_config(args.config, list(args.set or []))
-        if "compare" not in config:
-            raise ConfigError(f"config file {args.config!r}: has no [compare] section; wflow "
-                              'compare needs one (e.g. [compare] optimizers = ["sgd", "adam"])')
-        build_optimizers(config)
-        out = args.output or default_output(config)
-        if os.path.isdir(out):
-            raise ConfigError(f"-o {out!r}: is a directory; give a file name (COMPARE.h5)")
-        if os.path.exists(out) and not config["output"]["overwrite"]:
-            raise ConfigError(f"-o {out!r}: the file exists; set output.overwrite = true "
-                              "(e.g. --set output.overwrite=true) or choose another name")
         for warning in config_warnings(config):
             print(f"wflow: warning: {warning}", file=sys.stderr)
         log = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
@@ -79,11 +111,9 @@ def cmd_compare(args) -> int:
     except OSError as e:
         return _fail(f"-o {out!r}: cannot be written ({e.strerror or e})")
     written = [out]
-    if not args.no_plots:
+    if folder is not None:
         from ._compare_plot import plot_compare
 
-        stem = os.path.splitext(os.path.basename(out))[0]
-        folder = args.plots or os.path.join(os.path.dirname(out), f"{stem}_plots")
         written += plot_compare(out, folder)
     _print_tables(result)
     for path in written:

@@ -170,9 +170,10 @@ class OutputLock:
     removed on release; the kernel releases the lock of a dead process.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, kind: str = "run file", key: str = "output.path"):
         self.path = os.path.abspath(os.fspath(path))
         self.lock_path = self.path + ".lock"
+        self.kind, self.key = kind, key
         self._fd: int | None = None
         # Folders created for this file (deepest first); release() removes those still empty,
         # so a run that fails before writing leaves nothing behind.
@@ -187,7 +188,7 @@ class OutputLock:
             try:
                 fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as e:
-                raise RunFileError(f"output.path = {self.path!r}: cannot create the lock file "
+                raise RunFileError(f"{self.key} = {self.path!r}: cannot create the lock file "
                                    f"{self.lock_path!r} ({e.strerror or e})") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -195,10 +196,10 @@ class OutputLock:
                 pid = _read_pid(fd)
                 os.close(fd)
                 if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    raise RunFileError(f"output.path = {self.path!r}: cannot lock "
+                    raise RunFileError(f"{self.key} = {self.path!r}: cannot lock "
                                        f"{self.lock_path!r} ({e.strerror or e})") from None
                 who = f"process {pid}" if pid else "another process"
-                raise LockedError(f"output.path = {self.path!r}: {who} is writing this run file "
+                raise LockedError(f"{self.key} = {self.path!r}: {who} is writing this {self.kind} "
                                   f"(lock {os.path.basename(self.lock_path)}); wait for it to "
                                   "finish or stop it first", pid) from None
             # The file may have been unlinked by its previous holder between our open
@@ -339,8 +340,17 @@ def _state_digest(group: h5py.Group) -> str:
     return _digest((k, group[k][()]) for k in sorted(group) if isinstance(group[k], h5py.Dataset))
 
 
-def seal(f: h5py.File) -> None:
-    """Write the SHA-256 checksums (root attributes; /state if present) of an open file."""
+def _data_digest(f: h5py.File) -> str:
+    names: list[str] = []
+    f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+    return _digest((name, f[name][()]) for name in sorted(names))
+
+
+def seal(f: h5py.File, data: bool = False) -> None:
+    """Write the SHA-256 checksums (root attributes; /state if present) of an open file;
+    with ``data`` also ``data_sha256``, over every dataset (small files: study, compare)."""
+    if data:
+        f.attrs["data_sha256"] = _data_digest(f)
     f.attrs["attrs_sha256"] = _attrs_digest(f)
     if isinstance(f.get("state"), h5py.Group):
         f["state"].attrs["sha256"] = _state_digest(f["state"])
@@ -361,12 +371,13 @@ def _fsync_path(path: str, directory: bool = False) -> None:
 
 
 def commit_h5(path: str, update: Callable[[h5py.File], None], *, fresh: bool = False,
-              durable: bool = True) -> None:
+              durable: bool = True, seal_data: bool = False) -> None:
     """Replace ``path`` atomically by a new version (module docstring, "Crash consistency").
 
     ``update(f)`` edits the new version (opened with h5py): a copy of the
     current file, or an empty file when ``fresh``. The version is then sealed
-    (``seal``), closed, fsync-ed (``durable``) and renamed over ``path``.
+    (``seal``; ``seal_data``: every dataset too), closed, fsync-ed (``durable``) and renamed
+    over ``path``.
     Whatever happens -- an exception, a signal, a kill -- ``path`` is the old
     version or the new one, never a mixture; the temporary is removed on errors.
     """
@@ -383,7 +394,7 @@ def commit_h5(path: str, update: Callable[[h5py.File], None], *, fresh: bool = F
             with f:
                 update(f)
                 label_dimensions(f)  # named dimensions for xarray (``_dims``)
-                seal(f)
+                seal(f, data=seal_data)
             if durable:
                 _fsync_path(tmp)
             os.replace(tmp, path)
@@ -906,8 +917,18 @@ def verify_file(path: str) -> None:
     except (OSError, ValueError) as e:
         raise RunFileError(f"{path}: not a readable HDF5 file ({_one_line(e)})") from None
     with f:
-        if "attrs_sha256" in f.attrs and as_text(f.attrs["attrs_sha256"]) != _attrs_digest(f):
-            raise RunFileError(f"{path}: the root attributes are damaged (attrs_sha256)")
+        try:
+            sealed = "attrs_sha256" in f.attrs
+            if sealed and as_text(f.attrs["attrs_sha256"]) != _attrs_digest(f):
+                raise RunFileError(f"{path}: the root attributes are damaged (their checksum "
+                                   "attrs_sha256 does not match)")
+            if "data_sha256" in f.attrs and as_text(f.attrs["data_sha256"]) != _data_digest(f):
+                raise RunFileError(f"{path}: the file's data are damaged (their checksum "
+                                   "data_sha256 does not match)")
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
+            if isinstance(e, RunFileError):
+                raise
+            raise RunFileError(f"{path}: the file is damaged ({_one_line(e)})") from None
 
         def visit(name, obj):
             if isinstance(obj, h5py.Dataset):

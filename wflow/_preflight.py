@@ -7,9 +7,14 @@ such as ``solver.L = 2**63`` is refused in microseconds instead of ending in
 an overflow, a MemoryError or an XLA abort) and raises ``ConfigError`` with one
 line naming the keys that dominate, the estimate and what the machine has.
 
-Memory available: the host's ``MemAvailable`` (``/proc/meminfo``; else
-``os.sysconf`` physical pages) and, on an accelerator, the device's
-``bytes_limit`` (``jax.Device.memory_stats``). ``memory_limit`` (the CLI's
+Memory available: the smallest of the limits this process has (``memory_limits``):
+the host's ``MemAvailable`` (``/proc/meminfo``; else ``os.sysconf`` physical pages),
+the address-space and data limits (``ulimit -v`` / ``-d``: RLIMIT_AS, RLIMIT_DATA)
+minus what the process maps already, and the cgroup limit of a container or batch
+job (v2 ``memory.max`` minus ``memory.current``, v1 ``memory.limit_in_bytes`` minus
+``memory.usage_in_bytes``); on an accelerator, the device's free memory
+(``bytes_limit`` minus ``bytes_in_use``, ``jax.Device.memory_stats``). The refusal
+names the limit that bit. ``memory_limit`` (the CLI's
 ``--memory-limit SIZE``) replaces both; ``memory_limit = math.inf``
 (``--memory-limit none``) skips the memory check. The disk check always runs:
 a checkpoint writes a copy of the run file beside it (``_io``), so the
@@ -59,7 +64,7 @@ from ._schema import ConfigError
 from ._steppers import METHODS, get_method
 
 __all__ = ["Estimate", "Part", "available_memory", "check_resources", "estimate", "format_bytes",
-           "parse_size"]
+           "host_limit", "memory_limits", "parse_size"]
 
 MIB = 2**20
 RUNTIME_BYTES = 256 * MIB  # XLA runtime, compiled programs, Python objects
@@ -255,8 +260,7 @@ def estimate(config: dict) -> Estimate:
 # ----------------------------------------------------------------------------- the machine
 
 
-def available_memory() -> int:
-    """Host memory available to a new allocation, in bytes (MemAvailable)."""
+def _meminfo_available() -> int | None:
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:
@@ -267,11 +271,138 @@ def available_memory() -> int:
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
-        return 2**62  # unknown: do not refuse
+        return None
+
+
+def _proc_status(field: str) -> int:
+    """A size of this process from /proc/self/status (VmSize, VmData) in bytes; 0 if unknown."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _read_int(path: str) -> int | None:
+    """An integer cgroup file ("max" and the v1 'unlimited' sentinels read as None)."""
+    try:
+        with open(path) as fh:
+            text = fh.read().strip()
+    except OSError:
+        return None
+    if not text.isdigit():
+        return None
+    value = int(text)
+    return None if value >= 2**60 else value
+
+
+def cgroup_root() -> str:
+    """Where the cgroup file systems are mounted (``WFLOW_CGROUP_ROOT`` for tests)."""
+    return os.environ.get("WFLOW_CGROUP_ROOT") or "/sys/fs/cgroup"
+
+
+def _cgroup_paths() -> dict[str, str]:
+    """{"": v2 path, "memory": v1 memory path} of this process (/proc/self/cgroup)."""
+    out = {}
+    try:
+        with open("/proc/self/cgroup") as fh:
+            for line in fh:
+                parts = line.rstrip("\n").split(":", 2)
+                if len(parts) == 3:
+                    for controller in parts[1].split(","):
+                        out.setdefault(controller, parts[2])
+    except OSError:
+        pass
+    return out
+
+
+def _levels(path: str) -> list[str]:
+    """``/a/b`` -> ["/a/b", "/a", "/"]: a cgroup and its ancestors (each may limit memory)."""
+    parts = [p for p in path.split("/") if p]
+    return ["/" + "/".join(parts[:i]) for i in range(len(parts), -1, -1)]
+
+
+def _cgroup_limits(root: str) -> list[tuple[str, int]]:
+    found = []
+    paths = _cgroup_paths()
+    # v2: memory.max of this cgroup and its ancestors, minus what the group already uses
+    best = None
+    for level in _levels(paths.get("", "/")):
+        folder = os.path.join(root, level.lstrip("/"))
+        limit = _read_int(os.path.join(folder, "memory.max"))
+        if limit is not None:
+            used = _read_int(os.path.join(folder, "memory.current")) or 0
+            free = max(0, limit - used)
+            if best is None or free < best[1]:
+                best = (f"cgroup memory.max {format_bytes(limit)} minus memory.current "
+                        f"{format_bytes(used)} ({folder})", free)
+    if best is not None:
+        found.append(best)
+    # v1: memory.limit_in_bytes of the memory controller's group and its ancestors
+    best = None
+    v1 = os.path.join(root, "memory")
+    for level in _levels(paths.get("memory", "/")):
+        folder = os.path.join(v1, level.lstrip("/"))
+        limit = _read_int(os.path.join(folder, "memory.limit_in_bytes"))
+        if limit is not None:
+            used = _read_int(os.path.join(folder, "memory.usage_in_bytes")) or 0
+            free = max(0, limit - used)
+            if best is None or free < best[1]:
+                best = (f"cgroup memory.limit_in_bytes {format_bytes(limit)} minus "
+                        f"memory.usage_in_bytes {format_bytes(used)} ({folder})", free)
+    if best is not None:
+        found.append(best)
+    return found
+
+
+def memory_limits() -> list[tuple[str, int]]:
+    """Every limit on what this process may still allocate on the host: (what, bytes).
+
+    MemAvailable (/proc/meminfo); the address-space and data-segment limits
+    (``ulimit -v`` RLIMIT_AS, ``ulimit -d`` RLIMIT_DATA) minus what the process already
+    maps; the cgroup memory limit of a container or batch job (v2 ``memory.max`` minus
+    ``memory.current``, v1 ``memory.limit_in_bytes`` minus ``memory.usage_in_bytes``,
+    this cgroup's and its ancestors').
+    """
+    import resource
+
+    found = []
+    avail = _meminfo_available()
+    if avail is not None:
+        found.append(("MemAvailable", avail))
+    for name, flag, field, option in (("RLIMIT_AS", "RLIMIT_AS", "VmSize", "-v"),
+                                      ("RLIMIT_DATA", "RLIMIT_DATA", "VmData", "-d")):
+        try:
+            soft, _ = resource.getrlimit(getattr(resource, flag))
+        except (AttributeError, ValueError, OSError):
+            continue
+        if soft != resource.RLIM_INFINITY and soft >= 0:
+            used = _proc_status(field)
+            found.append((f"ulimit {option} ({name}) {format_bytes(soft)} minus "
+                          f"{format_bytes(used)} in use", max(0, soft - used)))
+    found += _cgroup_limits(cgroup_root())
+    return found
+
+
+def available_memory() -> int:
+    """Host memory available to a new allocation, in bytes: the smallest ``memory_limits``."""
+    return host_limit()[1]
+
+
+def host_limit() -> tuple[str, int]:
+    """(what, bytes) of the smallest host memory limit (``memory_limits``)."""
+    limits = memory_limits()
+    if not limits:
+        return "unknown", 2**62  # unknown: do not refuse
+    return min(limits, key=lambda item: item[1])
 
 
 def _device_memory() -> tuple[str, int | None]:
-    """(backend, bytes the first device can allocate or None for the CPU / unknown)."""
+    """(backend, bytes the first device can still allocate, or None for the CPU / unknown):
+    the device's ``bytes_limit`` minus ``bytes_in_use`` (``jax.Device.memory_stats``)."""
     import jax
 
     backend = jax.default_backend()
@@ -279,7 +410,8 @@ def _device_memory() -> tuple[str, int | None]:
         return backend, None
     try:
         stats = jax.devices()[0].memory_stats() or {}
-        return backend, int(stats.get("bytes_limit") or 0) or None
+        limit = int(stats.get("bytes_limit") or 0)
+        return backend, (max(0, limit - int(stats.get("bytes_in_use") or 0)) if limit else None)
     except Exception:  # noqa: BLE001 - a backend without memory statistics
         return backend, None
 
@@ -323,25 +455,28 @@ def check_resources(config: dict, memory_limit: float | None = None,
                                   f"{_keys(est.largest())}), above --memory-limit = "
                                   f"{format_bytes(memory_limit)}; {hint}")
         else:
-            host = available_memory()
+            which, host = host_limit()
             # A hopeless size needs no backend (which would take time to start).
             backend, device = ("cpu", None) if total > HOPELESS else _device_memory()
             if device is None:  # CPU: everything is host memory
                 if total > host:
                     raise ConfigError(f"memory: this run needs about {format_bytes(total)} "
-                                      f"(largest: {_keys(est.largest())}), this machine has "
-                                      f"{format_bytes(host)} available (MemAvailable); {hint}")
+                                      f"(largest: {_keys(est.largest())}), this process has "
+                                      f"{format_bytes(host)} available (smallest limit: "
+                                      f"{which}); {hint}")
             else:
                 on_device, on_host = est.on(True), est.on(False)
                 if on_device > device:
                     raise ConfigError(f"memory: this run needs about {format_bytes(on_device)} "
                                       f"on the {backend} device (largest: "
                                       f"{_keys(est.largest(device=True))}), the device has "
-                                      f"{format_bytes(device)}; {hint}")
+                                      f"{format_bytes(device)} free (limit: bytes_limit minus "
+                                      f"bytes_in_use); {hint}")
                 if on_host > host:
                     raise ConfigError(f"memory: this run needs about {format_bytes(on_host)} of "
                                       f"host memory (largest: {_keys(est.largest(device=False))}),"
-                                      f" this machine has {format_bytes(host)} available; {hint}")
+                                      f" this process has {format_bytes(host)} available "
+                                      f"(smallest limit: {which}); {hint}")
     path = output if output is not None else config["output"]["path"]
     free = _free_disk(path)
     if free is not None and 2 * est.file_bytes > free:

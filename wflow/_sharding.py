@@ -85,17 +85,24 @@ from jax.sharding import PartitionSpec as P
 from ._depth import ContinuousDepth, DepthDiscretization
 from ._features import AbstractFeatureMap
 from ._problem import Problem
+from ._supervise import distributed_environment
 
 __all__ = [
     "LATENCY_ELEMENTS",
     "SHARD_MODES",
     "ShardedDepth",
+    "ProcessLost",
     "ShardingError",
+    "any_process",
+    "barrier_timeout",
     "choose_mode",
     "describe",
+    "distributed_environment",
     "initialize_distributed",
     "is_main_process",
+    "lost_message",
     "make_mesh",
+    "multi_process",
     "shard_depth",
     "sync_processes",
     "to_host",
@@ -127,20 +134,17 @@ def initialize_distributed() -> bool:
     ``WFLOW_NO_DISTRIBUTED=1`` turns the detection off. Must run before anything
     touches a JAX backend. Returns True when initialized.
     """
-    env = os.environ
-    if env.get("WFLOW_NO_DISTRIBUTED", "") not in ("", "0"):
+    found = distributed_environment()
+    if found is None:
         return False
-    explicit = env.get("JAX_COORDINATOR_ADDRESS")
-    if explicit:
-        jax.distributed.initialize(coordinator_address=explicit,
+    if found == "JAX_COORDINATOR_ADDRESS":
+        env = os.environ
+        jax.distributed.initialize(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
                                    num_processes=int(env["JAX_NUM_PROCESSES"]),
                                    process_id=int(env["JAX_PROCESS_ID"]))
-        return True
-    slurm = "SLURM_PROCID" in env and int(env.get("SLURM_STEP_NUM_TASKS", "1")) > 1
-    if slurm or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+    else:
         jax.distributed.initialize()
-        return True
-    return False
+    return True
 
 
 def is_main_process() -> bool:
@@ -148,12 +152,116 @@ def is_main_process() -> bool:
     return jax.process_index() == 0
 
 
-def sync_processes(name: str) -> None:
-    """A barrier across the processes of a multi-process run (nothing with one process)."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
+class ProcessLost(RuntimeError):
+    """A process of a multi-process run did not answer in time (one line naming it)."""
 
-        multihost_utils.sync_global_devices(name)
+
+# Seconds a process waits at a barrier (or for the other processes' answer at a record)
+# before it gives up on the others; WFLOW_BARRIER_TIMEOUT overrides it.
+BARRIER_TIMEOUT = 600.0
+_rounds: dict[str, int] = {}
+
+
+def barrier_timeout() -> float:
+    try:
+        value = float(os.environ.get("WFLOW_BARRIER_TIMEOUT", BARRIER_TIMEOUT))
+    except ValueError:
+        return BARRIER_TIMEOUT
+    return value if value > 0 else BARRIER_TIMEOUT
+
+
+def _client():
+    from jax._src import distributed
+
+    return distributed.global_state.client
+
+
+def _round(name: str) -> str:
+    """``name`` made unique per call (every process calls the same sequence of names)."""
+    n = _rounds.get(name, 0)
+    _rounds[name] = n + 1
+    return f"wflow/{name}/{n}"
+
+
+def lost_processes() -> list[int]:
+    """The process that is gone, as far as this process can tell without waiting: with two
+    processes the other one; else none named. (The coordination service's own liveness
+    query waits for its heartbeat timeout, so it is not asked.)"""
+    me, count = jax.process_index(), jax.process_count()
+    others = [r for r in range(count) if r != me]
+    return others if len(others) == 1 else []
+
+
+def lost_message(what: str, ranks: list[int] | None = None) -> str:
+    """One line: which process of the run is gone (``ranks``, else asked of the service)."""
+    me, count = jax.process_index(), jax.process_count()
+    ranks = lost_processes() if ranks is None else ranks
+    who = f"process {', '.join(map(str, ranks))}" if ranks else "another process"
+    return f"{who} of the {count}-process run was lost ({what}); process {me} stops"
+
+
+def sync_processes(name: str, timeout: float | None = None) -> None:
+    """A barrier across the processes of a multi-process run (nothing with one process).
+
+    Raises ``ProcessLost`` naming the processes that did not arrive within ``timeout``
+    seconds (default ``barrier_timeout()``; the variable ``WFLOW_BARRIER_TIMEOUT``).
+    """
+    if jax.process_count() == 1:
+        return
+    timeout = barrier_timeout() if timeout is None else timeout
+    try:
+        _client().wait_at_barrier(_round(name), int(timeout * 1000))
+    except Exception as e:  # noqa: BLE001 - the coordination service's error (a timeout)
+        import re
+
+        text = str(e)
+        tail = text.split("timed out task", 1)[1] if "timed out task" in text else ""
+        ranks = sorted({int(a or b) for a, b in re.findall(r"task:(\d+)|^\s*(\d+)\s*$", tail,
+                                                            re.M)} - {jax.process_index()})
+        raise ProcessLost(lost_message(f"it did not reach the barrier {name!r} within "
+                                       f"{timeout:g} s; WFLOW_BARRIER_TIMEOUT sets the wait",
+                                       ranks or None)) from None
+
+
+def any_process(name: str, flags: tuple[bool, ...],
+                timeout: float | None = None) -> tuple[bool, ...]:
+    """Each flag OR-ed over every process (``flags`` itself with one process).
+
+    One round trip through the coordination service, no device collective: the
+    processes agree, at every record, on whether to stop (a signal may reach only
+    one of them) and whether process 0 commits a checkpoint (which needs every
+    process to gather the state). Raises ``ProcessLost`` when a process does not
+    answer within ``timeout`` seconds.
+    """
+    count = jax.process_count()
+    if count == 1:
+        return tuple(bool(f) for f in flags)
+    timeout = barrier_timeout() if timeout is None else timeout
+    client, me = _client(), jax.process_index()
+    key = _round(name)
+    client.key_value_set(f"{key}/{me}", "".join("1" if f else "0" for f in flags))
+    out = [bool(f) for f in flags]
+    for rank in range(count):
+        if rank == me:
+            continue
+        try:
+            value = client.blocking_key_value_get(f"{key}/{rank}", int(timeout * 1000))
+        except Exception:  # noqa: BLE001 - deadline exceeded: that process is gone or stuck
+            raise ProcessLost(lost_message(f"no answer at a record within {timeout:g} s; "
+                                           "WFLOW_BARRIER_TIMEOUT sets the wait",
+                                           [rank])) from None
+        out = [a or c == "1" for a, c in zip(out, value, strict=False)]
+    # Every process has written this round, so all have read the previous one: drop ours.
+    previous = key.rsplit("/", 1)
+    if int(previous[1]) > 0:
+        with contextlib.suppress(Exception):
+            client.key_value_delete(f"{previous[0]}/{int(previous[1]) - 1}/{me}")
+    return tuple(out)
+
+
+def multi_process() -> bool:
+    """True in a run of several processes (after ``initialize_distributed``)."""
+    return jax.process_count() > 1
 
 
 def describe(depth: DepthDiscretization) -> dict:

@@ -126,7 +126,9 @@ def critical():
         if active is not None and _depth.value == 0 and active._pending is not None \
                 and threading.current_thread() is threading.main_thread():
             signum, active._pending = active._pending, None
-            raise Interrupted(signum)
+            if not (active._aborting or active._finishing):
+                active._aborting = True
+                raise Interrupted(signum)
 
 
 def current() -> Interrupts | None:
@@ -151,12 +153,14 @@ class Interrupts:
         self._finish: Callable[[], str] | None = None
         self._pending: int | None = None  # abort deferred by a critical section
         self._finishing = False  # someone (main thread or watcher) is ending the command
+        self._aborting = False  # Interrupted was raised: later signals add nothing
         self._old: dict = {}
         self._old_fd = -1
         self._pipe: tuple[int, int] | None = None
         self._watcher: threading.Thread | None = None
         self._closed = threading.Event()
         self._installed = False
+        self._old_hook = None
 
     # --- phases
 
@@ -196,6 +200,8 @@ class Interrupts:
     def _handle(self, signum, frame):
         self.signum = signum
         self._count += 1
+        if self._aborting or self._finishing:
+            return  # the command is already ending (exit 130, one line): nothing to add
         if self._running and self._count == 1:
             self.requested = True
             _write_line(f"wflow: {_name(signum)} received: stopping at the next record "
@@ -204,6 +210,7 @@ class Interrupts:
         if _depth.value > 0:
             self._pending = signum
             return
+        self._aborting = True
         raise Interrupted(signum)
 
     def _watch(self, fd: int) -> None:
@@ -240,6 +247,14 @@ class Interrupts:
             _write_line(line)
             os._exit(EXIT_INTERRUPTED)
 
+    def reinstall(self) -> None:
+        """Take SIGINT / SIGTERM back after a library replaced their handlers (JAX's
+        multi-process start-up installs a SIGTERM handler of its own)."""
+        if self._installed:
+            for sig in SIGNALS:
+                with contextlib.suppress(ValueError, OSError):
+                    signal.signal(sig, self._handle)
+
     # --- context manager
 
     def __enter__(self) -> Self:
@@ -258,20 +273,50 @@ class Interrupts:
         self._watcher = threading.Thread(target=self._watch, args=(r,), daemon=True,
                                          name="wflow-signals")
         self._watcher.start()
+        self._old_hook = sys.unraisablehook
+        sys.unraisablehook = self._unraisable
         self._installed = True
         _active = self
         return self
+
+    def _unraisable(self, unraisable) -> None:
+        """``Interrupted`` raised where Python can only print it (a ``__del__``, a garbage
+        collector callback) is lost: print nothing; the watcher ends the command (a fatal
+        signal started its deadline), and a later signal may raise again."""
+        if isinstance(unraisable.exc_value, (Interrupted, KeyboardInterrupt)):
+            self._aborting = False
+            return
+        (self._old_hook or sys.__unraisablehook__)(unraisable)
+
+    def _late(self, signum, frame):
+        """A signal after the command ended (interpreter shutdown): exit 130 at once; one line
+        unless the command already said it was interrupted."""
+        if self.signum is None and not self._aborting:
+            _write_line(f"wflow: interrupted by {_name(signum)} while exiting (the command had "
+                        "already finished)")
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+        os._exit(EXIT_INTERRUPTED)
 
     def __exit__(self, *exc) -> bool:
         global _active
         if not self._installed:
             return False
+        late = is_cli_process()  # the process ends next: late signals end it with 130
+        if late:
+            for sig in SIGNALS:
+                with contextlib.suppress(ValueError, OSError):
+                    signal.signal(sig, self._late)
         self._closed.set()
         _active = None
+        if self._old_hook is not None:
+            sys.unraisablehook = self._old_hook
         if self._old_fd is not None:
             with contextlib.suppress(ValueError, OSError):
                 signal.set_wakeup_fd(self._old_fd)
         for sig, old in self._old.items():
+            if late:
+                break
             with contextlib.suppress(ValueError, OSError, TypeError):
                 signal.signal(sig, old)
         if self._pipe is not None:

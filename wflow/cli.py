@@ -11,7 +11,8 @@ What protects a run, in order (each piece is reusable by other verbs):
    any moment end the command with exit 130 and one line (``_signals``).
 2. ``_preflight.check_resources``: memory and disk estimated from the config
    before anything is allocated (``--memory-limit SIZE`` overrides the memory).
-3. ``_io.OutputLock``: one writer per run file (a second one: exit 2 naming
+3. ``_paths.check_output_file`` and ``_io.OutputLock``: a file name in a
+   writable folder, and one writer per run file (a second one: exit 2 naming
    the holder's pid).
 4. ``_build.check_start``: data and initial particles representable, the loss
    finite at s = 0 -- before the file exists.
@@ -22,16 +23,18 @@ What protects a run, in order (each piece is reusable by other verbs):
    unforeseen prints one line ("internal error"; ``WFLOW_TRACEBACK=1`` shows the
    traceback) instead of a traceback.
 
-Exit codes: 0 complete; 1 internal error; 2 bad config, usage or input file
-(one line on stderr, nothing written); 3 diverged or unstable (file kept with
-that status); 4 failed at run time (file kept with status "failed",
-resumable); 130 interrupted by SIGINT / SIGTERM (file kept with status
+Exit codes: 0 complete; 1 internal error; 2 bad config, usage, input file or
+output path (one line on stderr, nothing written); 3 diverged or unstable (file
+kept with that status); 4 failed at run time, or another process of a
+multi-process run was lost (file kept with status "failed", resumable); 130
+interrupted by SIGINT / SIGTERM, however many (file kept with status
 "interrupted", resumable with ``--resume``, or no file if none was begun).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -53,8 +56,19 @@ from ._io import (
     remove_stale_temporaries,
 )
 from ._model import block_attrs, check_block_unchanged
+from ._paths import check_output_dir, check_output_file
 from ._preflight import check_resources, parse_size
-from ._sharding import describe, initialize_distributed, is_main_process, sync_processes
+from ._sharding import (
+    ProcessLost,
+    any_process,
+    describe,
+    initialize_distributed,
+    is_main_process,
+    lost_message,
+    multi_process,
+    sync_processes,
+    to_host,
+)
 from ._signals import Interrupted, Interrupts, current, is_cli_process
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_DIVERGED, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
@@ -152,7 +166,9 @@ def _cmd_run(args) -> int:
     except ValueError as e:
         return _fail(f"--memory-limit {e}")
     try:
-        initialize_distributed()  # multi-process environments (SLURM, Open MPI, coordinator)
+        if initialize_distributed():  # multi-process environments (SLURM, Open MPI, coordinator)
+            if current() is not None:  # JAX installed a SIGTERM handler of its own
+                current().reinstall()
     except (RuntimeError, ValueError, KeyError) as e:
         return _fail(f"jax.distributed.initialize failed: {e}")
     try:
@@ -160,8 +176,8 @@ def _cmd_run(args) -> int:
         for warning in config_warnings(config):
             print(f"wflow: warning: {warning}", file=sys.stderr)
         out = config["output"]["path"]
-        if os.path.isdir(out):
-            raise ConfigError(f"output.path = {out!r}: is a directory; give a file name (OUT.h5)")
+        if is_main_process():  # only process 0 writes
+            check_output_file(out, f"output.path = {out!r}")
         if args.resume and not os.path.exists(out):
             raise ConfigError(f"output.path = {out!r}: no run file to resume (run without --resume "
                               "to start one)")
@@ -329,11 +345,15 @@ class _Recorder:
         self.main = is_main_process()  # only process 0 writes and shows progress
         self.stop_after, self.n_records = args.stop_after_records, 0
         self.interrupts = current()
+        self.multi = multi_process()
         self.bar = tqdm(total=setup.schedule.n_steps, initial=step, unit="step",
                         disable=args.quiet or not self.main, file=sys.stderr,
                         dynamic_ncols=True, leave=True, desc=os.path.basename(out))
 
-    def state_of(self, measure, step, key):
+    def state_of(self, measure, step, key, snapshot=None):
+        if self.multi:  # gathered now, by every process (a collective), whether or not they write
+            array = self.flow.snapshot(measure) if snapshot is None else snapshot
+            return lambda: (array, step, np.asarray(key))
         return lambda: (self.flow.snapshot(measure), step, np.asarray(key))
 
     def __call__(self, rec) -> bool:
@@ -345,7 +365,7 @@ class _Recorder:
         row = {"s": rec.s, **rec.values, "wall_time": rec.wall_time} if rec.history else None
         writer.add(history=row,
                    snapshot=(rec.s, rec.snapshot) if rec.snapshot is not None else None,
-                   state=self.state_of(rec.measure, rec.step, rec.key))
+                   state=None if self.multi else self.state_of(rec.measure, rec.step, rec.key))
         self.step = rec.step
         if row is not None:
             self.last.update(row)
@@ -359,14 +379,22 @@ class _Recorder:
             writer.set_attr("wall_mass_warning", text)
             if self.main:
                 self.bar.write(f"wflow: warning: {text}", file=sys.stderr)
-        if writer.due():
+        self.n_records += 1
+        stop = self.interrupts is not None and self.interrupts.requested
+        stop = stop or (self.stop_after is not None and self.n_records >= self.stop_after)
+        due = bool(writer.due())
+        if self.multi:
+            # Every process takes the same path: all stop together (a signal may reach one
+            # of them), and all gather the state process 0 commits.
+            stop, due = any_process("record", (stop, due))
+            if due or stop or rec.snapshot is not None:
+                writer.add(state=self.state_of(rec.measure, rec.step, rec.key, rec.snapshot))
+        if due:
             writer.commit()
         self.bar.update(rec.step - self.bar.n)
         self.bar.set_postfix_str(f"s={rec.s:.4g} loss={rec.loss:.3e} "
                                  f"stationarity={rec.stationarity:.3e}")
-        self.n_records += 1
-        stop = self.interrupts is not None and self.interrupts.requested
-        return stop or (self.stop_after is not None and self.n_records >= self.stop_after)
+        return stop
 
 
 def _execute(args, config, setup, writer: RunWriter, out: str, *, state, initial_loss,
@@ -389,6 +417,9 @@ def _execute(args, config, setup, writer: RunWriter, out: str, *, state, initial
 
     def finish_interrupted() -> str:
         """Commit what is queued as "interrupted" (the main thread or the signal watcher)."""
+        ended = writer.status if isinstance(writer, RunWriter) else None
+        if ended in ("complete", "diverged", "unstable"):  # the last commit was done
+            return f"wflow: interrupted after the run ended; {out} keeps status \"{ended}\""
         writer.commit("interrupted")
         return (f"wflow: interrupted at s = {recorder.step * h:.6g}; {out} keeps status "
                 f"\"interrupted\"; continue with: {resume_hint}")
@@ -407,19 +438,26 @@ def _execute(args, config, setup, writer: RunWriter, out: str, *, state, initial
         writer.add(state=recorder.state_of(final.measure, final.step, final.key))
         if result.status == "complete":
             predict = eqx.filter_jit(lambda flow, measure: flow.predict(measure))
-            writer.set_final(np.asarray(predict(setup.flow, final.measure)))
+            writer.set_final(to_host(predict(setup.flow, final.measure)))
         writer.commit(result.status)
         if not recorder.main:
             return _EXIT[result.status]
     except Interrupted:
         raise
+    except ProcessLost as e:  # another process of a multi-process run is gone
+        recorder.bar.close()
+        return _lost_partner(_line(e), writer, out, recorder.main)
     except RunFileError as e:  # a checkpoint could not be written (disk full, ...)
         recorder.bar.close()
         print(f"wflow: error: {_line(e)}; continue later with: {resume_hint}", file=sys.stderr)
-        return EXIT_FAILED
+        return _leave(EXIT_FAILED) if recorder.multi else EXIT_FAILED
     except Exception as e:
         recorder.bar.close()
-        return _run_failed(e, writer, out, recorder.step * h)
+        if recorder.multi and _collective_failed(e):  # a collective found its partner gone
+            return _lost_partner(lost_message("its connection closed during a collective"),
+                                 writer, out, recorder.main)
+        code = _run_failed(e, writer, out, recorder.step * h)
+        return _leave(code) if recorder.multi else code
     finally:
         recorder.bar.close()
     _print_summary(result.status, final.step * h, recorder.last, wall_offset, out, resume_hint)
@@ -461,6 +499,43 @@ def _print_summary(status: str, s: float, last: dict, wall_offset: float, out: s
               "the warning above", file=sys.stderr)
 
 
+def _leave(code: int) -> int:
+    """End this process of a multi-process run that cannot finish with the others: no wait at
+    JAX's shutdown barrier, which they will never reach (the others see it gone and stop)."""
+    if is_cli_process():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _lost(line: str) -> int:
+    """Another process of a multi-process run is gone: one line, exit 4."""
+    print(f"wflow: error: {line}", file=sys.stderr)
+    return _leave(EXIT_FAILED)
+
+
+def _lost_partner(line: str, writer, out: str, main: bool) -> int:
+    """``_lost`` after process 0 committed its file as "failed" (resumable)."""
+    if not main:
+        return _lost(line)
+    try:
+        writer.set_attr("failure", line)
+        writer.commit("failed")
+        kept = f"{out} keeps status \"failed\" at its last checkpoint (resumable)"
+    except RunFileError as e:
+        kept = f"the run file could not be updated ({_line(e)})"
+    return _lost(f"{line}; {kept}")
+
+
+def _collective_failed(e: BaseException) -> bool:
+    """A device collective's error that says its partner process is gone (gloo, NCCL, ...)."""
+    text = str(e)
+    return type(e).__name__ == "JaxRuntimeError" and any(
+        needle in text for needle in ("Gloo", "gloo", "Connection reset", "Connection closed",
+                                      "connection closed", "Socket closed", "NCCL", "peer"))
+
+
 def _num(v: float) -> str:
     return f"{v:.4e}" if math.isfinite(v) else str(v)
 
@@ -478,6 +553,10 @@ def _cmd_plot(args) -> int:
     if out_dir is None:
         stem = os.path.splitext(os.path.basename(path))[0]
         out_dir = os.path.join(os.path.dirname(path), f"{stem}_plots")
+    try:
+        check_output_dir(out_dir, f"-o {out_dir!r}")
+    except ConfigError as e:
+        return _fail(e)
     from ._plot import plot_run
 
     try:
@@ -576,12 +655,45 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``wflow`` console script; returns the exit code.
+    """Entry point of the ``wflow`` console script; returns the exit code (``_main``).
+
+    As the ``wflow`` command, the process then ends at once (``os._exit``, after the
+    multi-process shutdown when there is one) instead of going through Python's own
+    shutdown, where a late SIGINT / SIGTERM would find the default handlers again (exit
+    143, a KeyboardInterrupt traceback) instead of ending with 130.
+    """
+    code = _main(argv)
+    if argv is None and is_cli_process():
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        if "jax" in sys.modules:
+            import jax
+
+            from jax._src import distributed
+
+            if distributed.global_state.client is not None:  # the others wait for us here
+                with contextlib.suppress(Exception):
+                    jax.distributed.shutdown()
+        os._exit(code)
+    return code
+
+
+def _main(argv: list[str] | None = None) -> int:
+    """The command: its exit code.
 
     Signal handling comes first (``_signals.Interrupts``), so SIGINT / SIGTERM at
     any moment give exit 130 and one line; nothing ends in a traceback (an
     unforeseen exception prints one line, exit 1; ``WFLOW_TRACEBACK=1`` re-raises).
     """
+    if argv is None and is_cli_process():
+        from ._supervise import distributed_environment
+
+        verb = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
+        if verb in ("study", "compare") and distributed_environment() is not None:
+            return _fail(f"wflow {verb} runs as one process; this is one of a multi-process "
+                         f"run ({distributed_environment()} is set): run it without srun / "
+                         "mpirun / JAX_COORDINATOR_ADDRESS (WFLOW_NO_DISTRIBUTED=1 ignores them)")
     with Interrupts() as interrupts:
         try:
             parser = _parser()
@@ -594,7 +706,14 @@ def main(argv: list[str] | None = None) -> int:
             if args.verb is None:
                 parser.print_help(sys.stderr)
                 return EXIT_USAGE
-            return args.func(args)
+            code = args.func(args)
+            if code == EXIT_OK and interrupts.signum is not None:
+                # A signal came as the command finished (e.g. during its last commit): too late
+                # to stop anything, but an interruption is exit 130.
+                print(f"wflow: interrupted by {Interrupted(interrupts.signum).name} as the "
+                      "command finished; its output is complete", file=sys.stderr)
+                return EXIT_INTERRUPTED
+            return code
         except (Interrupted, KeyboardInterrupt) as e:
             interrupts.claim_finish()
             name = e.name if isinstance(e, Interrupted) else "SIGINT"
@@ -607,6 +726,8 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stderr.flush()
                 os._exit(EXIT_INTERRUPTED)
             return EXIT_INTERRUPTED
+        except ProcessLost as e:
+            return _lost(_line(e))
         except Exception as e:
             if os.environ.get("WFLOW_TRACEBACK"):
                 raise

@@ -26,6 +26,8 @@ import numpy as np
 
 from .._cli_args import add_config_arguments, add_no_plots
 from .._config import load_config
+from .._io import OutputLock, RunFileError, remove_stale_temporaries
+from .._paths import check_output_dir, check_output_file
 from .._schema import ConfigError
 from ._file import StudyFileError, check_study_file, read_study
 from ._keys import resolve_limit, resolve_zero_loss
@@ -90,6 +92,21 @@ def main(args, should_stop) -> int:
     verb = VERBS[name]
     config = load_config(args.config, list(args.set or []))  # keys
     out = _output(args, config, name)
+    lock = OutputLock(out, kind="study file", key="-o")
+    try:
+        lock.acquire()  # one writer per study file; a second one is told the holder's pid
+    except RunFileError as e:
+        raise ConfigError(str(e)) from None
+    try:
+        remove_stale_temporaries(out)
+        return _execute(args, config, name, verb, out, should_stop)
+    finally:
+        lock.release()
+
+
+def _execute(args, config: dict, name: str, verb, out: str, should_stop) -> int:
+    """Resolve the study keys, execute (writing and checkpointing the file), then the report
+    and the figures from the file."""
     study = verb.resolve(config)
     status = verb.execute(config, study, out, resume=args.resume,  # execute, writing the file
                           should_stop=should_stop, progress=not args.quiet,
@@ -111,8 +128,9 @@ def _output(args, config: dict, name: str) -> str:
     output.overwrite."""
     stem = os.path.splitext(os.path.basename(args.config))[0]
     out = args.output or os.path.join("runs", f"{stem}_{name.replace('-', '')}.h5")
-    if os.path.isdir(out):
-        raise ConfigError(f"-o {out}: is a directory; give a file name (STUDY.h5)")
+    check_output_file(out, f"-o {out}", "STUDY.h5")
+    if not args.no_plot:
+        check_output_dir(_plots_dir(out), f"the figure folder {_plots_dir(out)!r}")
     if args.resume and not os.path.exists(out):
         raise ConfigError(f"-o {out}: no study file to resume (run without --resume to start one)")
     if not args.resume and os.path.exists(out) and not config["output"]["overwrite"]:
@@ -123,9 +141,10 @@ def _output(args, config: dict, name: str) -> str:
 
 def _plot(path: str, out_dir: str | None, quiet: bool = False) -> int:
     try:
-        check_study_file(path)
+        check_study_file(path)  # the format and the checksums
     except StudyFileError as e:
         raise ConfigError(str(e)) from None
+    check_output_dir(out_dir or _plots_dir(path), f"-o {out_dir or _plots_dir(path)!r}")
     from ._figures import plot_study
 
     for p in plot_study(path, out_dir or _plots_dir(path)):

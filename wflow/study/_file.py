@@ -3,7 +3,11 @@
 A study file is small (errors, not particles), so it is rewritten as a whole
 at every checkpoint: written under a temporary name in the same folder, then
 ``os.replace``d onto the path, so a reader (or a resumed study) never sees a
-half-written file, whatever happens to the process.
+half-written file, whatever happens to the process. It is sealed like a run file
+(``attrs_sha256``) and with a SHA-256 of every dataset (``data_sha256``); every
+reader (``check_study_file``, ``read_study``, ``--resume``, ``study plot``)
+verifies both, and ``wflow study`` holds the run file's lock (``<path>.lock``)
+while it writes.
 
 Root attributes: ``format`` = "wflow-study", ``format_version`` = 1, ``kind``
 ("limit" or "zero-loss"), ``wflow_version``, ``config`` (the resolved config
@@ -65,7 +69,7 @@ from datetime import UTC, datetime
 import h5py
 import numpy as np
 
-from .._io import as_text, check_format
+from .._io import RunFileError, as_text, check_format, verify_file
 from .._schema import ConfigError, to_toml
 
 FORMAT = "wflow-study"
@@ -106,12 +110,20 @@ def write_study(path: str, attrs: dict, arrays: dict) -> None:
                 target, attr = name.split("@")
                 f[target].attrs[attr] = value
 
-    commit_h5(path, build, fresh=True)  # temporary file, fsync, rename: old or new, never half
+    # temporary file, fsync, rename: old or new, never half; sealed with checksums of the
+    # attributes and of every dataset (verified by every reader)
+    commit_h5(path, build, fresh=True, seal_data=True)
 
 
 def check_study_file(path: str) -> dict:
-    """Root attributes of a study file; ``StudyFileError`` naming the file otherwise."""
-    return check_format(path, FORMAT, FORMAT_VERSION, "study", StudyFileError)
+    """Root attributes of a study file whose checksums hold (``attrs_sha256``, ``data_sha256``:
+    ``_io.verify_file``); ``StudyFileError`` naming the file otherwise."""
+    attrs = check_format(path, FORMAT, FORMAT_VERSION, "study", StudyFileError)
+    try:
+        verify_file(path)
+    except RunFileError as e:
+        raise StudyFileError(str(e)) from None
+    return attrs
 
 
 def read_study(path: str) -> dict:
