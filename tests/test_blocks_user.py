@@ -246,7 +246,7 @@ def _assert_same(a, b, atol=1e-10):
             np.testing.assert_allclose(a[name], b[name], rtol=0, atol=atol, err_msg=name)
 
 
-@pytest.mark.parametrize("adjoint", ["checkpoint", "backsolve"])
+@pytest.mark.parametrize("adjoint", ["checkpoint", pytest.param("backsolve", marks=pytest.mark.slow)])
 def test_example_block_continuous_depth_equals_neuron(tmp_path, capsys, adjoint):
     user, neuron = _pair(tmp_path, capsys, "run", {"solver.depth": '"continuous"',
                                                   "solver.adjoint": f'"{adjoint}"'})

@@ -1,7 +1,7 @@
 """Run files are reproducible: ``wflow run RUN.h5`` reruns the config stored in a run file.
 
 Every bundled config is run for two steps, then rerun from its run file; the two files hold
-the same arrays bit for bit (wall times aside). The stored config is the resolved config with
+the same arrays bit for bit (wall times aside). The eight slowest to compile run with -m slow. The stored config is the resolved config with
 every default written, so this also checks that the resolver's output is accepted as input.
 """
 
@@ -27,7 +27,18 @@ def _short(path):
             "--set", "train.snapshots=2"]
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[os.path.basename(c)[:-5] for c in CONFIGS])
+# The configs that take longest to compile (continuous depth at tight tolerances, 3-D grids,
+# wide sweeps' base configs) rerun in the slow set; every config reruns with -m slow.
+HEAVY = {"grid_linear_exact", "teacher_continuous", "grid_neuron_3d", "shapes_tanh",
+         "lu_reorder_circles", "zero_loss_sine", "lu_reorder_digits", "limit_teacher_depth"}
+
+
+def _param(config):
+    name = os.path.basename(config)[:-5]
+    return pytest.param(config, id=name, marks=pytest.mark.slow if name in HEAVY else ())
+
+
+@pytest.mark.parametrize("config", [_param(c) for c in CONFIGS])
 def test_rerun_from_the_run_file_is_bit_identical(config, tmp_path, capsys):
     first, second = tmp_path / "first.h5", tmp_path / "second.h5"
     rc, _, err = cli(capsys, "run", config, "-o", first, "-q", *_short(config))
