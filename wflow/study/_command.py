@@ -274,8 +274,13 @@ def _free_lines(data: dict, metric: str, t: int) -> list[str]:
             parts.append(f"{n} = {v:.3g}{iv}")
     model = "a L^-p + b (L M)^-q" + (" + c D^-r" if len(names) > 4 else "")
     r2 = f("free_r2")[t]
-    lines.append(f"  free fit err ~ {model} (95% bootstrap intervals): " + ", ".join(parts)
-                 + f", R^2 = {r2:.3f}" + (" (poor fit)" if not r2 >= 0.9 else ""))
+    n = f("free_n")
+    if not parts:
+        lines.append(f"  free fit err ~ {model}: not fitted ({int(n[t]) if n is not None else 0} "
+                     "point(s) to fit, those not below 3x the floor: too few for its parameters)")
+    else:
+        lines.append(f"  free fit err ~ {model} (95% bootstrap intervals): " + ", ".join(parts)
+                     + f", R^2 = {r2:.3f}" + (" (poor fit: R^2 < 0.9)" if not r2 >= 0.9 else ""))
     note = data.get(f"fit/{metric}/free@note", "")
     if note:
         lines.append(f"  note: {note}")

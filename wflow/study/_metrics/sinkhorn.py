@@ -22,10 +22,12 @@ class Sinkhorn(AbstractStudyMetric):
     their mass; twins and padding carry weight 0 and drop out). With the squared Euclidean
     cost, S_eps(mu, nu) = OT_eps(mu, nu) - (OT_eps(mu, mu) + OT_eps(nu, nu)) / 2 >= 0
     (``ott.tools.sinkhorn_divergence``), 0 for identical measures and -> W_2^2(mu, nu) as
-    eps -> 0. eps: ``study.sinkhorn_epsilon`` (``Runs.settings``). For an empirical measure of
-    M i.i.d. points in dimension k it falls as M^-1 for fixed eps > 0 (the debiased
-    divergence's sample complexity, Genevay et al. 2019), not as W_2^2's M^-2/k. NaN where a
-    run or its reference diverged, or the state dimensions differ.
+    eps -> 0. eps: ``study.sinkhorn_epsilon`` (``Runs.settings``). Against the measure it is
+    drawn from, an empirical measure of M i.i.d. points in dimension k has S_eps ~ M^-1 for
+    M large at fixed eps (S_eps is quadratic near its minimum; Genevay et al. 2019 for the
+    sample complexity), but only once M is large against a constant that grows like
+    exp(1/eps); with eps small against the spread of the points it first follows W_2^2's
+    M^(-2/k). NaN where a run or its reference diverged, or the state dimensions differ.
     """
 
     name = "sinkhorn"
