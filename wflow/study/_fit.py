@@ -27,9 +27,22 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["FreeFit", "ModelFit", "THEORY_EXPONENTS", "aggregate", "aic", "bootstrap_indices",
-           "fit_free", "fit_model", "free_model", "free_params", "identified", "log_rss",
-           "model_terms", "slope"]
+__all__ = [
+    "THEORY_EXPONENTS",
+    "FreeFit",
+    "ModelFit",
+    "aggregate",
+    "aic",
+    "bootstrap_indices",
+    "fit_free",
+    "fit_model",
+    "free_model",
+    "free_params",
+    "identified",
+    "log_rss",
+    "model_terms",
+    "slope",
+]
 
 
 def aggregate(errors: np.ndarray, seed_axis: int = -2) -> np.ndarray:

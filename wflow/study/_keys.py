@@ -234,8 +234,8 @@ def _grid_reference(config: dict, study: dict, dims) -> dict:
     missing or invalid [study.grid], study.dims, the particle-only reference keys and a
     train.method the grid cannot take.
     """
-    from .._model import feature_from_config
     from .._grid import GRID_METHODS, MAX_K, FiniteVolume, Grid, init_density
+    from .._model import feature_from_config
 
     model, init, train = config["model"], config["init"], config["train"]
     if dims is not None:

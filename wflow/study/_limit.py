@@ -409,7 +409,7 @@ def _with_twins(setup: LimitSetup, rep: int, theta: np.ndarray, w: np.ndarray):
     repetition ``rep`` appended: (L_ref, M_ref + Q, k), weights 0 on the twins (unused twin
     columns repeat the slice's last particle)."""
     layout, Q = twin_layout(setup)
-    Lr, Mr, k = theta.shape
+    Lr, Mr, _ = theta.shape
     out = np.concatenate([theta, np.repeat(theta[:, -1:], Q, axis=1)], axis=1)
     for (iL, iM), (j, col) in layout.items():
         L, M = setup.study["L"][iL], setup.study["M"][iM]

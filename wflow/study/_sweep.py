@@ -18,8 +18,19 @@ import jax
 import numpy as np
 
 from ._file import config_text, resume_study, write_study
-from ._fit import (THEORY_EXPONENTS, aggregate, aic, bootstrap_indices, fit_free, fit_model,
-                   free_params, identified, log_rss, model_terms, slope)
+from ._fit import (
+    THEORY_EXPONENTS,
+    aggregate,
+    aic,
+    bootstrap_indices,
+    fit_free,
+    fit_model,
+    free_params,
+    identified,
+    log_rss,
+    model_terms,
+    slope,
+)
 from ._limit import BlockResult, LimitSetup, block_errors, build_limit, grid_values, plan, run_block
 
 __all__ = ["LimitState", "fit_limit", "run_limit"]
@@ -303,7 +314,7 @@ def fit_limit(setup: LimitSetup, state: LimitState, floor: dict | None = None) -
             below = rms < 3.0 * fl.reshape((T,) + (1,) * (rms.ndim - 1))
         samples = [aggregate(np.take(e, idx, axis=-1), seed_axis=-1) for idx in boot]
 
-        def fitted(rms, start=None):
+        def fitted(rms, start=None, below=below, T=T):
             res = {"slope_L": slope(L, rms, axis=1), "slope_M": slope(M, rms, axis=2)}
             if dims:
                 res["slope_D"] = slope(np.asarray(dims, np.float64), rms, axis=3)

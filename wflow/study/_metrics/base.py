@@ -66,7 +66,7 @@ class Runs(NamedTuple):
     settings: dict | None = None  # the resolved [study] keys (e.g. sinkhorn_epsilon)
 
     @classmethod
-    def of(cls, result, dims, scaled_state=False, twins=None, settings=None) -> "Runs":
+    def of(cls, result, dims, scaled_state=False, twins=None, settings=None) -> Runs:
         """Runs from a block's quantities (``_limit.BlockResult``: loss, prediction, state,
         particles, weights)."""
         return cls(result.loss, result.prediction, result.state, tuple(dims), scaled_state,
