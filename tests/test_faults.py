@@ -304,8 +304,8 @@ def test_two_writers_started_together(tmp_path):
 def _signal_storm(tmp_path, trials: int, seed: int) -> dict:
     """``trials`` runs, each sent two or three SIGINT / SIGTERM at random instants: from start-up
     through the last commit to interpreter shutdown (the first at a random time over the
-    run's lifetime -- in every other trial over its last 1.5 s --, the next ones 0-300 ms
-    apart). Every run the signals reached ends with
+    run's lifetime -- in every other trial over its last 2.5 s --, the next ones 0-300 ms
+    apart; a run that ended before its first signal is counted "too late"). Every run the signals reached ends with
     exit 130, no traceback, and exactly one final "interrupted" line; its file, if any, is
     intact (verify_run)."""
     cfg = write_config(tmp_path, time_=0.4)
@@ -320,8 +320,9 @@ def _signal_storm(tmp_path, trials: int, seed: int) -> dict:
         out = tmp_path / f"t{trial}.h5"
         n = int(rng.integers(2, 4))
         # every other trial aims at the end: the last records, the final commit, the exit
-        start = 0.3 if trial % 2 == 0 else max(0.3, lifetime - 1.5)
-        first = float(rng.uniform(start, lifetime + 0.3))
+        start, end = (0.3, lifetime + 0.3) if trial % 2 == 0 else (max(0.3, lifetime - 2.5),
+                                                                  lifetime)
+        first = float(rng.uniform(start, end))
         gaps = rng.uniform(0.0, 0.3, n - 1).tolist()
         sigs = [signal.SIGINT if rng.random() < 0.5 else signal.SIGTERM for _ in range(n)]
         proc = spawn("run", cfg, "-o", out, "-q")
@@ -354,11 +355,11 @@ def _signal_storm(tmp_path, trials: int, seed: int) -> dict:
 
 def test_two_and_three_signals_at_random_instants(tmp_path):
     seen = _signal_storm(tmp_path, trials=4, seed=1)
-    assert seen["interrupted"] >= 3, seen
+    assert seen["interrupted"] >= 2, seen
 
 
 @pytest.mark.slow
 def test_two_and_three_signals_at_random_instants_50_trials(tmp_path):
     seen = _signal_storm(tmp_path, trials=50, seed=2)
-    assert seen["interrupted"] >= 40, seen
+    assert seen["interrupted"] >= 25, seen
     print(seen)
