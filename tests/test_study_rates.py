@@ -360,7 +360,6 @@ bootstrap = 50
 """
 
 
-@pytest.mark.slow  # a 1024-particle reference carrying 336 twins per slice: minutes on 2 cores
 def test_coupling_falls_as_inverse_sqrt_width_on_the_teacher_problem(tmp_path, capsys):
     """Propagation of chaos at fixed L with i.i.d. layers: each finite particle stays within
     O(M^-1/2) of its mean-field twin (the reference's own sampling adds (M / M_ref)^1/2 in
