@@ -202,6 +202,9 @@ def make_feature(kind: str, d: int, activation: str = "tanh", bias: bool = True,
         raise BlockError(f"the block {cls.__name__} cannot be built ({_first_line(e)})") from None
 
 
+MAX_CHECKED_K = 10**6  # check_block builds coordinate_names and reflection up to this k
+
+
 def check_block(feature: AbstractFeatureMap) -> None:
     """Static checks of a block: ``k`` a positive integer, ``coordinate_names`` of length k,
     ``reflection`` None or (k,), and ``__call__`` traceable by JAX with output (d,).
@@ -220,13 +223,15 @@ def check_block(feature: AbstractFeatureMap) -> None:
         raise BlockError(f"the block {name}: k raised {type(e).__name__}: {_first_line(e)}") from None
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise BlockError(f"the block {name}: k = {k!r} must be an integer >= 1")
-    names = feature.coordinate_names
-    if len(names) != k:
-        raise BlockError(f"the block {name}: coordinate_names has {len(names)} entries, "
-                         f"k = {k}")
-    R = feature.reflection
-    if R is not None and np.shape(R) != (k,):
-        raise BlockError(f"the block {name}: reflection has shape {np.shape(R)}, need ({k},)")
+    if k <= MAX_CHECKED_K:  # both are O(k) objects: a model too large to run is refused later
+        names = feature.coordinate_names  # by the memory preflight, not built here
+        if len(names) != k:
+            raise BlockError(f"the block {name}: coordinate_names has {len(names)} entries, "
+                             f"k = {k}")
+        R = feature.reflection
+        if R is not None and np.shape(R) != (k,):
+            raise BlockError(f"the block {name}: reflection has shape {np.shape(R)}, "
+                             f"need ({k},)")
     d = feature.d
     z = jax.ShapeDtypeStruct((d,), jnp.float32)
     theta = jax.ShapeDtypeStruct((int(k),), jnp.float32)
