@@ -77,6 +77,8 @@ from __future__ import annotations
 
 import difflib
 import os
+import stat
+from contextlib import nullcontext
 import tomllib
 from typing import Any
 
@@ -563,11 +565,11 @@ def _read_source(path: str) -> dict:
     """The raw config of a TOML file, or the config stored in a wflow HDF5 file (run, study or
     compare file: its ``config`` attribute, the resolved config it was made with), less its
     output path (the rerun's output is ``-o`` or runs/<file stem>.h5, never the file itself)."""
-    try:
-        with open(path, "rb") as fh:
-            hdf5 = fh.read(8) == HDF5_SIGNATURE
+    try:  # only a regular file is opened (a FIFO would block): read_toml names the rest
+        with open(path, "rb") if stat.S_ISREG(os.stat(path).st_mode) else nullcontext() as fh:
+            hdf5 = fh is not None and fh.read(8) == HDF5_SIGNATURE
     except OSError:
-        hdf5 = False  # read_toml names the problem
+        hdf5 = False
     if not hdf5:
         return read_toml(path)
     import h5py
