@@ -248,18 +248,28 @@ def check_block(feature: AbstractFeatureMap) -> None:
 
 
 def check_values(feature: AbstractFeatureMap, Z, Theta, limit: int = 64) -> None:
-    """f(z; theta) is finite for up to ``limit`` states Z (N, d) and every particle
-    Theta (..., k); ``BlockError`` naming one offending pair otherwise."""
+    """f(z; theta) is finite for up to ``limit`` states Z (N, d) and every particle of
+    Theta (S, M, k) (S slices of M particles); ``BlockError`` naming one offending pair
+    otherwise.
+
+    Each slice is checked through its field sum_m f(Z; theta_m) / M (tiled, so the memory
+    is that of one forward pass: a non-finite value makes the sum non-finite); only a slice
+    that fails is evaluated particle by particle, to name the culprit.
+    """
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     Z = jnp.asarray(Z)[:limit]
-    Theta = jnp.asarray(Theta).reshape(-1, feature.k)
-    values = jax.jit(jax.vmap(lambda t: jax.vmap(lambda z: feature(z, t))(Z)))(Theta)
+    Theta = jnp.asarray(Theta).reshape(-1, *np.shape(Theta)[-2:])
+    fields = jax.jit(lambda T: jax.lax.map(lambda theta: feature.field(Z, theta), T))(Theta)
+    bad_slices = np.flatnonzero(~np.isfinite(np.asarray(fields)).all(axis=(1, 2)))
+    if not bad_slices.size:
+        return
+    sl = int(bad_slices[0])
+    values = jax.vmap(lambda t: jax.vmap(lambda z: feature(z, t))(Z))(Theta[sl])  # (M, N, d)
     bad = np.argwhere(~np.isfinite(np.asarray(values)).all(axis=-1))
-    if bad.size:
-        m, i = bad[0]
-        theta = np.array2string(np.asarray(Theta[m]), precision=3, threshold=8)
-        raise BlockError(f"the block {type(feature).__name__} returns non-finite values at the "
-                         f"initial particles (particle {m}: theta = {theta}, sample {i})")
+    m, i = bad[0] if bad.size else (0, 0)  # (a sum that overflowed: name the slice's first)
+    theta = np.array2string(np.asarray(Theta[sl, m]), precision=3, threshold=8)
+    raise BlockError(f"the block {type(feature).__name__} returns non-finite values at the "
+                     f"initial particles (slice {sl}, particle {m}: theta = {theta}, sample {i})")
