@@ -39,11 +39,9 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
+from ._io import as_text
+
 __all__ = ["label_dimensions", "open_run"]
-
-
-def _text(v) -> str:
-    return v.decode("utf-8", "replace") if isinstance(v, (bytes, np.bytes_)) else str(v)
 
 
 class _Labeller:
@@ -224,7 +222,7 @@ class _Labeller:
 def label_dimensions(f: h5py.File) -> None:
     """Attach named dimension scales to a wflow run, study or compare file open for writing
     (module docstring); other files are left alone."""
-    kind = _text(f.attrs.get("format", ""))
+    kind = as_text(f.attrs.get("format", ""))
     labeller = _Labeller(f)
     if kind == "wflow-run":
         labeller.run()
@@ -247,7 +245,7 @@ def open_run(path):
     path = os.fspath(path)
     try:
         with h5py.File(path, "r") as f:
-            kind = _text(f.attrs.get("format", ""))
+            kind = as_text(f.attrs.get("format", ""))
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: not a readable HDF5 file ({' '.join(str(e).split())})") \
             from None

@@ -105,7 +105,6 @@ from typing import Self
 import h5py
 import numpy as np
 
-from ._dims import label_dimensions
 from ._signals import critical
 
 FORMAT = "wflow-run"
@@ -381,6 +380,8 @@ def commit_h5(path: str, update: Callable[[h5py.File], None], *, fresh: bool = F
     Whatever happens -- an exception, a signal, a kill -- ``path`` is the old
     version or the new one, never a mixture; the temporary is removed on errors.
     """
+    from ._dims import label_dimensions  # here, not at the top: _dims imports as_text
+
     path = os.path.abspath(path)
     folder, base = os.path.split(path)
     tmp = os.path.join(folder, f".{base}.{os.getpid()}.tmp")
@@ -393,7 +394,7 @@ def commit_h5(path: str, update: Callable[[h5py.File], None], *, fresh: bool = F
                 f = h5py.File(tmp, "r+", libver=LIBVER)
             with f:
                 update(f)
-                label_dimensions(f)  # named dimensions for xarray (``_dims``)
+                label_dimensions(f)  # named dimensions for xarray
                 seal(f, data=seal_data)
             if durable:
                 _fsync_path(tmp)

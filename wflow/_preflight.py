@@ -325,37 +325,31 @@ def _levels(path: str) -> list[str]:
     return ["/" + "/".join(parts[:i]) for i in range(len(parts), -1, -1)]
 
 
-def _cgroup_limits(root: str) -> list[tuple[str, int]]:
-    found = []
-    paths = _cgroup_paths()
-    # v2: memory.max of this cgroup and its ancestors, minus what the group already uses
+def _tightest(folders, limit_file: str, used_file: str) -> tuple[str, int] | None:
+    """(description, free bytes) of the folder whose ``limit_file`` minus ``used_file`` is
+    smallest, or None when no folder has a limit."""
     best = None
-    for level in _levels(paths.get("", "/")):
-        folder = os.path.join(root, level.lstrip("/"))
-        limit = _read_int(os.path.join(folder, "memory.max"))
+    for folder in folders:
+        limit = _read_int(os.path.join(folder, limit_file))
         if limit is not None:
-            used = _read_int(os.path.join(folder, "memory.current")) or 0
+            used = _read_int(os.path.join(folder, used_file)) or 0
             free = max(0, limit - used)
             if best is None or free < best[1]:
-                best = (f"cgroup memory.max {format_bytes(limit)} minus memory.current "
+                best = (f"cgroup {limit_file} {format_bytes(limit)} minus {used_file} "
                         f"{format_bytes(used)} ({folder})", free)
-    if best is not None:
-        found.append(best)
+    return best
+
+
+def _cgroup_limits(root: str) -> list[tuple[str, int]]:
+    paths = _cgroup_paths()
+    # v2: memory.max of this cgroup and its ancestors, minus what the group already uses;
     # v1: memory.limit_in_bytes of the memory controller's group and its ancestors
-    best = None
-    v1 = os.path.join(root, "memory")
-    for level in _levels(paths.get("memory", "/")):
-        folder = os.path.join(v1, level.lstrip("/"))
-        limit = _read_int(os.path.join(folder, "memory.limit_in_bytes"))
-        if limit is not None:
-            used = _read_int(os.path.join(folder, "memory.usage_in_bytes")) or 0
-            free = max(0, limit - used)
-            if best is None or free < best[1]:
-                best = (f"cgroup memory.limit_in_bytes {format_bytes(limit)} minus "
-                        f"memory.usage_in_bytes {format_bytes(used)} ({folder})", free)
-    if best is not None:
-        found.append(best)
-    return found
+    v2 = _tightest((os.path.join(root, level.lstrip("/"))
+                    for level in _levels(paths.get("", "/"))), "memory.max", "memory.current")
+    v1 = _tightest((os.path.join(root, "memory", level.lstrip("/"))
+                    for level in _levels(paths.get("memory", "/"))),
+                   "memory.limit_in_bytes", "memory.usage_in_bytes")
+    return [found for found in (v2, v1) if found is not None]
 
 
 def memory_limits() -> list[tuple[str, int]]:

@@ -470,12 +470,8 @@ def _run_failed(e: Exception, writer, out: str, s: float) -> int:
     expected = isinstance(e, (MemoryError, OSError)) or type(e).__name__ == "JaxRuntimeError"
     if not expected:
         failure = f"internal error: {failure}"
-    try:
-        writer.set_attr("failure", failure)
-        writer.commit("failed")
-        kept = f"{out} keeps status \"failed\" at s = {s:.6g} (resumable)"
-    except RunFileError as e2:
-        kept = f"and the run file could not be updated ({_line(e2)})"
+    kept = _commit_failed(writer, failure, f"{out} keeps status \"failed\" at s = {s:.6g} "
+                          "(resumable)", "and the run file")
     if not expected and os.environ.get("WFLOW_TRACEBACK"):
         raise e
     print(f"wflow: error: the run failed: {failure}; {kept}", file=sys.stderr)
@@ -519,13 +515,20 @@ def _lost_partner(line: str, writer, out: str, main: bool) -> int:
     """``_lost`` after process 0 committed its file as "failed" (resumable)."""
     if not main:
         return _lost(line)
-    try:
-        writer.set_attr("failure", line)
-        writer.commit("failed")
-        kept = f"{out} keeps status \"failed\" at its last checkpoint (resumable)"
-    except RunFileError as e:
-        kept = f"the run file could not be updated ({_line(e)})"
+    kept = _commit_failed(writer, line, f"{out} keeps status \"failed\" at its last "
+                          "checkpoint (resumable)", "the run file")
     return _lost(f"{line}; {kept}")
+
+
+def _commit_failed(writer, failure: str, kept: str, subject: str) -> str:
+    """Commit the run file as "failed" with the attribute ``failure``; ``kept`` says so, or
+    the reason the file could not be updated."""
+    try:
+        writer.set_attr("failure", failure)
+        writer.commit("failed")
+        return kept
+    except RunFileError as e:
+        return f"{subject} could not be updated ({_line(e)})"
 
 
 def _collective_failed(e: BaseException) -> bool:
