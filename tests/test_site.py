@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_docs import _headings  # the Markdown headings of a file
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -55,19 +56,6 @@ QUICKSTART = (
     ".venv/bin/python -m pytest -q\n"
     "```\n"
 )
-
-
-def _headings(path: Path) -> list[str]:
-    """ATX headings outside fenced code blocks."""
-    names, fenced = [], False
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.lstrip().startswith("```"):
-            fenced = not fenced
-            continue
-        m = re.match(r"#{1,6}\s+(.+?)\s*#*\s*$", line)
-        if m and not fenced:
-            names.append(m.group(1))
-    return names
 
 
 @pytest.fixture(scope="module")
