@@ -109,7 +109,17 @@ from ._depth import DepthDiscretization
 from ._flow import Regularization, finite
 from ._integrate import Schedule, integrate
 from ._problem import Problem
-from ._schema import ConfigError, Key, bad, bool_key, float_key, fmt, int_key, is_int, is_num
+from ._schema import (
+    ConfigError,
+    Key,
+    bool_key,
+    choices_key,
+    float_key,
+    fmt,
+    int_key,
+    ints_key,
+    numbers_key,
+)
 
 __all__ = ["COMPARE_KEYS", "OPTIMIZERS", "OPTIMIZER_KEYS", "SGD", "Adam", "CompareResult",
            "Minibatch", "Momentum", "Trajectory", "evaluation_steps", "meanfield_trajectory",
@@ -453,71 +463,46 @@ def _clock() -> float:
 # ----------------------------------------------------------------------------- config
 
 
-def _names_key(default, choices) -> Key:
-    choices = tuple(choices)
-    allowed = "must be a list of distinct names from " + ", ".join(f'"{c}"' for c in choices)
-
-    def check(key, v):
-        if not (isinstance(v, list) and all(isinstance(c, str) and c in choices for c in v)
-                and len(set(v)) == len(v)):
-            raise bad(key, v, allowed)
-        return list(v)
-
-    return Key(default, check)
-
-
-def _positive_list_key(default) -> Key:
-    allowed = "must be a list of distinct finite numbers > 0"
-
-    def check(key, v):
-        if not (isinstance(v, list) and all(is_num(a) and math.isfinite(a) and a > 0 for a in v)
-                and len(set(v)) == len(v)):
-            raise bad(key, v, allowed)
-        return [float(a) for a in v]
-
-    return Key(default, check)
-
-
-def _seeds_key(default) -> Key:
-    allowed = "must be a list of distinct integers in [0, 4294967295]"
-
-    def check(key, v):
-        if not (isinstance(v, list) and all(is_int(a) and 0 <= a < 2**32 for a in v)
-                and len(set(v)) == len(v)):
-            raise bad(key, v, allowed)
-        return [int(a) for a in v]
-
-    return Key(default, check)
-
-
-def _fraction_key(default) -> Key:
-    allowed = "must be a finite number in [0, 1)"
-
-    def check(key, v):
-        if not (is_num(v) and math.isfinite(v) and 0 <= v < 1):
-            raise bad(key, v, allowed)
-        return float(v)
-
-    return Key(default, check)
-
-
-# The [compare] section (config reference in docs/configuration.md); the optimizer sub-tables.
+# The [compare] section and the optimizer sub-tables (the reference: docs/config-reference.md).
 COMPARE_KEYS: dict[str, Key] = {
-    "optimizers": _names_key(list(OPTIMIZERS), OPTIMIZERS),
-    "records": int_key(50, 1, 100_000),
-    "scales": _positive_list_key([]),
-    "reorder": _names_key([], REORDERS),
-    "seeds": _seeds_key([]),
+    "optimizers": choices_key(list(OPTIMIZERS), OPTIMIZERS, min_items=0, single=False).describe(
+        "finite networks trained by `wflow compare` beside the flow (may be empty)",
+        "all four"),
+    "records": int_key(50, 1, 100_000).describe(
+        "evaluation points along every run (first and last step included)"),
+    "scales": numbers_key([], lo=0.0, strict=True, per_coordinate=False, unique=True).describe(
+        "residual scales alpha of the mean-field-vs-lazy sweep (empty: no sweep)"),
+    "reorder": choices_key([], REORDERS, min_items=0, single=False).describe(
+        "reorder modes of the block-reordering study (Lu et al. 2020; empty: no study)"),
+    "seeds": ints_key([], lo=0, hi=2**32 - 1, min_items=0, single=False).describe(
+        "seeds of the block-reordering study", "[seed]"),
 }
-_LR = float_key(None, 0.0, strict=True)
+
+
+def _learning_rate(shown: str) -> Key:
+    return float_key(None, 0.0, strict=True).describe(
+        "learning rate; by default the one whose step equals the flow's step h = "
+        "train.time / steps", shown)
+
+
+def _fraction(default: float, doc: str) -> Key:
+    return float_key(default, 0.0, hi=1.0, hi_strict=True).describe(doc)
+
+
 OPTIMIZER_KEYS: dict[str, dict[str, Key]] = {
-    "sgd": {"learning_rate": _LR},
-    "momentum": {"learning_rate": _LR, "momentum": _fraction_key(0.9),
-                 "nesterov": bool_key(False)},
-    "adam": {"learning_rate": _LR, "b1": _fraction_key(0.9), "b2": _fraction_key(0.999),
-             "eps": float_key(1e-8, 0.0, strict=True)},
-    "minibatch": {"learning_rate": _LR, "batch_size": int_key(32, 1),
-                  "epochs": int_key(None, 1), "shuffle": bool_key(True)},
+    "sgd": {"learning_rate": _learning_rate("L M h")},
+    "momentum": {"learning_rate": _learning_rate("(1 - momentum) L M h"),
+                 "momentum": _fraction(0.9, "`optax.sgd` momentum"),
+                 "nesterov": bool_key(False).describe("Nesterov momentum")},
+    "adam": {"learning_rate": _learning_rate("h"),
+             "b1": _fraction(0.9, "`optax.adam` b1"), "b2": _fraction(0.999, "`optax.adam` b2"),
+             "eps": float_key(1e-8, 0.0, strict=True).describe("`optax.adam` eps")},
+    "minibatch": {"learning_rate": _learning_rate("L M h"),
+                  "batch_size": int_key(32, 1).describe(
+                      "samples per batch (the last partial batch of an epoch is dropped)"),
+                  "epochs": int_key(None, 1).describe("passes over the data",
+                                                      "enough to reach train.time"),
+                  "shuffle": bool_key(True).describe("reshuffle the data every epoch")},
 }
 
 

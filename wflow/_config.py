@@ -1,7 +1,5 @@
 """Run configuration: TOML files -> a validated, fully resolved dict -> run objects.
 
-The keys: docs/configuration.md, "Configuration reference".
-
 ``load_config(path, overrides)`` reads a TOML file with ``tomllib``, applies
 ``--set section.key=value`` overrides, checks every key against the schema
 below (type, range, allowed values, cross-key consistency) and fills in the
@@ -14,55 +12,14 @@ Langevin key). The typed-key machinery and TOML text are in ``_schema.py``.
 Every problem raises ``ConfigError`` with one line of the form
 ``<key> = <value>: <what is allowed>``; the CLI prints it and exits with 2.
 
-Schema (defaults in brackets)::
-
-    seed = 0                                    int >= 0
-    [data]   kind ["teacher"] | "sine" | "circles" | "file" | "digits" | "gaussian"
-             n [256]; dim [2] (d_in; 2 for circles, 64 for digits, read from the file);
-             out_dim [1] (teacher, gaussian); noise [0.0]; path (kind = "file");
-             teacher_width [4]; teacher_depth [4]; teacher_std [1.0];
-             classes (digits only) [0..9]; test_n [0] (held-out samples)
-    [model]  feature ["neuron"] | "linear"; activation ["tanh"]; bias [true];
-             dim (state d) [d_in]; sharpness [10.0] (smooth_relu); scale [1.0] (alpha)
-             embedding ["pad"] | "random"; readout ["coordinates"] | "random"
-    [init]   kind ["gaussian"] | "uniform" | "point" | "file"; mean [0.0]; std [1.0]
-             (scalars or lists of k values); low, high (uniform); path (kind = "file");
-             symmetric [false] (pairs theta, R theta: zero field at s = 0; M even)
-    [solver] kind ["particles"] | "grid" (Eulerian finite volumes, k <= 3; rules in _grid/);
-             depth ["layers"] | "continuous"; L [16]; M [64]; adjoint ["checkpoint"] |
-             "backsolve"; ode_solver ["tsit5"]; rtol [1e-5]; atol [1e-7];
-             precision ["float32"] | "float64"; devices [all visible devices of the
-             default backend]; shard ["auto"] | "data" | "particles"; tile [2^18 on CPUs, 2^24 else]
-             (largest (N, M) block of one field call, elements; see _sharding.py, _features.py)
-             [solver.grid] (kind = "grid" only) cells [32]; bounds [[-4.0, 4.0]];
-             scheme ["muscl"] | "upwind"; limiter ["vanleer"] | "minmod" | "mc" (muscl only;
-             the registry LIMITERS);
-             cfl [0.4]
-    [train]  time [10.0]; dt [0.01]; method ["euler"] | "heun" | "ssprk3" | "ssprk43" |
-             "adaptive" (the registry STEPPERS, and diffrax); l2 [0.0];
-             l2_schedule ["constant"] | "inverse" | "exponential"; l2_decay [1.0];
-             temperature [0.0]; record_every [10]; snapshots [5]; rtol [1e-4];
-             atol [1e-6]; divergence_factor [1e6]; on_increase ["warn"] | "stop";
-             reorder ["none"] | "random" | "sort"; reorder_every [10] (block reordering)
-    [output] path ["runs/<config file stem>.h5", relative to the current directory];
-             overwrite [false]; checkpoint_every [10.0] (seconds between checkpoints, 0 = every
-             record; see _io)
-    [study]  keys of ``wflow study limit`` / ``wflow study zero-loss`` (``wflow.study``):
-             L, M, dims, seeds, times, metrics, sampling, reference, reference_M,
-             reference_L, reference_dim, reference_depth, bootstrap, memory,
-             sinkhorn_epsilon; inits, box,
-             box_points, tail_radius; [study.grid] (the keys of [solver.grid]: the grid of
-             study.reference = "grid"). Defaults (None here) and the cross-key rules belong to
-             the study verbs (``wflow/study/_keys.py``); ``wflow run`` ignores the section.
-             The resolved config holds [study] only when the file (or --set) has one.
-
-Verb sections (``VERB_SECTIONS``): validated when present, absent from the
-resolved config otherwise, accepted by every verb (so ``wflow run`` runs the
-mean-field part of a comparison config):
-
-    [compare] optimizers; records; scales; reorder; seeds;
-              [compare.sgd] [compare.momentum] [compare.adam] [compare.minibatch]
-              (keys and defaults in ``_compare``)
+The keys are declared once, in ``SCHEMA`` (``[data]`` ... ``[study]``), ``VERB_SECTIONS``
+(``[compare]``, validated when present, absent from the resolved config otherwise, accepted by
+every verb) and ``SUBTABLES`` (``[solver.grid]``, ``[study.grid]``, ``[compare.<optimizer>]``):
+a default, the allowed values as a JSON Schema fragment and a description each. The checks,
+the configuration reference (``wflow config reference``, docs/config-reference.md) and the
+JSON Schema for TOML editors (``wflow config schema``) come from them; the cross-key rules
+are the ``_resolve_*`` functions below. ``[study]`` defaults are filled in by the study verbs
+(``wflow/study/_keys.py``).
 
 Relative ``data.path`` / ``init.path`` in a config file are taken relative to
 the directory of that file (so a config and its data travel together); given
@@ -112,10 +69,12 @@ from ._schema import (
     fmt,
     int_key,
     ints_key,
+    json_schema,
     numbers_key,
     parse_override,
     path_key,
     read_toml,
+    reference_markdown,
     table_key,
     to_toml,
     unknown_key,
@@ -124,7 +83,8 @@ from ._sharding import SHARD_MODES
 from ._steppers import METHODS, STEPPERS
 from .study._metrics import STUDY_METRICS as _STUDY_METRIC_REGISTRY
 
-__all__ = ["ConfigError", "config_warnings", "load_config", "to_toml"]
+__all__ = ["ConfigError", "config_json_schema", "config_reference", "config_warnings",
+           "load_config", "to_toml"]
 
 
 GRID_SCHEMES = ("upwind", "muscl")
@@ -137,98 +97,170 @@ STUDY_INITS = ("point", "gaussian", "uniform")
 PRECISIONS = ("float32", "float64")
 SOLVER_KINDS = ("particles", "grid")
 
-# Section -> key -> Key. Order here is the order of the resolved config / stored TOML.
+# Section -> key -> Key. Order here is the order of the resolved config / stored TOML, and of
+# the generated reference (docs/config-reference.md, ``wflow config reference``).
 SCHEMA: dict[str, dict[str, Key]] = {
     "data": {
-        "kind": choice_key("teacher", DATASETS),
-        "n": int_key(256, 1),
-        "dim": int_key(2, 1),
-        "out_dim": int_key(1, 1),
-        "noise": float_key(0.0, 0.0),
-        "path": path_key(),
-        "teacher_width": int_key(4, 1),
-        "teacher_depth": int_key(4, 1),
-        "teacher_std": float_key(1.0, 0.0),
-        "classes": digits_key(),
-        "test_n": int_key(0, 0),
+        "kind": choice_key("teacher", DATASETS).describe(
+            "`teacher`: a random teacher ResNet of the model's family (zero loss attainable); "
+            "`sine`: y = sin(pi x_0); `circles`: two rings, labels +-1, d_in = 2; `file`; "
+            "`digits`: scikit-learn's 8x8 digits, d_in = 64; `gaussian`: x ~ N(0, I/d_in), "
+            "y ~ N(0, I/d_out) independent (random labels)"),
+        "n": int_key(256, 1).describe("training samples N (file data: the file's rows)"),
+        "dim": int_key(2, 1).describe("input dimension d_in (2 for circles, 64 for digits, read "
+                                      "from the file for file data)"),
+        "out_dim": int_key(1, 1).describe("output dimension d_out of teacher and gaussian data"),
+        "noise": float_key(0.0, 0.0).describe("Gaussian label noise (teacher, sine), radial "
+                                              "noise (circles)"),
+        "path": path_key().describe("file data: `.npz` or `.h5` with `x` (N, d_in) and `y` (N,) "
+                                    "or (N, d_out); relative to the config file"),
+        "teacher_width": int_key(4, 1).describe("neurons per layer of the teacher network"),
+        "teacher_depth": int_key(4, 1).describe("layers of the teacher network"),
+        "teacher_std": float_key(1.0, 0.0).describe("std of the teacher's parameters"),
+        "classes": digits_key().describe("digits only: the digits kept (two give +-1 labels, "
+                                         "more give one-hot targets)", "all 10"),
+        "test_n": int_key(0, 0).describe("held-out samples (every kind): test loss, and "
+                                         "accuracy for labelled data, in the history"),
     },
     "model": {
-        "feature": block_key("neuron", FEATURES),
-        "activation": choice_key("tanh", ACTIVATIONS),
-        "bias": bool_key(True),
-        "dim": int_key(None, 1),
-        "sharpness": float_key(10.0, 0.0, strict=True),
-        "scale": float_key(1.0, 0.0, strict=True),
-        "embedding": choice_key("pad", EMBEDDINGS),
-        "readout": choice_key("coordinates", READOUTS),
-        "params": table_key(),
+        "feature": block_key("neuron", FEATURES).describe(
+            "the residual block: `neuron` (k = 2d + 1, 2d without bias), `linear` (k = d^2), "
+            "or your own as `\"path/to/file.py:ClassName\"` (relative to the config file) or "
+            "`\"package.module:ClassName\"`"),
+        "activation": choice_key("tanh", ACTIVATIONS).describe(
+            "sigma of the neuron; `relu` is outside the theory (not smooth: a warning)"),
+        "bias": bool_key(True).describe("the neuron has a bias b"),
+        "dim": int_key(None, 1).describe("state dimension d (>= d_in with `pad`, >= d_out with "
+                                         "`coordinates`)", "max(d_in, d_out)"),
+        "sharpness": float_key(10.0, 0.0, strict=True).describe(
+            "beta of `smooth_relu` = (x + sqrt(x^2 + 1/beta^2))/2 - 1/(2 beta)"),
+        "scale": float_key(1.0, 0.0, strict=True).describe(
+            "residual scale alpha: z_{l+1} = z_l + (alpha/L) F_l, trained by the flow of "
+            "E/alpha^2"),
+        "embedding": choice_key("pad", EMBEDDINGS).describe(
+            "`pad`: z(0; x) = (x, 0, ..., 0); `random`: z(0; x) = A x, A_jk ~ N(0, 1/d) fixed"),
+        "readout": choice_key("coordinates", READOUTS).describe(
+            "`coordinates`: g(z) = z[:d_out]; `random`: g(z) = C z, C_oj ~ N(0, 1/d) fixed"),
+        "params": table_key().describe(
+            "the block's own parameters, passed to its constructor (`[model.params]`, "
+            "`--set model.params.h=3`)", "none"),
     },
     "init": {
-        "kind": choice_key("gaussian", INIT_KINDS),
-        "mean": numbers_key(0.0),
-        "std": numbers_key(1.0, lo=0.0),
-        "low": numbers_key(None),
-        "high": numbers_key(None),
-        "path": path_key(),
-        "symmetric": bool_key(False),
+        "kind": choice_key("gaussian", INIT_KINDS).describe(
+            "initial measure: `gaussian`, `uniform` (box low..high), `point` (all mass at "
+            "`mean`), `file` (`theta` (L, M, k), or `rho` for the grid, from .npz/.h5)"),
+        "mean": numbers_key(0.0).describe("mean (a scalar or k values)"),
+        "std": numbers_key(1.0, lo=0.0).describe("standard deviation (a scalar or k values)"),
+        "low": numbers_key(None).describe("uniform: lower corner", "mean - sqrt(3) std"),
+        "high": numbers_key(None).describe("uniform: upper corner", "mean + sqrt(3) std"),
+        "path": path_key().describe("file: the initial particles; relative to the config file"),
+        "symmetric": bool_key(False).describe(
+            "particles: the second half of every slice mirrors the first (theta -> R theta), so "
+            "the field is zero at s = 0; needs an even solver.M"),
     },
     "solver": {
-        "kind": choice_key("particles", SOLVER_KINDS),
-        "depth": choice_key("layers", DEPTHS),
-        "L": int_key(16, 1),
-        "M": int_key(64, 1),
-        "adjoint": choice_key("checkpoint", ADJOINTS),
-        "ode_solver": choice_key("tsit5", tuple(ODE_SOLVERS)),
-        "rtol": float_key(1e-5, 0.0, strict=True),
-        "atol": float_key(1e-7, 0.0, strict=True),
-        "precision": choice_key("float32", PRECISIONS),
-        "devices": int_key(None, 1),
-        "shard": choice_key("auto", SHARD_MODES),
-        "tile": int_key(None, 1),
+        "kind": choice_key("particles", SOLVER_KINDS).describe(
+            "`particles`, or `grid` (finite volumes for rho on a theta-grid, k <= 3)"),
+        "depth": choice_key("layers", DEPTHS).describe(
+            "`layers` (the finite ResNet) or `continuous` (an ODE in depth, diffrax)"),
+        "L": int_key(16, 1).describe("depth slices (layers)"),
+        "M": int_key(64, 1).describe("particles per slice (not used by the grid)"),
+        "adjoint": choice_key("checkpoint", ADJOINTS).describe(
+            "continuous depth: `checkpoint` (backpropagate through the solver) or `backsolve` "
+            "(the continuous adjoint)"),
+        "ode_solver": choice_key("tsit5", tuple(ODE_SOLVERS)).describe(
+            "continuous depth: the diffrax solver"),
+        "rtol": float_key(1e-5, 0.0, strict=True).describe("continuous depth: relative "
+                                                           "tolerance"),
+        "atol": float_key(1e-7, 0.0, strict=True).describe("continuous depth: absolute "
+                                                           "tolerance"),
+        "precision": choice_key("float32", PRECISIONS).describe("floating-point precision"),
+        "devices": int_key(None, 1).describe("devices of JAX's default backend to split the run "
+                                             "over", "all visible"),
+        "shard": choice_key("auto", SHARD_MODES).describe(
+            "split the N samples (`data`), the M particles of every slice (`particles`), or "
+            "choose (`auto`)"),
+        "tile": int_key(None, 1).describe("largest (N, M) block of one field call, in elements",
+                                          "2^18 on CPUs, 2^24 on GPUs"),
     },
     "train": {
-        "time": float_key(10.0, 0.0, strict=True),
-        "dt": float_key(0.01, 0.0, strict=True),
-        "method": choice_key("euler", METHODS),
-        "l2": float_key(0.0, 0.0),
-        "l2_schedule": choice_key("constant", L2_SCHEDULES),
-        "l2_decay": float_key(1.0, 0.0, strict=True),
-        "temperature": float_key(0.0, 0.0),
-        "record_every": int_key(10, 1),
-        "snapshots": int_key(5, 2),
-        "rtol": float_key(1e-4, 0.0, strict=True),
-        "atol": float_key(1e-6, 0.0, strict=True),
-        "divergence_factor": float_key(1e6, 1.0, strict=True),
-        "on_increase": choice_key("warn", ON_INCREASE),
-        "reorder": choice_key("none", REORDERS),
-        "reorder_every": int_key(10, 1),
+        "time": float_key(10.0, 0.0, strict=True).describe("horizon S of the flow"),
+        "dt": float_key(0.01, 0.0, strict=True).describe(
+            "step: n = ceil(S / dt) equal steps of S / n"),
+        "method": choice_key("euler", METHODS).describe(
+            "`euler` (gradient descent with learning rate L M dt), `heun`, `ssprk3`, `ssprk43` "
+            "(SSP Runge-Kutta; the last two deterministic only), `adaptive` (diffrax Tsit5 in s)"),
+        "l2": float_key(0.0, 0.0).describe("L2 weight lambda of the regularized energy"),
+        "l2_schedule": choice_key("constant", L2_SCHEDULES).describe(
+            "lambda(s): `constant`, `inverse` l2/(1 + s/decay), `exponential` l2 exp(-s/decay)"),
+        "l2_decay": float_key(1.0, 0.0, strict=True).describe("decay of the L2 schedule"),
+        "temperature": float_key(0.0, 0.0).describe(
+            "tau: mean-field Langevin noise (euler and heun only)"),
+        "record_every": int_key(10, 1).describe("steps between history records (the first and "
+                                                "last are always recorded)"),
+        "snapshots": int_key(5, 2).describe("particle snapshots, evenly spaced, first and last "
+                                            "included"),
+        "rtol": float_key(1e-4, 0.0, strict=True).describe("`adaptive`: relative tolerance"),
+        "atol": float_key(1e-6, 0.0, strict=True).describe("`adaptive`: absolute tolerance"),
+        "divergence_factor": float_key(1e6, 1.0, strict=True).describe(
+            "a loss above this times the initial loss is a divergence (exit 3)"),
+        "on_increase": choice_key("warn", ON_INCREASE).describe(
+            "a rise of the energy beyond round-off (the step is above the method's stability "
+            "limit): `warn` once with the largest stable step, or `stop` (exit 3)"),
+        "reorder": choice_key("none", REORDERS).describe(
+            "block reordering (Lu et al. 2020): permute the depth slices, `random` (seeded) or "
+            "`sort` (by block strength)"),
+        "reorder_every": int_key(10, 1).describe("steps between reorderings"),
     },
     "output": {
-        "path": path_key(),
-        "overwrite": bool_key(False),
-        "checkpoint_every": float_key(10.0, 0.0),
+        "path": path_key().describe("the run file", "runs/<config stem>.h5"),
+        "overwrite": bool_key(False).describe("replace an existing run file"),
+        "checkpoint_every": float_key(10.0, 0.0).describe(
+            "seconds of wall time between checkpoints of the run file (0: at every record)"),
     },
-    # Defaults are filled in (and the cross-key rules checked) by the study verbs.
+    # Read by the study verbs only: their defaults and cross-key rules are in
+    # wflow/study/_keys.py; `wflow run` ignores the section.
     "study": {
-        "L": ints_key(None, 1),
-        "M": ints_key(None, 1),
-        "dims": ints_key(None, 1),
-        "seeds": int_key(None, 1),
-        "times": numbers_key(None, lo=0.0),
-        "metrics": choices_key(None, STUDY_METRICS),
-        "sampling": choice_key(None, STUDY_SAMPLINGS),
-        "reference": choice_key(None, STUDY_REFERENCES),
-        "reference_M": int_key(None, 1),
-        "reference_L": int_key(None, 1),
-        "reference_dim": int_key(None, 1),
-        "reference_depth": choice_key(None, DEPTHS),
-        "bootstrap": int_key(None, 0),
-        "memory": float_key(None, 0.0, strict=True),
-        "sinkhorn_epsilon": float_key(None, 0.0, strict=True),
-        "inits": choices_key(None, STUDY_INITS),
-        "box": float_key(None, 0.0, strict=True),
-        "box_points": int_key(None, 1),
-        "tail_radius": float_key(None, 0.0, strict=True),
+        "L": ints_key(None, 1).describe("limit: depths swept", "[solver.L]"),
+        "M": ints_key(None, 1).describe("limit: widths swept", "[solver.M]"),
+        "dims": ints_key(None, 1).describe("limit: state dimensions D swept (replaces "
+                                           "model.dim)", "not swept"),
+        "seeds": int_key(None, 1).describe("repetitions (independent particles and random maps)",
+                                           "5"),
+        "times": numbers_key(None, lo=0.0).describe(
+            "limit: training times at which errors are taken, multiples of train.dt (0: the "
+            "forward pass only)", "[train.time]"),
+        "metrics": choices_key(None, STUDY_METRICS).describe("limit: the error metrics", "all"),
+        "sampling": choice_key(None, STUDY_SAMPLINGS).describe(
+            "limit: `iid` (M particles drawn per layer) or `shared` (the same M particles in "
+            "every layer)", '"iid"'),
+        "reference": choice_key(None, STUDY_REFERENCES).describe(
+            "limit: what the finite networks are compared with: `continuous` (the same "
+            "particles in continuous depth), `particles` (one large run), `grid` (needs "
+            "[study.grid])", '"continuous"'),
+        "reference_M": int_key(None, 1).describe("limit, `particles` reference: its particles "
+                                                 "per slice", "4 max(M)"),
+        "reference_L": int_key(None, 1).describe("limit, `particles`/`grid` reference: its "
+                                                 "depth slices", "max(L)"),
+        "reference_dim": int_key(None, 1).describe("limit, `particles` reference: its state "
+                                                   "dimension", "max(dims)"),
+        "reference_depth": choice_key(None, DEPTHS).describe(
+            "limit, `particles`/`grid` reference: its depth", '"continuous"'),
+        "bootstrap": int_key(None, 0).describe("limit: bootstrap resamples of the seeds for "
+                                               "the fits' intervals", "200"),
+        "memory": float_key(None, 0.0, strict=True).describe(
+            "limit: GiB one compiled block of runs may use", "4.0"),
+        "sinkhorn_epsilon": float_key(None, 0.0, strict=True).describe(
+            "limit: entropic regularization of the `sinkhorn` metric",
+            "0.05 x the mean squared distance of two draws of the initial law"),
+        "inits": choices_key(None, STUDY_INITS).describe(
+            "zero-loss: initial measures run side by side", '["point", "gaussian"]'),
+        "box": float_key(None, 0.0, strict=True).describe(
+            "zero-loss: half-width of the theta-box on which sup |grad V| is estimated", "3.0"),
+        "box_points": int_key(None, 1).describe("zero-loss: random query points in the box",
+                                                "2048"),
+        "tail_radius": float_key(None, 0.0, strict=True).describe(
+            "zero-loss: tail mass = fraction of particles with |theta| > tail_radius", "box"),
     },
 }
 # Sections of a verb: validated when present, absent from the resolved config otherwise.
@@ -238,18 +270,64 @@ VERB_SECTIONS: dict[str, dict[str, Key]] = {
 # Sub-tables: (section, name) -> keys. Only meaningful for solver.kind = "grid".
 SUBTABLES: dict[tuple[str, str], dict[str, Key]] = {
     ("solver", "grid"): {
-        "cells": cells_key(32),
-        "bounds": bounds_key([-4.0, 4.0]),
-        "scheme": choice_key("muscl", SCHEMES),
-        "limiter": choice_key("vanleer", LIMITERS),
-        "cfl": float_key(DEFAULT_CFL, 0.0, strict=True),
+        "cells": cells_key(32).describe("cells per axis: one integer or k"),
+        "bounds": bounds_key([-4.0, 4.0]).describe("the box: one [low, high] for every axis, "
+                                                   "or k pairs"),
+        "scheme": choice_key("muscl", SCHEMES).describe("`upwind` (first order) or `muscl` "
+                                                        "(second order)"),
+        "limiter": choice_key("vanleer", LIMITERS).describe("`muscl`: the slope limiter"),
+        "cfl": float_key(DEFAULT_CFL, 0.0, strict=True).describe(
+            "substep = cfl / (largest rate at which a cell can lose mass); at most 1 (upwind), "
+            "2/3 (minmod), 1/2 (vanleer, mc), times the stepper's SSP coefficient"),
     },
     **{("compare", name): keys for name, keys in OPTIMIZER_KEYS.items()},
 }
 # The grid of a study's grid reference (study.reference = "grid", wflow/study/_keys.py).
 SUBTABLES[("study", "grid")] = SUBTABLES[("solver", "grid")]
-TOP_KEYS = {"seed": int_key(0, 0, 2**32 - 1)}
+TOP_KEYS = {"seed": int_key(0, 0, 2**32 - 1).describe(
+    "seeds the data, the initial particles (fold_in(PRNGKey(seed), 1)) and the Langevin noise "
+    "(fold_in(PRNGKey(seed), 2))")}
 PATH_KEYS = (("data", "path"), ("init", "path"))
+
+SECTION_DOCS = {
+    "data": "The training data (x_i, y_i), i = 1..N.",
+    "model": "The residual block f(z; theta) and the maps into and out of the state z in R^d.",
+    "init": "The initial measure rho_0 of the parameters theta in R^k.",
+    "solver": "How the flow is discretized: particles or the grid, depth, precision, devices.",
+    "train": "The gradient flow in training time s.",
+    "output": "The run file.",
+    "study": "Read by `wflow study limit` and `wflow study zero-loss` only (`wflow run` ignores "
+             "it). A key left out takes the default shown; the cross-key rules are the study "
+             "verbs' (`wflow/study/_keys.py`). `[study.grid]` is the grid of "
+             "`study.reference = \"grid\"`, with the keys of `[solver.grid]`.",
+    "compare": "Read by `wflow compare` only: the finite networks trained beside the flow. "
+               "`[compare.<optimizer>]` tables set each optimizer.",
+}
+REFERENCE_PREAMBLE = """# Configuration reference
+
+<!-- Generated by `wflow config reference` from the declarations in wflow/_config.py;
+tests/test_config_schema.py checks that this page equals it. Do not edit by hand. -->
+
+Every key of a config file: its default, the values allowed (the checker's own words: a
+value outside them stops the command with that line and exit code 2) and what it does.
+Keys that do not apply (`data.path` without `data.kind = "file"`, ...) are errors too; those
+cross-key rules and how configs resolve are described in [Configuration](configuration.md).
+The same declarations give the JSON Schema for TOML editors (`wflow config schema`)."""
+
+
+def _sections() -> dict[str, tuple[str, dict[str, Key]]]:
+    return {name: (SECTION_DOCS[name], keys) for name, keys in {**SCHEMA, **VERB_SECTIONS}.items()}
+
+
+def config_json_schema() -> dict:
+    """The JSON Schema of a wflow config file (``wflow config schema``)."""
+    return json_schema(TOP_KEYS, _sections(), SUBTABLES, "wflow config")
+
+
+def config_reference() -> str:
+    """The configuration reference, Markdown (``wflow config reference``)."""
+    return reference_markdown(TOP_KEYS, _sections(), SUBTABLES, REFERENCE_PREAMBLE)
+
 
 MAX_STEPS = 10**9
 MAX_RECORDS = 10**6
@@ -518,7 +596,7 @@ def _resolve_train(cfg: dict, train: dict, solver: dict, given: set) -> None:
         raise ConfigError(f"train.snapshots = {train['snapshots']}: at most {MAX_RECORDS:.0e}")
 
 
-def load_config(path, overrides=()) -> dict:
+def load_config(path, overrides=(), rerun: bool = True) -> dict:
     """Read, override, validate and resolve a config file (see the module docstring).
 
     Args:
@@ -526,6 +604,8 @@ def load_config(path, overrides=()) -> dict:
         overrides: ``"section.key=value"`` strings (the value is parsed as a TOML
             value, or taken as a string if it does not parse) or
             ``("section.key", value)`` pairs (value used as is).
+        rerun: the config is to be run (refuse an output path that is the input file,
+            as ``wflow run RUN.h5`` without ``-o`` would give); False to only read it.
 
     Returns:
         The resolved config: every section with every key, defaults filled in,
@@ -552,7 +632,7 @@ def load_config(path, overrides=()) -> dict:
     stem = os.path.splitext(os.path.basename(path))[0]
     config = _resolve(raw, stem)
     out = config["output"]["path"]
-    if os.path.exists(out) and os.path.samefile(out, path):
+    if rerun and os.path.exists(out) and os.path.samefile(out, path):
         raise ConfigError(f"output.path = {out!r}: is the file whose stored config is rerun; "
                           "give a new file with -o NEW.h5")
     return config

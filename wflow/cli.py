@@ -587,6 +587,26 @@ def _cmd_study(args) -> int:
         return _fail(e)
 
 
+def _cmd_config(args) -> int:
+    from ._config import config_json_schema, config_reference
+
+    if args.action == "schema":
+        import json
+
+        print(json.dumps(config_json_schema(), indent=2))
+    elif args.action == "reference":
+        sys.stdout.write(config_reference())
+    else:
+        try:
+            config = load_config(args.config, args.set, rerun=False)
+        except ConfigError as e:
+            return _fail(e)
+        for warning in config_warnings(config):
+            print(f"wflow: warning: {warning}", file=sys.stderr)
+        sys.stdout.write(to_toml(config))
+    return EXIT_OK
+
+
 def _cmd_info(args) -> int:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -618,7 +638,7 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="wflow", description="Mean-field ResNets: Wasserstein gradient flows of the "
                 "parameter density, simulated with JAX.")
     p.add_argument("--version", action="version", version=f"wflow {__version__}")
-    sub = p.add_subparsers(dest="verb", metavar="{run,plot,study,compare,info}")
+    sub = p.add_subparsers(dest="verb", metavar="{run,plot,study,compare,config,info}")
 
     r = sub.add_parser("run", help="run a config, write an HDF5 run file",
                        description="Validate CONFIG, run the gradient flow, write OUT.h5. "
@@ -651,6 +671,20 @@ def _parser() -> argparse.ArgumentParser:
     from .study._command import add_parser as add_study_parser
 
     add_study_parser(sub, _cmd_study)
+
+    c = sub.add_parser("config", help="the resolved config, the JSON Schema, the key reference",
+                       description="show: the resolved config of CONFIG (a TOML file, or the "
+                       "config stored in a run, study or compare file) as the run file stores "
+                       "it. schema: the JSON Schema of config files, for TOML editors. "
+                       "reference: the configuration reference (Markdown).")
+    actions = c.add_subparsers(dest="action", metavar="{show,schema,reference}", required=True)
+    show = actions.add_parser("show", help="the resolved config of CONFIG, as TOML")
+    show.add_argument("config", metavar="CONFIG")
+    show.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", default=[],
+                      help="override a config key (VALUE is a TOML value, else a string)")
+    actions.add_parser("schema", help="the JSON Schema of config files (JSON)")
+    actions.add_parser("reference", help="the configuration reference (Markdown)")
+    c.set_defaults(func=_cmd_config)
 
     i = sub.add_parser("info", help="versions, backend, devices, precision")
     i.set_defaults(func=_cmd_info)
@@ -731,6 +765,11 @@ def _main(argv: list[str] | None = None) -> int:
             return EXIT_INTERRUPTED
         except ProcessLost as e:
             return _lost(_line(e))
+        except BrokenPipeError:
+            # the reader went away (`wflow config schema | head`): what it read is all it wanted
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_OK
         except Exception as e:
             if os.environ.get("WFLOW_TRACEBACK"):
                 raise

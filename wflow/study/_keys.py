@@ -6,43 +6,8 @@ fill in the defaults and check what depends on other keys, raising ``ConfigError
 with one line (exit code 2 in the CLI). The resolved section is what the
 study file stores.
 
-``wflow study limit`` keys (defaults in brackets)::
-
-    L [solver.L], M [solver.M]   lists of depths / widths swept
-    dims                         state dimensions D swept (replaces model.dim) [not swept]
-    seeds [5]                    repetitions (independent particles and random maps)
-    times [train.time]           training times s at which errors are taken; 0 = forward
-                                 pass only; each a multiple of train.dt; the runs stop at
-                                 max(times)
-    metrics [all]                names of ``STUDY_METRICS`` (``_metrics``, one file each:
-                                 e.g. "loss" |E - E_ref|, "output" RMS |g - g_ref|)
-    sampling ["iid"]             "iid": M particles drawn per layer; "shared": the same M
-                                 particles in every layer
-    reference ["continuous"]     "continuous": the same particles in continuous depth;
-                                 "particles": one large run per repetition; "grid": the
-                                 grid solver (k <= 3, needs [study.grid])
-    reference_M [4 max(M)], reference_dim [max(dims)]   the "particles" reference (only with it)
-    reference_L [max(L)], reference_depth ["continuous"]   depth slices and depth of the
-                                 "particles" or "grid" reference
-    [study.grid]                 the grid of reference = "grid": cells, bounds, scheme, limiter,
-                                 cfl with the meaning and defaults of [solver.grid] (_grid.py);
-                                 the section must be given (the box has to fit the problem)
-    bootstrap [200]              bootstrap resamples of the seeds for the fits' errors
-    memory [4.0]                 GiB one compiled block of runs may use
-    sinkhorn_epsilon             the entropic regularization eps of the ``sinkhorn`` metric
-                                 (squared distance units of theta) [0.05 x the mean squared
-                                 distance between two independent draws of the initial law,
-                                 2 sum_j Var(theta_j): it scales with the data; 0.05 x 2k
-                                 for a point initial measure]
-
-``wflow study zero-loss`` keys::
-
-    inits ["point", "gaussian"]  initial measures run side by side: init.kind variants with
-                                 [init]'s mean/std ("point" at mean 0 is delta_0)
-    box [3.0]                    half-width of the theta-box [-box, box]^k on which
-                                 sup |grad_theta V| is estimated
-    box_points [2048]            random query points in the box (plus theta = 0)
-    tail_radius [box]            tail mass = fraction of particles with |theta| > tail_radius
+The keys, their defaults and what they do: docs/config-reference.md, "[study]" (generated
+from ``SCHEMA["study"]``, where the defaults these functions fill in are shown).
 """
 
 from __future__ import annotations
