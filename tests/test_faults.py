@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -84,6 +85,9 @@ class Output:
 
     def text(self) -> str:
         self.thread.join(5)
+        return bytes(self.buf).decode(errors="replace")
+
+    def text_so_far(self) -> str:
         return bytes(self.buf).decode(errors="replace")
 
 
@@ -278,6 +282,66 @@ def test_second_signal_stops_a_long_compiled_chunk_at_once(tmp_path):
     assert "Traceback" not in err and "interrupted" in _last_line(err)
     attrs = _io.verify_run(str(out))
     assert attrs["status"] == "interrupted"
+
+
+def test_first_signal_stops_a_long_chunk_within_seconds_with_its_state(tmp_path):
+    """One chunk of 10^6 steps between two records: the loop runs it in pieces of about a
+    second and looks at the first SIGTERM between them, so the run stops within seconds with
+    the state reached mid-chunk committed (resumable: tests/test_flow.py checks that resuming
+    from such a state is bit-identical), not at the end of the chunk."""
+    cfg = tmp_path / "long.toml"
+    cfg.write_text(CONFIG.format(time=100000.0).replace("record_every = 1",
+                                                        "record_every = 1000000")
+                   .replace("snapshots = 7", "snapshots = 2"))
+    out = tmp_path / "long.h5"
+    proc = spawn("run", cfg, "-o", out)  # with the progress bar: it moves inside the chunk
+    output = Output(proc)
+    assert wait_until(lambda: out.exists() and os.path.getsize(out) > 0, proc), output.text()
+    assert wait_until(lambda: "step/s" in output.text_so_far() or "it/s" in output.text_so_far(),
+                      proc, timeout=60), output.text()
+    time.sleep(1.0)
+    t0 = time.time()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    elapsed = time.time() - t0
+    err = output.text()
+    assert proc.returncode == 130 and elapsed < 10.0, (elapsed, err)
+    assert "Traceback" not in err and "interrupted" in _last_line(err)
+    got = _io.read_run(str(out))
+    assert got["attrs"]["status"] == "interrupted"
+    assert 0 < int(got["state/step"]) < 10**6 and got["history/s"].tolist() == [0.0]
+
+
+def test_first_signal_stops_a_study_inside_its_reference(tmp_path):
+    """``wflow study limit`` with a large continuous-depth particle reference and one record
+    (the study time) at the end: the bar moves during the reference, and a first SIGTERM
+    stops the study within seconds (the block is redone on --resume)."""
+    cfg = tmp_path / "study.toml"
+    cfg.write_text(CONFIG.format(time=400.0).replace('method = "heun"\ntemperature = 0.01',
+                                                     'method = "euler"') + """
+[study]
+L = [2]
+M = [8]
+seeds = 1
+times = [0.0, 400.0]
+metrics = ["output"]
+reference = "particles"
+reference_M = 1024
+reference_L = 4
+reference_depth = "continuous"
+""")
+    out = tmp_path / "study.h5"
+    proc = spawn("study", "limit", cfg, "-o", out, "--no-plot")
+    output = Output(proc)
+    assert wait_until(lambda: re.search(r"reference.*\b([1-9]\d?)%", output.text_so_far()),
+                      proc, timeout=240), output.text()
+    t0 = time.time()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    elapsed = time.time() - t0
+    err = output.text()
+    assert proc.returncode == 130 and elapsed < 10.0, (elapsed, err[-2000:])
+    assert "Traceback" not in err, err[-2000:]
 
 
 # ----------------------------------------------------------------------------- two writers

@@ -429,3 +429,37 @@ def test_interrupted_run_resumes_to_the_same_state():
     assert np.array_equal(np.asarray(rest.state.measure), np.asarray(full.state.measure))
     np.testing.assert_array_equal(np.concatenate([part.history["loss"], rest.history["loss"]]),
                                   full.history["loss"])
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.01])
+def test_poll_between_records_changes_no_number_and_stops_resumably(monkeypatch, temperature):
+    """``integrate(poll=...)`` runs a chunk between two records in pieces (here: one step
+    each) and asks ``poll`` between them: the same steps, so the same numbers bit for bit
+    (Langevin noise included); a stop there is resumable from the returned state."""
+    import wflow._integrate as integ
+
+    monkeypatch.setattr(integ, "POLL_SECONDS", 1e-12)  # a piece is one step
+    problem = _teacher_problem()
+    theta0 = _gaussian(problem)
+    schedule = wflow.Schedule(time=1.0, dt=0.05, record_every=10)
+    kw = {"regularization": wflow.Regularization(temperature=temperature),
+          "key": jax.random.PRNGKey(5)}
+    full = wflow.integrate(problem, wflow.LayeredDepth(), schedule, theta0=theta0, **kw)
+    polled = []
+    paced = wflow.integrate(problem, wflow.LayeredDepth(), schedule, theta0=theta0,
+                            poll=lambda step: polled.append(step), **kw)
+    boundaries = set(schedule.boundaries().tolist())  # records and snapshots: 5, 10, 15, 20
+    assert polled == [s for s in range(1, 20) if s not in boundaries]
+    assert np.array_equal(np.asarray(paced.state.measure), np.asarray(full.state.measure))
+    assert np.array_equal(paced.history["loss"], full.history["loss"])
+    part = wflow.integrate(problem, wflow.LayeredDepth(), schedule, theta0=theta0,
+                           poll=lambda step: step >= 13, **kw)
+    assert part.status == "interrupted" and part.state.step == 13  # between boundaries 10, 15
+    assert part.history["s"].tolist() == [0.0, 0.5]  # no record at the stop
+    rest = wflow.integrate(problem, wflow.LayeredDepth(), schedule, state=part.state,
+                           initial_loss=part.history["loss"][0],
+                           regularization=kw["regularization"])
+    assert rest.status == "complete"
+    assert np.array_equal(np.asarray(rest.state.measure), np.asarray(full.state.measure))
+    np.testing.assert_array_equal(np.concatenate([part.history["loss"], rest.history["loss"]]),
+                                  full.history["loss"])

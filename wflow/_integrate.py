@@ -170,6 +170,42 @@ class FlowResult(NamedTuple):
     snapshots: np.ndarray  # (n_snap, *snapshot shape)
 
 
+POLL_SECONDS = 1.0  # wall time between two calls of integrate's ``poll``
+
+
+class _Pacer:
+    """Runs a chunk of fixed steps in pieces of about ``POLL_SECONDS`` each, calling ``poll``
+    between them; without ``poll``, in one piece. The steps and their order are the same either
+    way (the compiled loop takes its trip count as an argument), so the numbers are too."""
+
+    def __init__(self, poll):
+        self.poll = poll
+        self.per_step = None  # seconds per step, measured on pieces after the first
+
+    def advance(self, flow, method, h, dtype, measure, key, step, target):
+        """(measure, key, step reached, ok): up to ``target``, or fewer steps if ``poll`` asked
+        to stop (ok and reached < target) or a step was not finite (ok False)."""
+        while True:
+            n = target - step
+            if self.poll is not None:
+                n = 1 if self.per_step is None else min(n, max(1, int(POLL_SECONDS
+                                                                         / self.per_step)))
+            t0 = time.perf_counter()
+            measure, key, done, ok = _advance_fixed(flow, method, jnp.asarray(h, dtype), measure,
+                                                    key, jnp.int32(step), jnp.int32(n))
+            ok, done = bool(ok), int(done)
+            step += done
+            if not ok or step >= target or self.poll is None:
+                return measure, key, step, ok
+            elapsed = time.perf_counter() - t0
+            if done and self.per_step is not None:  # the first piece includes the compilation
+                self.per_step = elapsed / done
+            elif done:
+                self.per_step = min(elapsed / done, POLL_SECONDS)
+            if self.poll(step):
+                return measure, key, step, True
+
+
 @eqx.filter_jit
 def _advance_fixed(flow: Flow, method, h, measure, key, step0, n):
     """Up to n fixed steps from step0; stops early (ok = False) on a non-finite step."""
@@ -218,6 +254,7 @@ def integrate(
     initial_loss: float | None = None,
     wall_offset: float = 0.0,
     callback: Callable[[Record], bool | None] | None = None,
+    poll: Callable[[int], bool | None] | None = None,
 ) -> FlowResult:
     """Run the gradient flow from ``theta0`` (or resume from ``state``) to s = S.
 
@@ -236,6 +273,12 @@ def integrate(
         wall_offset: wall time already spent (resumed runs).
         callback: called with each ``Record``; returning True stops the run
             with status "interrupted" (the state is then resumable).
+        poll: called with the step reached between records, about every
+            ``POLL_SECONDS`` of wall time (fixed-step methods: a chunk between two records
+            is then run as several calls of the same compiled loop, with the same numbers);
+            returning True stops the run there with status "interrupted" (resumable from
+            the returned state; no record is made). For progress bars and for stopping a
+            long chunk at a signal.
 
     Warns:
         StabilityWarning: once, at the first rise of ``flow.monotone`` beyond
@@ -314,6 +357,7 @@ def integrate(
     y_max = float(jnp.max(jnp.abs(problem.y))) if watched else 0.0
     previous = (step, values, measure)
     warned = False
+    pacer = _Pacer(poll)
 
     for target in schedule.boundaries():
         target = int(target)
@@ -327,11 +371,11 @@ def integrate(
             ok = bool(ok)
             reached = target if ok else step
         else:
-            measure, key, done, ok = _advance_fixed(
-                flow, schedule.method, jnp.asarray(h, dtype), measure, key,
-                jnp.int32(step), jnp.int32(target - step))
-            ok = bool(ok)
-            reached = step + int(done)
+            measure, key, reached, ok = pacer.advance(flow, schedule.method, h, dtype, measure,
+                                                      key, step, target)
+            if ok and reached < target:  # poll asked to stop between two records
+                step = reached
+                return result("interrupted")
         step = reached
         values = diagnostics(measure, step)
         loss = np.asarray(values["loss"])

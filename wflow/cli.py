@@ -356,6 +356,13 @@ class _Recorder:
             return lambda: (array, step, np.asarray(key))
         return lambda: (self.flow.snapshot(measure), step, np.asarray(key))
 
+    def poll(self, step: int) -> bool:
+        """Between records (``integrate``'s poll, one process only): move the bar; True to stop
+        at a first Ctrl-C / SIGTERM (the state at ``step`` is then committed, resumable)."""
+        self.step = step
+        self.bar.update(step - self.bar.n)
+        return self.interrupts is not None and self.interrupts.requested
+
     def __call__(self, rec) -> bool:
         from ._grid import wall_mass_warning
 
@@ -433,7 +440,7 @@ def _execute(args, config, setup, writer: RunWriter, out: str, *, state, initial
                                regularization=setup.regularization, reordering=setup.reordering,
                                key=setup.key, state=state,
                                initial_loss=initial_loss, wall_offset=wall_offset,
-                               callback=recorder)
+                               callback=recorder, poll=None if recorder.multi else recorder.poll)
         final = result.state
         writer.add(state=recorder.state_of(final.measure, final.step, final.key))
         if result.status == "complete":

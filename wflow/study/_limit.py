@@ -476,23 +476,33 @@ def run_block(setup: LimitSetup, block: Block, depth, key, on_progress=None,
         if on_progress:
             on_progress(1.0)
         return result
-    total = setup.schedule.n_steps
-    stopped = False
+    watch = _Watch(on_progress, should_stop, setup.schedule.n_steps)
 
     def callback(rec):
-        nonlocal stopped
         if rec.history:
             keep(rec.step, rec.values)
-        if on_progress:
-            on_progress(rec.step / total)
-        stopped = bool(should_stop and should_stop())
-        return stopped
+        return watch(rec.step)
 
     run = integrate(problem, depth, setup.schedule, theta0=batch,
-                    regularization=setup.regularization, key=key, callback=callback)
-    if run.status == "interrupted" and stopped:
+                    regularization=setup.regularization, key=key, callback=callback, poll=watch)
+    if run.status == "interrupted" and watch.stopped:
         return None
     return result
+
+
+class _Watch:
+    """Progress and stop requests of a block's training: ``integrate``'s callback (at records)
+    and poll (between them, so that a long chunk moves the bar and stops within seconds)."""
+
+    def __init__(self, on_progress, should_stop, total: int):
+        self.on_progress, self.should_stop, self.total = on_progress, should_stop, total
+        self.stopped = False
+
+    def __call__(self, step: int) -> bool:
+        if self.on_progress and self.total:
+            self.on_progress(step / self.total)
+        self.stopped = bool(self.should_stop and self.should_stop())
+        return self.stopped
 
 
 def measure_values(setup: LimitSetup, problem: Problem, depth, measure0, key, *,
@@ -516,28 +526,24 @@ def measure_values(setup: LimitSetup, problem: Problem, depth, measure0, key, *,
     flow = make_flow(problem, depth, measure0, setup.regularization)
     Theta0, _ = flow.weighted(measure0)
     kept = _empty(setup, 1, problem.d, *Theta0.shape)
-    total = setup.schedule.n_steps if setup.schedule is not None else 0
+    watch = _Watch(on_progress, should_stop,
+                   setup.schedule.n_steps if setup.schedule is not None else 0)
     state, initial = None, None
-    stopped = False
 
     def callback(rec, target):
-        nonlocal stopped
-        if on_progress and total:
-            on_progress(rec.step / total)
-        stopped = bool(should_stop and should_stop())
-        return stopped or rec.step >= target
+        return watch(rec.step) or rec.step >= target
 
     for target in sorted(set(setup.steps)):
         if target > 0 and (state is None or state.step < target):
             result = integrate(problem, depth, setup.schedule, theta0=measure0, state=state,
                                regularization=setup.regularization, key=key,
-                               initial_loss=initial,
+                               initial_loss=initial, poll=watch,
                                callback=lambda rec, target=target: callback(rec, target))
             if initial is None and result.history["loss"].size:
                 initial = float(result.history["loss"][0])
             if result.status == "diverged":
                 break
-            if stopped and result.state.step < target:
+            if watch.stopped and result.state.step < target:
                 return None
             state = result.state
         measure = measure0 if state is None else state.measure

@@ -236,7 +236,8 @@ def _run_init(config, setup, study, state: ZeroLossState, name: str, checkpoint,
 
     result = integrate(problem, depth, schedule, theta0=m0, state=start,
                        regularization=setup.regularization, key=setup.key,
-                       initial_loss=initial_loss, wall_offset=offset, callback=on_record)
+                       initial_loss=initial_loss, wall_offset=offset, callback=on_record,
+                       poll=lambda step: bool(should_stop and should_stop()))
     state.wall += time.perf_counter() - t0
     final = result.state
     r["state/theta"] = flow.snapshot(final.measure)
