@@ -62,10 +62,10 @@ import numpy as np
 from .._build import dtype_of
 from .._data import DataError, make_dataset
 from .._depth import ContinuousDepth, LayeredDepth
-from .._model import feature_from_config
 from .._flow import Regularization
-from .._integrate import Schedule, integrate
 from .._init_particles import per_coord
+from .._integrate import Schedule, integrate
+from .._model import feature_from_config
 from .._problem import Problem, random_embedding, random_readout
 from .._schema import ConfigError
 from ._batch import Batch, forward_values

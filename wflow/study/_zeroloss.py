@@ -43,8 +43,8 @@ import numpy as np
 
 from .._build import build_run
 from .._flow import Flow, Measure, ParticleFlow
-from .._integrate import FlowState, integrate
 from .._init_particles import init_particles
+from .._integrate import FlowState, integrate
 from ._file import config_text, resume_study, write_study
 
 __all__ = ["ProbedFlow", "ProbedParticles", "ZeroLossState", "box_query", "run_zero_loss"]
@@ -181,7 +181,8 @@ def _run_inits(config, setup, study, state: ZeroLossState, checkpoint, should_st
             if r is not None and r["state/status"] == "complete":
                 continue
             status = _run_init(config, setup, study, state, name, checkpoint,
-                               _Progress(bar, name, i * n), stop)
+                               _Progress(bar, name, i * n), stop,
+                               poll=lambda step: bool(should_stop and should_stop()))
             if status == "interrupted":
                 return "interrupted"
     finally:
@@ -201,8 +202,9 @@ class _Progress:
 
 
 def _run_init(config, setup, study, state: ZeroLossState, name: str, checkpoint, progress,
-              stop) -> str:
-    """The run of one initial measure, from the start or from its saved state; its status."""
+              stop, poll=None) -> str:
+    """The run of one initial measure, from the start or from its saved state; its status.
+    ``stop()`` is asked at records, ``poll(step)`` between them (``integrate``)."""
     problem, depth, schedule = setup.problem, setup.depth, setup.schedule
     init, solver = config["init"], config["solver"]
     root = jax.random.PRNGKey(config["seed"])
@@ -237,7 +239,7 @@ def _run_init(config, setup, study, state: ZeroLossState, name: str, checkpoint,
     result = integrate(problem, depth, schedule, theta0=m0, state=start,
                        regularization=setup.regularization, key=setup.key,
                        initial_loss=initial_loss, wall_offset=offset, callback=on_record,
-                       poll=lambda step: bool(should_stop and should_stop()))
+                       poll=poll)
     state.wall += time.perf_counter() - t0
     final = result.state
     r["state/theta"] = flow.snapshot(final.measure)
