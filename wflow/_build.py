@@ -22,7 +22,7 @@ from ._grid import FiniteVolume, Grid, grid_arrays, init_density
 from ._integrate import Schedule
 from ._model import feature_from_config
 from ._init_particles import init_particles
-from ._problem import Problem, random_embedding, random_readout
+from ._problem import Problem, random_embedding, random_readout, sequence_maps
 from ._schema import ConfigError, fmt
 from ._sharding import shard_depth
 
@@ -135,17 +135,22 @@ def build_run(config: dict) -> RunSetup:
     data, model, init, solver, train = (config[s] for s in ("data", "model", "init", "solver",
                                                               "train"))
     try:
-        feature = feature_from_config(model, tile=solver["tile"])
+        tokens = data["tokens"]
+        feature = feature_from_config(model, tile=solver["tile"], tokens=tokens)
         data_args = {
             "n": data["n"], "dim": data["dim"], "seed": seed, "feature": feature,
             "out_dim": data["out_dim"], "noise": data["noise"], "path": data["path"],
             "teacher_width": data["teacher_width"], "teacher_depth": data["teacher_depth"],
             "teacher_std": data["teacher_std"],
             "classes": None if data["classes"] is None else tuple(data["classes"]),
+            "tokens": tokens,
         }
         x, y = make_dataset(data["kind"], test_n=data["test_n"], **data_args)
-        if x.shape[1] != data["dim"]:
-            raise ConfigError(f"data.dim = {data['dim']}: the data have d_in = {x.shape[1]}")
+        if x.shape[-1] != data["dim"]:
+            raise ConfigError(f"data.dim = {data['dim']}: the data have d_in = {x.shape[-1]}")
+        if tokens is not None and x.shape[1:] != (tokens, data["dim"]):
+            raise ConfigError(f"data.tokens = {tokens}: the data have x of shape {x.shape}")
+        x = x.reshape(x.shape[0], -1)  # sequences flattened (N, n d_in): _features.attention
         if y.shape[1] != data["out_dim"]:
             raise ConfigError(f"data.out_dim = {data['out_dim']}: the data have d_out = "
                               f"{y.shape[1]}")
@@ -154,6 +159,7 @@ def build_run(config: dict) -> RunSetup:
         x_test = y_test = None
         if data["test_n"] > 0:
             xt, yt = make_test_set(data["kind"], test_n=data["test_n"], **data_args)
+            xt = xt.reshape(xt.shape[0], -1)
             _check_representable(config, "data", {"test inputs": xt, "test targets": yt}, dtype)
             arrays = {"data/x_test": np.asarray(xt, dtype), "data/y_test": np.asarray(yt, dtype)}
             x_test, y_test = (jnp.asarray(a) for a in arrays.values())
@@ -161,7 +167,8 @@ def build_run(config: dict) -> RunSetup:
                           scale=model["scale"], x_test=x_test, y_test=y_test,
                           classification=is_labelled(data["kind"], y),
                           **dict(zip(("embedding", "readout_matrix"),
-                                     random_maps(model, seed, x.shape[1], y.shape[1], dtype))))
+                                     random_maps(model, seed, data["dim"], y.shape[1], dtype,
+                                                 tokens=tokens))))
         if solver["depth"] == "layers":
             depth: DepthDiscretization = LayeredDepth()
         else:
@@ -223,14 +230,14 @@ def _check_block_values(config, problem: Problem, Theta) -> None:
 
 
 def random_maps(model: dict, seed: int, d_in: int, d_out: int, dtype, stream: int = 0,
-                dim: int | None = None):
-    """(A, C): the fixed random embedding and readout a ``[model]`` table asks for (None = pad /
-    coordinates), as arrays of ``dtype``; ``dim`` overrides ``model.dim``, ``stream`` picks the
-    repetition (``_problem.random_embedding``)."""
+                dim: int | None = None, tokens: int | None = None):
+    """(A, C): the fixed embedding and readout a ``[model]`` table asks for, as arrays of
+    ``dtype`` (None = pad / coordinates); ``dim`` overrides ``model.dim``, ``stream`` picks the
+    repetition (``_problem.random_embedding``). With ``tokens`` (sequence data; d_in per token)
+    they are the token-by-token maps of ``_problem.sequence_maps``, never None."""
     d = model["dim"] if dim is None else dim
-    A = C = None
-    if model["embedding"] == "random":
-        A = jnp.asarray(random_embedding(seed, d, d_in, stream), dtype)
-    if model["readout"] == "random":
-        C = jnp.asarray(random_readout(seed, d, d_out, stream), dtype)
-    return A, C
+    A = random_embedding(seed, d, d_in, stream) if model["embedding"] == "random" else None
+    C = random_readout(seed, d, d_out, stream) if model["readout"] == "random" else None
+    if tokens is not None:
+        A, C = sequence_maps(tokens, d, d_in, d_out, model["readout_token"], A, C)
+    return tuple(None if a is None else jnp.asarray(a, dtype) for a in (A, C))

@@ -70,6 +70,7 @@ from ._schema import (
     int_key,
     ints_key,
     json_schema,
+    name_or_index_key,
     numbers_key,
     parse_override,
     path_key,
@@ -90,12 +91,15 @@ __all__ = ["ConfigError", "config_json_schema", "config_reference", "config_warn
 GRID_SCHEMES = ("upwind", "muscl")
 EMBEDDINGS = ("pad", "random")
 READOUTS = ("coordinates", "random")
+READOUT_TOKENS = ("last", "mean")
 STUDY_METRICS = tuple(_STUDY_METRIC_REGISTRY)  # wflow/study/_metrics: one file per metric
 STUDY_SAMPLINGS = ("iid", "shared")
 STUDY_REFERENCES = ("continuous", "particles", "grid")
 STUDY_INITS = ("point", "gaussian", "uniform")
 PRECISIONS = ("float32", "float64")
 SOLVER_KINDS = ("particles", "grid")
+SEQUENCE_KINDS = ("in_context_regression", "teacher_transformer")  # data of n tokens
+DEFAULT_TOKENS = 8
 
 # Section -> key -> Key. Order here is the order of the resolved config / stored TOML, and of
 # the generated reference (docs/config-reference.md, ``wflow config reference``).
@@ -121,6 +125,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                          "more give one-hot targets)", "all 10"),
         "test_n": int_key(0, 0).describe("held-out samples (every kind): test loss, and "
                                          "accuracy for labelled data, in the history"),
+        "tokens": int_key(None, 1).describe(
+            "sequence data: tokens n per sample (in_context_regression: context and query); "
+            "read from the file for file data x of shape (N, n, d_in)",
+            "8 for in_context_regression, none (vector data) otherwise"),
     },
     "model": {
         "feature": block_key("neuron", FEATURES).describe(
@@ -141,6 +149,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "`pad`: z(0; x) = (x, 0, ..., 0); `random`: z(0; x) = A x, A_jk ~ N(0, 1/d) fixed"),
         "readout": choice_key("coordinates", READOUTS).describe(
             "`coordinates`: g(z) = z[:d_out]; `random`: g(z) = C z, C_oj ~ N(0, 1/d) fixed"),
+        "readout_token": name_or_index_key("last", READOUT_TOKENS).describe(
+            "sequence data: the token read out, `last`, an index 0..n-1, or `mean` (the "
+            "tokens' average)"),
         "params": table_key().describe(
             "the block's own parameters, passed to its constructor (`[model.params]`, "
             "`--set model.params.h=3`)", "none"),
@@ -417,7 +428,7 @@ def _resolve(raw: dict, stem: str) -> dict:
     data, model, init, solver, train, output = (cfg[s] for s in
                                                 ("data", "model", "init", "solver", "train", "output"))
     d_in, d_out = _resolve_data(data, given["data"])
-    k = _resolve_model(model, solver, init, data["kind"], d_in, d_out)
+    k = _resolve_model(model, solver, init, data, d_in, d_out)
     _resolve_init(init, solver, k)
     _resolve_solver(raw, solver, init, train, k, given["solver"])
     _resolve_train(cfg, train, solver, given["train"])
@@ -440,8 +451,17 @@ def _resolve_data(data: dict, given: set) -> tuple[int, int]:
             x, y = make_dataset("file", path=data["path"])
         except DataError as e:
             raise ConfigError(str(e)) from None
-        n_file, d_in = x.shape
+        n_file, d_in = x.shape[0], x.shape[-1]
         d_out = y.shape[1]
+        if x.ndim == 3:  # sequences (N, n, d_in)
+            if "tokens" in given and data["tokens"] != x.shape[1]:
+                raise ConfigError(f"data.tokens = {data['tokens']}: the file data.path has x of "
+                                  f"shape {x.shape}, so n = {x.shape[1]} tokens (leave "
+                                  "data.tokens out for file data)")
+            data["tokens"] = x.shape[1]
+        elif data["tokens"] is not None:
+            raise ConfigError(f"data.tokens = {data['tokens']}: the file data.path has x of "
+                              f"shape {x.shape} (vectors); sequence data are x (N, n, d_in)")
         if "dim" in given and data["dim"] != d_in:
             raise ConfigError(f"data.dim = {data['dim']}: the file data.path has x of shape "
                               f"{x.shape}, so d_in = {d_in} (leave data.dim out for file data)")
@@ -470,11 +490,22 @@ def _resolve_data(data: dict, given: set) -> tuple[int, int]:
                 data["classes"] = list(range(10))
             d_out = 1 if len(data["classes"]) == 2 else len(data["classes"])
         else:
-            d_out = data["out_dim"] if kind in ("teacher", "gaussian") else 1
+            d_out = data["out_dim"] if kind in ("teacher", "gaussian", "teacher_transformer") \
+                else 1
+    if kind in SEQUENCE_KINDS:
+        if data["tokens"] is None:
+            data["tokens"] = DEFAULT_TOKENS
+        if kind == "in_context_regression" and data["dim"] < 2:
+            raise ConfigError(f"data.dim = {data['dim']}: in-context regression tokens are "
+                              "(x, w . x) with x in R^(dim - 1): dim must be >= 2")
+    elif kind != "file" and data["tokens"] is not None:
+        raise ConfigError(f"data.tokens = {data['tokens']}: only used with sequence data "
+                          f"(data.kind = {', '.join(map(fmt, SEQUENCE_KINDS))} or file data x of "
+                          f"shape (N, n, d_in)); data.kind is {fmt(kind)}")
     if data["classes"] is not None and kind != "digits":
         raise ConfigError(f"data.classes = {fmt(data['classes'])}: only used with "
                           f'data.kind = "digits" (data.kind is {fmt(kind)})')
-    if ("out_dim" in given and kind not in ("teacher", "gaussian")
+    if ("out_dim" in given and kind not in ("teacher", "gaussian", "teacher_transformer")
             and data["out_dim"] != d_out):
         raise ConfigError(f"data.out_dim = {data['out_dim']}: only teacher and gaussian data set "
                           "d_out; "
@@ -483,7 +514,7 @@ def _resolve_data(data: dict, given: set) -> tuple[int, int]:
     return d_in, d_out
 
 
-def _resolve_model(model: dict, solver: dict, init: dict, kind: str, d_in: int,
+def _resolve_model(model: dict, solver: dict, init: dict, data: dict, d_in: int,
                    d_out: int) -> int:
     """[model]: the state dimension d >= d_in, d_out, the embedding / readout rules and the
     block (built and checked); returns its k."""
@@ -496,13 +527,22 @@ def _resolve_model(model: dict, solver: dict, init: dict, kind: str, d_in: int,
     if d < d_out and model["readout"] == "coordinates":
         raise ConfigError(f"model.dim = {d}: must be >= the output dimension d_out = {d_out} "
                           'with model.readout = "coordinates"')
-    if kind == "teacher" and (model["embedding"], model["readout"]) != ("pad", "coordinates"):
+    kind, tokens = data["kind"], data["tokens"]
+    if tokens is None and model["readout_token"] != "last":
+        raise ConfigError(f"model.readout_token = {fmt(model['readout_token'])}: only used with "
+                          "sequence data (data.tokens); these data are vectors")
+    if tokens is not None and isinstance(model["readout_token"], int) \
+            and model["readout_token"] >= tokens:
+        raise ConfigError(f"model.readout_token = {model['readout_token']}: out of range; a "
+                          f"sequence of data.tokens = {tokens} tokens has indices 0..{tokens - 1}")
+    if kind in ("teacher", "teacher_transformer") and (
+            model["embedding"], model["readout"]) != ("pad", "coordinates"):
         name, value = (("embedding", model["embedding"]) if model["embedding"] != "pad"
                        else ("readout", model["readout"]))
         raise ConfigError(f"model.{name} = {fmt(value)}: teacher data need model.embedding = "
                           '"pad" and model.readout = "coordinates" (the teacher network has no '
                           'random maps); use data.kind = "gaussian" or another data set')
-    k = resolve_block(model, solver, init).k
+    k = resolve_block(model, solver, init, tokens=tokens).k
     if not model["params"]:
         del model["params"]  # stored only for blocks that take parameters
     return k

@@ -20,6 +20,12 @@ caller casts to the run's precision.
   labels +1 (outer) / -1 (inner), optional radial noise.
 * ``file``: ``.npz`` or ``.h5``/``.hdf5`` holding ``x`` (N, d_in) and ``y``
   (N,) or (N, d_out).
+* ``in_context_regression`` (sequences of ``tokens`` tokens): per prompt w ~ N(0, I_p / p),
+  context tokens (x_j, w . x_j), j < n, and the query (x_n, 0), target w . x_n
+  (p = ``dim`` - 1; Zhang, Frei and Bartlett's in-context linear regression).
+* ``teacher_transformer`` (sequences): tokens x_j ~ N(0, I / d_in), y of a random teacher
+  network of the model's own block (attention heads), so zero loss is attainable.
+  Sequence inputs are x (N, n, d_in); ``Problem`` takes them flattened to (N, n d_in).
 * ``digits``: scikit-learn's bundled 8x8 digits (1797 images, nothing is
   downloaded): x in [0, 1]^64; y one-hot over ``classes`` (+-1 labels when two
   classes are chosen).
@@ -130,8 +136,10 @@ def load_array_file(path: str, names: tuple[str, ...], key: str) -> dict[str, np
     return out
 
 
-def teacher_targets(x, feature, *, width: int, depth: int, std: float, out_dim: int, seed: int):
-    """y = g(z(1; x)) of a random layered teacher ResNet (float64 on the host)."""
+def teacher_targets(x, feature, *, width: int, depth: int, std: float, out_dim: int, seed: int,
+                    tokens: int | None = None):
+    """y = g(z(1; x)) of a random layered teacher ResNet (float64 on the host); with
+    ``tokens``, x (N, n d_in) are flattened sequences read out at their last token."""
     import jax
     import jax.numpy as jnp
 
@@ -151,7 +159,13 @@ def teacher_targets(x, feature, *, width: int, depth: int, std: float, out_dim: 
     # local_devices: in a multi-process run jax.devices()[0] belongs to process 0.
     with enable_x64(True), jax.default_device(jax.local_devices(backend="cpu")[0]):
         f64 = jnp.float64
-        problem = Problem(feature, jnp.asarray(x, f64), jnp.asarray(dummy_y, f64))
+        maps = {}
+        if tokens is not None:
+            from ._problem import sequence_maps
+
+            A, C = sequence_maps(tokens, feature.d // tokens, x.shape[1] // tokens, out_dim)
+            maps = {"embedding": jnp.asarray(A, f64), "readout_matrix": jnp.asarray(C, f64)}
+        problem = Problem(feature, jnp.asarray(x, f64), jnp.asarray(dummy_y, f64), **maps)
         y = LayeredDepth().predict(problem, jnp.asarray(theta, f64))
     return np.asarray(y, dtype=np.float64)
 
@@ -171,6 +185,7 @@ def make_dataset(
     teacher_std: float = 1.0,
     classes: tuple[int, ...] | None = None,
     test_n: int = 0,
+    tokens: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Build dataset ``kind`` (see the module docstring). Returns the training (x, y), float64.
 
@@ -179,7 +194,8 @@ def make_dataset(
     """
     return _make(kind, n=n, dim=dim, seed=seed, feature=feature, out_dim=out_dim, noise=noise,
                  path=path, teacher_width=teacher_width, teacher_depth=teacher_depth,
-                 teacher_std=teacher_std, classes=classes, test_n=test_n, part="train")
+                 teacher_std=teacher_std, classes=classes, test_n=test_n, tokens=tokens,
+                 part="train")
 
 
 # make_dataset's keywords and their defaults (make_test_set takes the same)
@@ -218,6 +234,7 @@ class Request(NamedTuple):
     teacher_std: float
     classes: tuple[int, ...] | None
     test_n: int
+    tokens: int | None
     part: str
 
 
@@ -264,16 +281,16 @@ def _file(r: Request, rng: np.random.Generator):
         y = y[:, None]
     if x.ndim == 1:
         x = x[:, None]
-    if x.ndim != 2 or y.ndim != 2:
+    if x.ndim not in (2, 3) or y.ndim != 2:
         raise DataError(
-            f"data.path = {path!r}: x must be (N, d_in) and y (N,) or (N, d_out); "
-            f"got {x.shape} and {y.shape}")
+            f"data.path = {path!r}: x must be (N, d_in), or (N, n, d_in) for sequences of n "
+            f"tokens, and y (N,) or (N, d_out); got {x.shape} and {y.shape}")
     if x.shape[0] != y.shape[0]:
         raise DataError(
             f"data.path = {path!r}: x has {x.shape[0]} rows but y has {y.shape[0]}")
     if x.shape[0] == 0:
         raise DataError(f"data.path = {path!r}: the file holds no samples")
-    if x.shape[1] == 0 or y.shape[1] == 0:
+    if 0 in x.shape[1:] or y.shape[1] == 0:
         raise DataError(f"data.path = {path!r}: x has shape {x.shape} and y {y.shape}; "
                         "both need at least one column")
     if r.test_n > 0:
@@ -311,6 +328,37 @@ def _digits(r: Request, rng: np.random.Generator):
     return x, y
 
 
+def _in_context_regression(r: Request, rng: np.random.Generator):
+    """Prompts of linear regression: w ~ N(0, I_p / p) per prompt, tokens (x_j, w . x_j) for
+    the n - 1 context tokens and (x_n, 0) for the query, target w . x_n (p = dim - 1; label
+    noise on every label). x (N, n, p + 1), y (N, 1)."""
+    n, p = r.tokens, r.dim - 1
+    w = rng.normal(size=(r.n, p)) / np.sqrt(p)
+    xs = rng.normal(size=(r.n, n, p))
+    labels = np.einsum("inp,ip->in", xs, w)
+    if r.noise > 0:
+        labels = labels + r.noise * rng.normal(size=labels.shape)
+    x = np.concatenate([xs, labels[..., None]], axis=2)
+    y = labels[:, -1:].copy()
+    x[:, -1, p] = 0.0  # the query's label is what is asked
+    return x, y
+
+
+def _teacher_transformer(r: Request, rng: np.random.Generator):
+    """Sequences x of n tokens, x_j ~ N(0, I / d_in), and y = g(z(1; x)) of a random teacher
+    network of the model's own family (``teacher_width`` heads in each of ``teacher_depth``
+    layers, parameters N(0, teacher_std^2)): zero loss is attainable."""
+    if r.feature is None:
+        raise ValueError("teacher_transformer data needs the model's block")
+    x = rng.normal(size=(r.n, r.tokens, r.dim)) / np.sqrt(r.dim)
+    y = teacher_targets(x.reshape(r.n, -1), r.feature, width=r.teacher_width,
+                        depth=r.teacher_depth, std=r.teacher_std, out_dim=r.out_dim,
+                        seed=r.seed, tokens=r.tokens)
+    if r.noise > 0:
+        y = y + r.noise * rng.normal(size=y.shape)
+    return x, y
+
+
 class DataKind(NamedTuple):
     """A data kind: ``make(request, rng) -> (x, y)``; ``fresh_test``: the held-out set is
     ``test_n`` fresh samples of the same distribution (else the kind holds them out of a
@@ -328,6 +376,8 @@ DATASETS: dict[str, DataKind] = {
     "file": DataKind(_file, False),
     "digits": DataKind(_digits, False),
     "gaussian": DataKind(_gaussian, True),
+    "in_context_regression": DataKind(_in_context_regression, True),
+    "teacher_transformer": DataKind(_teacher_transformer, True),
 }
 
 

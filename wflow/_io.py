@@ -634,13 +634,13 @@ def _is_resolved(config: dict) -> bool:
                for s in ("data", "model", "init", "solver", "train", "output"))
 
 
-def _expected_k(model: dict) -> int | None:
+def _expected_k(model: dict, tokens: int | None = None) -> int | None:
     """k of the stored config's block; None when it cannot be built here (a user's block
     whose file is gone, a hand-written config)."""
     from ._model import feature_k
 
     try:
-        return feature_k(model)
+        return feature_k(model, tokens=tokens)
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -851,16 +851,20 @@ class _Reader:
         """Shapes against the stored (resolved) config."""
         if _is_resolved(config) and config["solver"].get("kind", "particles") == "particles":
             solver, model, data = config["solver"], config["model"], config["data"]
-            k = _expected_k(model)
+            tokens = data.get("tokens")
+            k = _expected_k(model, tokens)
             want = (solver.get("L"), solver.get("M"), k)
             for where in ("snapshots/theta", "state/theta"):
                 got = self.out[where].shape[-3:] if where in self.out else None
                 if got is not None and got != want and (k is not None or got[:2] != want[:2]):
                     raise self.fail(f"/{where}", f"has shape {self.out[where].shape}, the "
                                     f"stored config needs (..., L, M, k) = {want}")
-            if x.shape != (data.get("n"), data.get("dim")):
+            width = data.get("dim") if tokens is None else tokens * data.get("dim", 0)
+            if x.shape != (data.get("n"), width):
+                names = ("(data.n, data.dim)" if tokens is None
+                         else "(data.n, data.tokens x data.dim)")
                 raise self.fail("/data/x", f"has shape {x.shape}, the stored config has "
-                                f"(data.n, data.dim) = ({data.get('n')}, {data.get('dim')})")
+                                f"{names} = ({data.get('n')}, {width})")
             if y.shape[1] != data.get("out_dim", y.shape[1]):
                 raise self.fail("/data/y", f"has {y.shape[1]} columns, the stored config has "
                                 f"data.out_dim = {data.get('out_dim')}")

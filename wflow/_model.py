@@ -57,8 +57,9 @@ def resolve_block_path(spec, base: str):
 
 
 def feature_from_config(model: dict, *, dim: int | None = None, tile: int | None = None,
-                        check: bool = False) -> AbstractFeatureMap:
-    """The block of a resolved ``[model]`` table (``dim`` overrides ``model.dim``).
+                        check: bool = False, tokens: int | None = None) -> AbstractFeatureMap:
+    """The block of a resolved ``[model]`` table (``dim`` overrides ``model.dim``);
+    ``tokens``: sequence data of that many tokens (``data.tokens``; None: vectors).
 
     ``check``: also run ``check_block`` (k, coordinate names, traced output shape).
     Raises ``ConfigError`` naming ``model.feature`` (or ``model.params.<name>``).
@@ -68,7 +69,7 @@ def feature_from_config(model: dict, *, dim: int | None = None, tile: int | None
         feature = make_feature(spec, model["dim"] if dim is None else dim,
                                model.get("activation", "tanh"), model.get("bias", True),
                                model.get("sharpness", 10.0), tile=tile,
-                               params=model.get("params") or {})
+                               params=model.get("params") or {}, tokens=tokens)
         if check:
             check_block(feature)
     except BlockError as e:
@@ -84,7 +85,8 @@ def feature_from_config(model: dict, *, dim: int | None = None, tile: int | None
     return feature
 
 
-def resolve_block(model: dict, solver: dict, init: dict) -> AbstractFeatureMap:
+def resolve_block(model: dict, solver: dict, init: dict,
+                  tokens: int | None = None) -> AbstractFeatureMap:
     """Build and check the block of a config being resolved; returns it (its ``k`` sizes
     the per-coordinate init lists). Checks the block against the rest of the config:
     ``init.symmetric`` needs a reflection."""
@@ -105,7 +107,7 @@ def resolve_block(model: dict, solver: dict, init: dict) -> AbstractFeatureMap:
             allowed = ", ".join(n for n in fields if n not in MODEL_KEYS) or "none"
             raise ConfigError(f"model.params.{name} = {fmt(value)}: the block {cls.__name__} "
                               f"has no parameter {name!r} (its parameters: {allowed})")
-    feature = feature_from_config(model, tile=solver.get("tile"), check=True)
+    feature = feature_from_config(model, tile=solver.get("tile"), check=True, tokens=tokens)
     if init.get("symmetric") and feature.reflection is None:
         raise ConfigError(f"init.symmetric = true: the block {type(feature).__name__} "
                           f"(model.feature = {fmt(model['feature'])}) declares no reflection "
@@ -114,11 +116,11 @@ def resolve_block(model: dict, solver: dict, init: dict) -> AbstractFeatureMap:
     return feature
 
 
-def feature_k(model: dict) -> int | None:
-    """k of a resolved ``[model]`` table, or None when its block cannot be built here (a
-    user's block whose file is gone)."""
+def feature_k(model: dict, tokens: int | None = None) -> int | None:
+    """k of a resolved ``[model]`` table (``tokens``: data.tokens), or None when its block
+    cannot be built here (a user's block whose file is gone)."""
     try:
-        return int(feature_from_config(model).k)
+        return int(feature_from_config(model, tokens=tokens).k)
     except ConfigError:
         return None
 

@@ -189,7 +189,9 @@ def _feature_of(run: _Run, k: int):
     if not isinstance(model, dict) or model.get("feature") is None or model.get("dim") is None:
         return None
     try:
-        feature = feature_from_config(model)
+        data = run.config.get("data", {})
+        tokens = data.get("tokens") if isinstance(data, dict) else None
+        feature = feature_from_config(model, tokens=tokens)
         return feature if feature.k == k else None
     except Exception:  # any failure only costs the figure its coordinate names
         return None

@@ -139,11 +139,16 @@ def parse_size(text: str) -> float:
 # ----------------------------------------------------------------------------- estimates
 
 
-def _k(model: dict) -> int:
+def _k(config: dict) -> int:
     from ._model import feature_k
 
-    k = feature_k(model)
-    return k if k is not None else 2 * model["dim"] + 1
+    k = feature_k(config["model"], tokens=config["data"].get("tokens"))
+    return k if k is not None else 2 * config["model"]["dim"] + 1
+
+
+def _tokens(data: dict) -> int:
+    """Tokens per sample (1 for vector data): states and inputs are that many vectors."""
+    return data.get("tokens") or 1
 
 
 def _n_samples(data: dict) -> int:
@@ -157,7 +162,8 @@ def _n_records(train: dict) -> int:
 
 def _data_parts(config: dict, b: int) -> list[Part]:
     data, model = config["data"], config["model"]
-    N, d_in, d_out, d = _n_samples(data), data["dim"], data["out_dim"], model["dim"]
+    n = _tokens(data)
+    N, d_in, d_out, d = _n_samples(data), n * data["dim"], data["out_dim"], n * model["dim"]
     parts = [
         Part("data x, y and the embedded inputs", ("data.n", "data.dim", "model.dim"),
              N * (d_in + d_out + 2 * d) * b),
@@ -165,7 +171,7 @@ def _data_parts(config: dict, b: int) -> list[Part]:
              3 * N * (d_in + d_out) * 8, device=False),
     ]
     if data["kind"] == "teacher":
-        tw, td, k = data["teacher_width"], data["teacher_depth"], _k(model)
+        tw, td, k = data["teacher_width"], data["teacher_depth"], _k(config)
         parts.append(Part("teacher network (float64)",
                           ("data.teacher_width", "data.teacher_depth", "data.n", "model.dim"),
                           (td * tw * k + (td + 4) * N * d + 4 * N * tw) * 8, device=False))
@@ -194,7 +200,8 @@ def _block(N: int, M: int, solver: dict) -> int:
 
 def _particle_parts(config: dict, b: int) -> list[Part]:
     data, model, solver, train = (config[s] for s in ("data", "model", "solver", "train"))
-    L, M, N, d, k = solver["L"], solver["M"], _n_samples(data), model["dim"], _k(model)
+    L, M, N, k = solver["L"], solver["M"], _n_samples(data), _k(config)
+    d = _tokens(data) * model["dim"]
     theta = L * M * k * b
     copies = STEP_COPIES[train["method"]] + (1 if train["temperature"] > 0 else 0)
     parts = [Part("parameters (L, M, k) and their copies in a step",
@@ -226,8 +233,8 @@ def _grid_cells(config: dict, k: int) -> list[int]:
 def _grid_parts(config: dict, b: int) -> list[Part]:
     """Hook for ``solver.kind = "grid"`` (see the module docstring)."""
     data, model, solver = config["data"], config["model"], config["solver"]
-    k = _k(model)
-    n_t, N, d = solver["L"], _n_samples(data), model["dim"]
+    k = _k(config)
+    n_t, N, d = solver["L"], _n_samples(data), _tokens(data) * model["dim"]
     C = math.prod(_grid_cells(config, k))
     rho = n_t * C * b
     parts = [

@@ -229,3 +229,31 @@ def random_readout(seed: int, d: int, d_out: int, stream: int = 0) -> np.ndarray
     """
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), _READOUT_TAG, int(stream)]))
     return (rng.standard_normal((d, d_out)) / np.sqrt(d)).T
+
+
+def sequence_maps(tokens: int, d: int, d_in: int, d_out: int, readout_token="last",
+                  embedding: np.ndarray | None = None,
+                  readout: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The embedding A (n d, n d_in) and readout C (d_out, n d) of a sequence state.
+
+    A sample is n tokens x_1..x_n in R^{d_in}, flattened row-major to (n d_in,); the state is
+    the token matrix Z (n, d), flattened to (n d,) (``_features.attention``). Each token is
+    embedded alone, z_j(0) = A_tok x_j with A_tok = ``embedding`` (d, d_in) or the padding
+    [I; 0]; the readout is C_tok (d_out, d) (``readout``, or the first d_out coordinates)
+    applied to one token (``readout_token``: "last", or an index 0..n-1) or to the mean of
+    the tokens ("mean"). A = I_n (x) A_tok is block diagonal; C is C_tok placed at the token
+    read (1/n C_tok at every token for "mean"). float64.
+    """
+    A_tok = np.eye(d, d_in) if embedding is None else np.asarray(embedding, np.float64)
+    C_tok = np.eye(d_out, d) if readout is None else np.asarray(readout, np.float64)
+    A = np.kron(np.eye(tokens), A_tok)
+    C = np.zeros((d_out, tokens, d))
+    if readout_token == "mean":
+        C[:] = C_tok[:, None, :] / tokens
+    else:
+        index = tokens - 1 if readout_token == "last" else int(readout_token)
+        if not 0 <= index < tokens:
+            raise ValueError(f"model.readout_token = {readout_token!r}: a sequence of {tokens} "
+                             f"tokens has indices 0..{tokens - 1}")
+        C[:, index, :] = C_tok
+    return A, C.reshape(d_out, tokens * d)

@@ -26,7 +26,7 @@ from typing import Any
 
 __all__ = ["ConfigError", "Key", "bad", "bool_key", "bounds_key", "cells_key", "check_table",
            "choice_key", "choices_key", "digits_key", "float_key", "fmt", "int_key", "ints_key",
-           "is_int", "is_num", "json_schema", "numbers_key", "parse_override", "path_key",
+           "is_int", "is_num", "json_schema", "name_or_index_key", "numbers_key", "parse_override", "path_key",
            "read_toml", "reference_markdown", "to_toml", "unknown_key"]
 
 
@@ -274,6 +274,14 @@ def numbers_key(default, lo: float | None = None, strict: bool = False, per_coor
     return Key(default, {"anyOf": [item, _list_of(item, min_items=1)]},
                f"must be {what} or a list of such numbers (one per coordinate)",
                lambda v: [float(x) for x in v] if isinstance(v, list) else float(v))
+
+
+def name_or_index_key(default, names) -> Key:
+    """One of ``names``, or an integer index >= 0 (checked against its range when resolved)."""
+    names = list(names)
+    return Key(default, {"anyOf": [{"type": "string", "enum": names},
+                                   {"type": "integer", "minimum": 0}]},
+               f"allowed are {_names(names)}, or an integer index >= 0")
 
 
 def block_key(default, registry) -> Key:

@@ -31,20 +31,32 @@ from .base import (
     split_rows,
     vmapped_value,
 )
+from .attention import (
+    AbstractSequenceBlock,
+    Attention,
+    AttentionMLP,
+    LinearAttention,
+    Tokenwise,
+    sequence_block,
+)
 from .linear import Linear
 from .neuron import Neuron
 
 FEATURES: dict[str, type[AbstractFeatureMap]] = {
     "neuron": Neuron,
     "linear": Linear,
+    "attention": Attention,
+    "linear_attention": LinearAttention,
+    "attention_mlp": AttentionMLP,
 }
 
 # The name the rest of the package used before the block interface; kept for users' code.
 FeatureMap = AbstractFeatureMap
 
 __all__ = [
-    "FEATURES", "TILE", "TILE_CPU", "AbstractFeatureMap", "BlockError", "FeatureMap", "Linear",
-    "Neuron", "block_fields", "blocked_value", "blocked_vjp", "default_tile", "generic_field",
+    "FEATURES", "TILE", "TILE_CPU", "AbstractFeatureMap", "AbstractSequenceBlock", "Attention",
+    "AttentionMLP", "BlockError", "FeatureMap", "Linear", "LinearAttention", "Neuron",
+    "Tokenwise", "block_fields", "blocked_value", "blocked_vjp", "default_tile", "generic_field",
     "is_block_spec", "load_block", "make_feature", "split_rows", "vmapped_value",
 ]
 
@@ -164,14 +176,18 @@ def _first_line(e: BaseException) -> str:
 def block_fields(cls: type[AbstractFeatureMap]) -> dict[str, dataclasses.Field]:
     """The hyperparameters of a block class (its dataclass fields other than ``d`` and
     ``tile``), by name."""
-    return {f.name: f for f in dataclasses.fields(cls) if f.name not in ("d", "tile")}
+    return {f.name: f for f in dataclasses.fields(cls)
+            if f.name not in ("d", "tile", "tokens", "token_dim")}
 
 
 def make_feature(kind: str, d: int, activation: str = "tanh", bias: bool = True,
                  sharpness: float = 10.0, tile: int | None = None,
-                 params: dict | None = None) -> AbstractFeatureMap:
+                 params: dict | None = None, tokens: int | None = None) -> AbstractFeatureMap:
     """Build a block by name (a registry name or a user's spec, ``load_block``).
 
+    ``tokens``: the state is a sequence of that many tokens of dimension ``d`` (flattened,
+    ``attention.py``): a sequence block gets ``tokens``, a block of vectors acts on every
+    token (``Tokenwise``). None: the state is one vector of dimension d.
     ``params`` are its hyperparameters (config ``[model.params]``). ``activation``,
     ``bias`` and ``sharpness`` (config ``model.activation`` ...) are passed to blocks
     that declare a field of that name (``Neuron`` does); ``tile`` bounds the (N, M)
@@ -193,7 +209,12 @@ def make_feature(kind: str, d: int, activation: str = "tanh", bias: bool = True,
     if missing:
         raise BlockError(f"the block {cls.__name__} needs the parameter {missing[0]!r} "
                          "(set it in [model.params])")
+    if tokens is None and issubclass(cls, AbstractSequenceBlock):
+        raise BlockError(f"the block {cls.__name__} acts on sequences of tokens; it needs "
+                         "sequence data (data.tokens, or file data x of shape (N, n, d_in))")
     try:
+        if tokens is not None:
+            return sequence_block(cls, d, tokens, tile=tile, **kwargs)
         return cls(d=d, tile=tile, **kwargs)
     except TypeError as e:
         if "abstract" in str(e):

@@ -70,6 +70,16 @@ def split_rows(a: jax.Array, n: int, c: int, mode: str = "constant") -> jax.Arra
     return a.reshape((n, c) + a.shape[1:])
 
 
+def grid_of_blocks(N: int, M: int, tile: int) -> tuple[int, int, int, int]:
+    """(n_N, N_c, n_M, M_c) of an (N, M) field call in blocks of at most ``tile`` pairs
+    (``AbstractFeatureMap.blocks``)."""
+    Mc = min(M, tile)
+    nM = -(-M // Mc)
+    rows = max(1, tile // Mc)
+    nN = -(-N // rows)
+    return nN, -(-N // nN), nM, Mc
+
+
 class AbstractFeatureMap(eqx.Module):
     """A residual block f(z; theta): define ``k`` and ``__call__``; see the module docstring.
 
@@ -150,12 +160,7 @@ class AbstractFeatureMap(eqx.Module):
         M_c = min(M, tile) particles and N_c = ceil(N / n_N) rows with n_N the
         fewest chunks such that N_c M_c <= tile; (1, N, 1, M) when N M <= tile.
         """
-        tile = default_tile() if self.tile is None else self.tile
-        Mc = min(M, tile)
-        nM = -(-M // Mc)
-        rows = max(1, tile // Mc)
-        nN = -(-N // rows)
-        return nN, -(-N // nN), nM, Mc
+        return grid_of_blocks(N, M, default_tile() if self.tile is None else self.tile)
 
     def field_value(self, Z: jax.Array, Theta: jax.Array,
                     weights: jax.Array | None = None) -> jax.Array:
