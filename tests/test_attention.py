@@ -136,9 +136,9 @@ def test_sequence_maps_embed_each_token_and_read_one(readout_token):
 
 
 def test_in_context_regression_prompts():
-    """Context tokens (x_j, w . x_j), query (x_n, 0), target w . x_n, with one w per prompt."""
+    """Context tokens (w . x_j, x_j), query (0, x_n), target w . x_n, with one w per prompt."""
     x, y = wflow.make_dataset("in_context_regression", n=200, dim=4, tokens=6, seed=3)
-    xs, labels = x[:, :, :3], x[:, :, 3]
+    xs, labels = x[:, :, 1:], x[:, :, 0]
     assert np.all(labels[:, -1] == 0.0)
     w = np.stack([np.linalg.lstsq(xs[i, :-1], labels[i, :-1], rcond=None)[0] for i in range(200)])
     np.testing.assert_allclose(y[:, 0], np.einsum("ip,ip->i", xs[:, -1], w), rtol=1e-10,
@@ -272,3 +272,148 @@ def test_icl_runs_reruns_and_splits_over_devices(tmp_path):
         for name in ("history/loss", "state/theta", "snapshots/theta"):
             a, b = got[name], ref[name]
             assert np.max(np.abs(a - b)) <= 1e-12 * np.max(np.abs(b)), (shard, name)
+
+
+# ----------------------------------------------------------------------------- token clustering
+
+
+def _cluster_run(T, prompts=4, n=12, seed=1):
+    """Tokens of ``prompts`` sequences moved by one head Q = K = V = I (beta = 1) in continuous
+    depth over the horizon T (the residual scale alpha = T), rescaled by e^{-T}."""
+    f = make_feature("attention", 2, tokens=n, params={"rank": 2, "beta": 1.0})
+    eye = np.eye(2).reshape(-1)
+    theta = jnp.asarray(np.concatenate([eye, eye, eye]))[None, None, :]
+    X = np.random.default_rng(seed).normal(size=(prompts, n, 2))
+    p = wflow.Problem(f, jnp.asarray(X.reshape(prompts, -1)), jnp.zeros((prompts, 1)), scale=T)
+    depth = wflow.ContinuousDepth(rtol=1e-10, atol=1e-12, max_steps=100_000)
+    z = depth.final_state(p, theta, p.embed(p.x))
+    return np.asarray(z).reshape(prompts, n, 2) * np.exp(-T)
+
+
+def test_tokens_cluster_at_the_vertices_of_a_polytope():
+    """Geshkovski, Letrouit, Polyanskiy and Rigollet (2023): with Q = K = V = I the rescaled
+    tokens e^{-t} z_i(t) converge, and their limits are extreme points of their own convex
+    hull. Checked: the increments of the rescaled tokens fall geometrically (as e^{-t}, once
+    the softmax has saturated) to ~1e-8 over t = 20..22, and no limit is a convex combination
+    of the others (a linear feasibility problem, scipy's linprog)."""
+    from scipy.optimize import linprog
+
+    runs = {T: _cluster_run(T) for T in (8.0, 14.0, 20.0, 22.0)}
+    inc = [np.max(np.abs(runs[b] - runs[a])) / np.max(np.abs(runs[a]))
+           for a, b in ((8.0, 14.0), (14.0, 20.0), (20.0, 22.0))]
+    assert inc[0] > 1e-4 and inc[1] < 1e-2 * inc[0] and inc[2] < 1e-7, inc
+    most = 0
+    for tokens in runs[22.0]:
+        limits = []
+        for v in tokens:
+            if not any(np.linalg.norm(v - w) < 1e-6 * np.linalg.norm(w) for w in limits):
+                limits.append(v)
+        most = max(most, len(limits))
+        for i, v in enumerate(limits):
+            others = np.asarray([w for j, w in enumerate(limits) if j != i])
+            if not len(others):
+                continue
+            # lambda >= 0, sum lambda = 1, sum lambda_j w_j = v: must be infeasible
+            res = linprog(np.zeros(len(others)), A_eq=np.vstack([others.T, np.ones(len(others))]),
+                          b_eq=np.append(v, 1.0), bounds=(0, None), method="highs")
+            assert res.status == 2, (v, others)  # 2: infeasible
+    assert most >= 3  # a non-trivial polytope among the prompts
+
+
+GATE = '''
+import jax
+import wflow
+
+
+class Gate(wflow.AbstractSequenceBlock):
+    @property
+    def k(self):
+        return 2 * self.token_dim
+
+    def token_map(self, Z, theta):
+        a, v = theta[: self.token_dim], theta[self.token_dim :]
+        return jax.nn.sigmoid(Z @ a)[:, None] * v[None, :]
+'''
+
+
+def test_a_users_sequence_block_runs_from_a_config(tmp_path):
+    """The gate of docs/blocks.md, "Sequence blocks", in its own file, named by a config."""
+    from wflow.cli import main
+
+    (tmp_path / "gate.py").write_text(GATE)
+    cfg = tmp_path / "gate.toml"
+    cfg.write_text(ICL.replace('feature = "attention"', 'feature = "gate.py:Gate"')
+                   .replace("[model.params]\nrank = 2\n", ""))
+    out = tmp_path / "gate.h5"
+    assert main(["run", str(cfg), "-o", str(out), "-q"]) == 0
+    got = datasets(out)
+    assert got["state/theta"].shape == (2, 8, 2 * 3)
+    assert got["history/loss"][-1] < got["history/loss"][0]
+
+
+# ----------------------------------------------------------------------------- in-context regression
+
+
+def _icl_features(x, n):
+    """The predictors of one linear-attention layer: yhat = sum T_abc z_{n,a} S_bc with
+    S = (1/n) sum_j z_j z_j^T (docs/theory.md, "Sequences and attention"); x (N, n, d)."""
+    S = np.einsum("inb,inc->ibc", x, x) / n
+    return np.einsum("ia,ibc->iabc", x[:, -1], S).reshape(len(x), -1)
+
+
+def _closed_form(x, n, p):
+    """The population minimizer yhat* = (1 / (n + p)) sum_{j<n} y_j (x_j . x_n)."""
+    y, xs = x[:, :, 0], x[:, :, 1:]
+    return np.einsum("ij,ijp,ip->i", y[:, :-1], xs[:, :-1], xs[:, -1]) / (n + p)
+
+
+def _rel(a, b):
+    return float(np.sqrt(np.mean((a - b) ** 2) / np.mean(b ** 2)))
+
+
+def test_least_squares_over_linear_attention_tends_to_the_closed_form():
+    """The global minimizer of the training loss over everything one linear-attention layer can
+    represent (least squares on its cubic features) tends to the closed-form population
+    minimizer on fresh prompts as N grows, at the statistical rate N^-1/2."""
+    n, p = 6, 2
+    xt, _ = wflow.make_test_set("in_context_regression", n=1, dim=p + 1, tokens=n, seed=0,
+                                test_n=4000)
+    star = _closed_form(xt, n, p)
+    Ns, errs = [1024, 4096, 16384, 65536], []
+    for N in Ns:
+        x, y = wflow.make_dataset("in_context_regression", n=N, dim=p + 1, tokens=n, seed=0)
+        coef = np.linalg.lstsq(_icl_features(x, n), y[:, 0], rcond=None)[0]
+        errs.append(_rel(_icl_features(xt, n) @ coef, star))
+    slope = np.polyfit(np.log(Ns), np.log(errs), 1)[0]
+    assert abs(slope + 0.5) < 0.15 and errs[-1] < 0.03, (slope, errs)
+
+
+def test_linear_attention_flow_reaches_the_global_minimizer():
+    """One layer of 16 linear-attention heads, trained by the flow from a small symmetric start
+    (the network starts as the identity), reaches the global minimum of its training loss over
+    the function class (least squares, previous test) and predicts fresh prompts as the global
+    minimizer does; at N = 4096 that is within the statistical error (~7%, previous test) of the
+    closed form (1 / (n + p)) sum y_j x_j . x_n."""
+    n, p, N, M = 6, 2, 4096, 16
+    d = p + 1
+    f = make_feature("linear_attention", d, tokens=n, params={"rank": d})
+    x, y = wflow.make_dataset("in_context_regression", n=N, dim=d, tokens=n, seed=0)
+    A, C = sequence_maps(n, d, d, 1)
+    problem = wflow.Problem(f, jnp.asarray(x.reshape(N, -1)), jnp.asarray(y),
+                            embedding=jnp.asarray(A), readout_matrix=jnp.asarray(C))
+    th0 = wflow.init_particles("gaussian", jax.random.PRNGKey(1), 1, M, f.k, std=0.1,
+                               dtype=jnp.float64, reflection=f.reflection)
+    res = wflow.integrate(problem, wflow.LayeredDepth(),
+                          wflow.Schedule(time=200.0, dt=0.5, record_every=40), theta0=th0)
+    assert res.status == "complete"
+    F = _icl_features(x, n)
+    coef = np.linalg.lstsq(F, y[:, 0], rcond=None)[0]
+    best = 0.5 * np.mean((F @ coef - y[:, 0]) ** 2)
+    assert res.history["loss"][0] > 2.5 * best  # from far above
+    assert res.history["loss"][-1] - best < 1e-4 * best, (res.history["loss"][-1], best)
+    xt, yt = wflow.make_test_set("in_context_regression", n=N, dim=d, tokens=n, seed=0,
+                                 test_n=4000)
+    fresh = problem.replace(x=jnp.asarray(xt.reshape(len(xt), -1)), y=jnp.asarray(yt))
+    pred = np.asarray(wflow.LayeredDepth().predict(fresh, res.state.measure))[:, 0]
+    assert _rel(pred, _icl_features(xt, n) @ coef) < 0.01
+    assert _rel(pred, _closed_form(xt, n, p)) < 0.12

@@ -5,7 +5,9 @@ Theta (L, M, k) or a density on a theta-grid), and training is the Wasserstein g
 rho (docs/theory.md). The public surface:
 
 * problem:         ``Problem``; blocks: ``AbstractFeatureMap`` (a user's block defines ``k``
-                   and ``__call__``), ``Neuron``, ``Linear``, the registry ``FEATURES``,
+                   and ``__call__``), ``Neuron``, ``Linear``, the registry ``FEATURES``;
+                   sequences: ``AbstractSequenceBlock``, ``Attention``, ``LinearAttention``,
+                   ``AttentionMLP``, ``Tokenwise``, ``sequence_maps``;
                    ``make_feature``, ``load_block``, ``generic_field``; ``get_activation``,
                    ``make_dataset``
 * discretization:  ``LayeredDepth`` (the finite ResNet), ``ContinuousDepth`` (diffrax),
@@ -38,9 +40,14 @@ from ._depth import ADJOINTS, DEPTHS, ContinuousDepth, DepthDiscretization, Eval
 from ._features import (
     FEATURES,
     AbstractFeatureMap,
+    AbstractSequenceBlock,
+    Attention,
+    AttentionMLP,
     FeatureMap,
     Linear,
+    LinearAttention,
     Neuron,
+    Tokenwise,
     generic_field,
     load_block,
     make_feature,
@@ -50,7 +57,7 @@ from ._grid import FiniteVolume, Grid, GridDensity, GridFlow, init_density, posi
 from ._integrate import FlowResult, FlowState, Record, Schedule, integrate
 from ._limiters import LIMITERS, AbstractLimiter
 from ._init_particles import INIT_KINDS, MEASURES, init_particles
-from ._problem import Problem, random_embedding, random_readout
+from ._problem import Problem, random_embedding, random_readout, sequence_maps
 from ._sharding import SHARD_MODES, ShardedDepth, make_mesh, shard_depth
 from ._steppers import METHODS, STEPPERS, AbstractStepper
 
@@ -99,6 +106,9 @@ __all__ = [
     "SHARD_MODES",
     "STEPPERS",
     "AbstractFeatureMap",
+    "AbstractSequenceBlock",
+    "Attention",
+    "AttentionMLP",
     "AbstractLimiter",
     "AbstractStepper",
     "Activation",
@@ -120,6 +130,7 @@ __all__ = [
     "GridFlow",
     "LayeredDepth",
     "Linear",
+    "LinearAttention",
     "Measure",
     "Minibatch",
     "Momentum",
@@ -131,6 +142,7 @@ __all__ = [
     "Reordering",
     "Schedule",
     "ShardedDepth",
+    "Tokenwise",
     "Trajectory",
     "__version__",
     "block_fields",
@@ -155,6 +167,7 @@ __all__ = [
     "random_embedding",
     "random_readout",
     "run_compare",
+    "sequence_maps",
     "shallow_ensemble",
     "shard_depth",
     "train_network",

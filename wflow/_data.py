@@ -21,7 +21,7 @@ caller casts to the run's precision.
 * ``file``: ``.npz`` or ``.h5``/``.hdf5`` holding ``x`` (N, d_in) and ``y``
   (N,) or (N, d_out).
 * ``in_context_regression`` (sequences of ``tokens`` tokens): per prompt w ~ N(0, I_p / p),
-  context tokens (x_j, w . x_j), j < n, and the query (x_n, 0), target w . x_n
+  context tokens (w . x_j, x_j), j < n, and the query (0, x_n), target w . x_n
   (p = ``dim`` - 1; Zhang, Frei and Bartlett's in-context linear regression).
 * ``teacher_transformer`` (sequences): tokens x_j ~ N(0, I / d_in), y of a random teacher
   network of the model's own block (attention heads), so zero loss is attainable.
@@ -329,18 +329,19 @@ def _digits(r: Request, rng: np.random.Generator):
 
 
 def _in_context_regression(r: Request, rng: np.random.Generator):
-    """Prompts of linear regression: w ~ N(0, I_p / p) per prompt, tokens (x_j, w . x_j) for
-    the n - 1 context tokens and (x_n, 0) for the query, target w . x_n (p = dim - 1; label
-    noise on every label). x (N, n, p + 1), y (N, 1)."""
+    """Prompts of linear regression: w ~ N(0, I_p / p) per prompt, tokens (w . x_j, x_j) for
+    the n - 1 context tokens and (0, x_n) for the query, target w . x_n (p = dim - 1; label
+    noise on every label). The label comes first, so the default readout (the first
+    coordinate of the last token) reads the query's label slot. x (N, n, p + 1), y (N, 1)."""
     n, p = r.tokens, r.dim - 1
     w = rng.normal(size=(r.n, p)) / np.sqrt(p)
     xs = rng.normal(size=(r.n, n, p))
     labels = np.einsum("inp,ip->in", xs, w)
     if r.noise > 0:
         labels = labels + r.noise * rng.normal(size=labels.shape)
-    x = np.concatenate([xs, labels[..., None]], axis=2)
+    x = np.concatenate([labels[..., None], xs], axis=2)
     y = labels[:, -1:].copy()
-    x[:, -1, p] = 0.0  # the query's label is what is asked
+    x[:, -1, 0] = 0.0  # the query's label is what is asked
     return x, y
 
 
