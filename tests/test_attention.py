@@ -337,7 +337,8 @@ class Gate(wflow.AbstractSequenceBlock):
 
 
 def test_a_users_sequence_block_runs_from_a_config(tmp_path):
-    """The gate of docs/blocks.md, "Sequence blocks", in its own file, named by a config."""
+    """The gate of docs/blocks.md, "Sequence blocks: attention heads as particles", in its own
+    file, named by a config."""
     from wflow.cli import main
 
     (tmp_path / "gate.py").write_text(GATE)
