@@ -86,7 +86,7 @@ def resolve_limit(config: dict) -> dict:
                               f"every D must be >= d_out = {config['data']['out_dim']}")
         from .._model import feature_from_config
 
-        small = feature_from_config(model, dim=min(dims))
+        small = feature_from_config(model, dim=min(dims), tokens=config["data"].get("tokens"))
         try:
             small.lift(np.zeros((1, small.k)), max(dims))
         except NotImplementedError as e:
@@ -123,7 +123,8 @@ def default_sinkhorn_epsilon(config: dict, dims) -> float:
 
     init = config["init"]
     model = config["model"]
-    k = feature_from_config(model, dim=max(dims) if dims else model["dim"]).k
+    k = feature_from_config(model, dim=max(dims) if dims else model["dim"],
+                            tokens=config["data"].get("tokens")).k
     std = per_coord(init["std"], k, "init.std")
     if init["kind"] == "uniform":
         mean = per_coord(init["mean"], k, "init.mean")
@@ -212,7 +213,7 @@ def _grid_reference(config: dict, study: dict, dims) -> dict:
             raise ConfigError(f"study.{name} = {fmt(study[name])}: only used with "
                               'study.reference = "particles" (the grid reference is sized by '
                               "[study.grid] and has the state dimension model.dim)")
-    k = feature_from_config(model).k
+    k = feature_from_config(model, tokens=config["data"].get("tokens")).k
     if k > MAX_K:
         raise ConfigError(f'study.reference = "grid": the grid solver needs k <= {MAX_K} '
                           f"parameters per particle, this model has k = {k} (k = d^2 for "

@@ -59,14 +59,14 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
-from .._build import dtype_of
+from .._build import dtype_of, random_maps
 from .._data import DataError, make_dataset
 from .._depth import ContinuousDepth, LayeredDepth
 from .._flow import Regularization
 from .._init_particles import per_coord
 from .._integrate import Schedule, integrate
 from .._model import feature_from_config
-from .._problem import Problem, random_embedding, random_readout
+from .._problem import Problem
 from .._schema import ConfigError
 from ._batch import Batch, forward_values
 from ._keys import time_steps
@@ -141,9 +141,22 @@ class LimitSetup(NamedTuple):
     def random_embedding(self) -> bool:
         return self.config["model"]["embedding"] == "random"
 
+    @property
+    def tokens(self) -> int | None:
+        """Tokens per sample of sequence data (None: vectors)."""
+        return self.config["data"].get("tokens")
+
     def feature(self, D: int):
         m = self.config["model"]
-        return feature_from_config(m, dim=D)
+        return feature_from_config(m, dim=D, tokens=self.tokens)
+
+    def maps(self, D: int, rep: int):
+        """(A, C) of repetition ``rep`` at state dimension D, float64 NumPy (None: pad /
+        coordinates): the random maps, or a sequence's token maps (``_build.random_maps``)."""
+        data = self.config["data"]
+        A, C = random_maps(self.config["model"], self.config["seed"], data["dim"],
+                           self.y.shape[1], np.float64, stream=rep, dim=D, tokens=self.tokens)
+        return (None if A is None else np.asarray(A)), (None if C is None else np.asarray(C))
 
     def k(self, D: int) -> int:
         return self.feature(D).k
@@ -189,13 +202,15 @@ def build_limit(config: dict, study: dict) -> LimitSetup:
     data, model, solver, train = (config[s] for s in ("data", "model", "solver", "train"))
     dims = study["dims"] or [model["dim"]]
     try:
-        feature = feature_from_config(model, dim=dims[-1])
+        feature = feature_from_config(model, dim=dims[-1], tokens=data.get("tokens"))
         x, y = make_dataset(
             data["kind"], n=data["n"], dim=data["dim"], seed=config["seed"], feature=feature,
             out_dim=data["out_dim"], noise=data["noise"], path=data["path"],
             teacher_width=data["teacher_width"], teacher_depth=data["teacher_depth"],
             teacher_std=data["teacher_std"],
-            classes=None if data["classes"] is None else tuple(data["classes"]))
+            classes=None if data["classes"] is None else tuple(data["classes"]),
+            tokens=data.get("tokens"))
+        x = x.reshape(x.shape[0], -1)  # sequences flattened (N, n d_in)
         regularization = Regularization(train["l2"], train["l2_schedule"], train["l2_decay"],
                                         train["temperature"])
         continuous = ContinuousDepth(adjoint=solver["adjoint"], solver=solver["ode_solver"],
@@ -257,7 +272,8 @@ def member_bytes(setup: LimitSetup, L: int, M: int, D: int) -> float:
     """Estimated bytes of one member at (padded) shape (L, M, D)."""
     item = np.dtype(setup.dtype).itemsize
     N = setup.x.shape[0]
-    return MEMORY_FACTOR * L * M * setup.k(D) * item + 4.0 * L * N * D * item
+    return (MEMORY_FACTOR * L * M * setup.k(D) * item
+            + 4.0 * L * N * D * (setup.tokens or 1) * item)
 
 
 def plan(setup: LimitSetup) -> list[Block]:
@@ -370,8 +386,6 @@ def make_batch(setup: LimitSetup, block: Block) -> tuple[Problem, Batch]:
     dt = setup.dtype
     Mp, Dp = block.M, block.D
     thetas, weights, embs, ros = [], [], [], []
-    model, seed = setup.config["model"], setup.config["seed"]
-    d_in, d_out = setup.x.shape[1], setup.y.shape[1]
     twins = block.reference and setup.carries_twins and not block.members[0].half
     for m in members:
         th = _particles(setup, m, block.reference)
@@ -383,12 +397,12 @@ def make_batch(setup: LimitSetup, block: Block) -> tuple[Problem, Batch]:
             th, w = _with_twins(setup, m.rep, th, w)
         thetas.append(th)
         weights.append(w)
-        if model["embedding"] == "random":
-            A = random_embedding(seed, m.D, d_in, stream=m.rep)
-            embs.append(np.pad(A, ((0, Dp - m.D), (0, 0))))
-        if model["readout"] == "random":
-            C = random_readout(seed, m.D, d_out, stream=m.rep)
-            ros.append(np.pad(C, ((0, 0), (0, Dp - m.D))))
+        if setup.random_maps:  # each member's own maps, padded to the block's D
+            A, C = setup.maps(m.D, m.rep)
+            if A is not None:
+                embs.append(np.pad(A, ((0, Dp - m.D), (0, 0))))
+            if C is not None:
+                ros.append(np.pad(C, ((0, 0), (0, Dp - m.D))))
     theta = jnp.asarray(np.stack(thetas, axis=1) if len(thetas) > 1 else thetas[0][:, None], dt)
     del thetas
     W = None
@@ -398,9 +412,12 @@ def make_batch(setup: LimitSetup, block: Block) -> tuple[Problem, Batch]:
     C = jnp.asarray(np.stack(ros), dt) if ros else None
     # the shared problem carries member 0's maps (the batch swaps in each member's own), so
     # that a state dimension below d_in / d_out passes Problem's checks
+    A0, C0 = (None, None) if setup.random_maps else setup.maps(Dp, 0)  # shared token maps
+    A0 = A0 if A is None else A[0]
+    C0 = C0 if C is None else C[0]
     problem = Problem(setup.feature(Dp), jnp.asarray(setup.x, dt), jnp.asarray(setup.y, dt),
-                      embedding=None if A is None else A[0],
-                      readout_matrix=None if C is None else C[0])
+                      embedding=None if A0 is None else jnp.asarray(A0, dt),
+                      readout_matrix=None if C0 is None else jnp.asarray(C0, dt))
     return problem, Batch(theta, W, A, C, twins=twins)
 
 
@@ -568,21 +585,18 @@ def grid_reference(setup: LimitSetup, rep: int):
     """
     from .._grid import FiniteVolume, Grid, init_density
 
-    st, model, init = setup.study, setup.config["model"], setup.config["init"]
-    D, seed, dt = setup.dims[-1], setup.config["seed"], setup.dtype
-    d_in, d_out = setup.x.shape[1], setup.y.shape[1]
+    st, init = setup.study, setup.config["init"]
+    D, dt = setup.dims[-1], setup.dtype
     feature = setup.feature(D)
     g = st["grid"]
     grid = Grid.box(g["cells"], g["bounds"], feature.k)
     fv = FiniteVolume(g["scheme"], g.get("limiter"), g["cfl"])
     density = init_density(init["kind"], grid, st["reference_L"], mean=init["mean"],
                            std=init["std"], low=init["low"], high=init["high"], dtype=dt, fv=fv)
-    A = (jnp.asarray(random_embedding(seed, D, d_in, stream=rep), dt)
-         if model["embedding"] == "random" else None)
-    C = (jnp.asarray(random_readout(seed, D, d_out, stream=rep), dt)
-         if model["readout"] == "random" else None)
+    A, C = setup.maps(D, rep)
     problem = Problem(feature, jnp.asarray(setup.x, dt), jnp.asarray(setup.y, dt),
-                      embedding=A, readout_matrix=C)
+                      embedding=None if A is None else jnp.asarray(A, dt),
+                      readout_matrix=None if C is None else jnp.asarray(C, dt))
     return problem, setup.reference_depth(), density
 
 
