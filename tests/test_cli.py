@@ -295,6 +295,27 @@ def test_default_output_path(tmp_path, capsys, monkeypatch):
     assert out.strip().endswith(os.path.join("runs", "mycfg.h5"))
 
 
+@pytest.mark.parametrize("verb", [("study", "limit"), ("compare",)], ids=["study", "compare"])
+def test_study_and_compare_create_their_output_folder(tmp_path, capsys, monkeypatch, verb):
+    """As `wflow run` does: the default runs/ in a fresh folder, or -o in a new nested folder
+    (the lock file used to be opened before the folder existed: exit 2)."""
+    edits = ({"study.L": "[2, 4]", "study.M": "[4]", "study.seeds": "2", "study.times": "[0.5]",
+              "study.reference": '"particles"', "study.reference_M": "8",
+              "study.reference_L": "4"} if verb[0] == "study"
+             else {"compare.optimizers": '["sgd"]', "compare.records": "2"})
+    cfg = write_config(tmp_path, edits, name="mycfg.toml")
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = cli(capsys, *verb, cfg, "-q", "--no-plot" if verb[0] == "study" else "--no-plots")
+    assert rc == 0, err
+    default = "mycfg_limit.h5" if verb[0] == "study" else "mycfg_compare.h5"
+    assert (tmp_path / "runs" / default).is_file()
+    nested = tmp_path / "new" / "deeper" / "out.h5"
+    rc, _, err = cli(capsys, *verb, cfg, "-o", nested, "-q",
+                     "--no-plot" if verb[0] == "study" else "--no-plots")
+    assert rc == 0, err
+    assert nested.is_file() and not nested.with_name("out.h5.lock").exists()
+
+
 def test_set_overrides_are_used_and_stored(tmp_path, capsys):
     out = tmp_path / "o.h5"
     rc, _, _ = cli(capsys, "run", write_config(tmp_path), "-o", out, "-q", "--set", "solver.M=6",

@@ -109,6 +109,26 @@ def test_the_benchmarks_page_includes_the_benchmark_notes(site):
     assert (site / "benchmarks" / "results" / "study_limit_teacher_L.png").is_file()
 
 
+def test_the_example_pages_show_their_figures(site):
+    """Every examples/0*.py is a page (docs/hooks.py) with its code and its figures."""
+    notebooks = sorted((ROOT / "examples").glob("0*.py"))
+    assert len(notebooks) == 4
+    nav = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    for notebook in notebooks:
+        assert f"examples/{notebook.stem}.md" in nav, notebook.name
+        html = (site / "examples" / notebook.stem / "index.html").read_text(encoding="utf-8")
+        # the code cells, highlighted as Python; no cell markers left
+        assert '<div class="highlight"><pre><span></span><code><span class="kn">import' in html
+        assert "# %%" not in html
+        images = re.findall(r'<img alt="[^"]*" src="\.\./\.\./(figures/examples/[^"]+)"', html)
+        assert images, notebook.name
+        for src in images:
+            assert (site / src).is_file(), src
+    assert (site / "figures" / "examples" / "rho_over_training.gif").is_file()
+    studies = (site / "studies" / "index.html").read_text(encoding="utf-8")
+    assert 'href="../examples/01_check_the_limit/"' in studies  # ../examples/*.py, rewritten
+
+
 def test_the_readme_is_short():
     text = README.read_text(encoding="utf-8")
     assert text.count("\n") <= 200

@@ -92,7 +92,21 @@ def test_study_file_has_named_dimensions(tmp_path, capsys):
     np.testing.assert_array_equal(tree["time"].values, [0.0, 0.5])
     table = errors.sel(time=0.5).mean("seed").to_pandas()  # a study's error table, a DataFrame
     assert table.shape == (2, 2) and np.all(np.isfinite(table.values))
-    assert tree["fit"]["output"]["rms"].dims == ("L", "M", "time")
+    fit = tree["fit"]["output"].to_dataset()
+    assert fit["rms"].dims == ("L", "M", "time")
+    # the fits: slopes along the other swept axis, the model's terms, the free fit's parameters
+    assert fit["slope_L"].dims == fit["slope_L_err"].dims == ("time", "M")
+    assert fit["slope_M"].dims == ("time", "L")
+    assert fit["model"].dims == fit["model_err"].dims == ("time", "term")
+    assert list(fit["term"].values) == ["a", "b"]
+    assert fit["free"].dims == fit["theory_inside"].dims == ("time", "param")
+    assert list(fit["param"].values) == ["a", "p", "b", "q"]
+    assert fit["free_ci"].dims == ("time", "param", "bound")
+    with h5py.File(out, "r") as f:
+        assert [str(p) for p in fit["param"].values] == list(f["fit/output/free"].attrs["params"])
+        np.testing.assert_array_equal(fit["free_ci"].sel(bound="upper").values,
+                                      f["fit/output/free_ci"][..., 1])
+        np.testing.assert_array_equal(fit["slope_M"].sel(L=4).values, f["fit/output/slope_M"][:, 1])
 
 
 def test_compare_file_has_named_dimensions(tmp_path, capsys):

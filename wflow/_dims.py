@@ -20,7 +20,11 @@ scale dataset (as netCDF and h5netcdf read them):
 * study files: ``/errors/<metric>``, ``/values/loss`` (L, M[, D], seed, time),
   ``/done`` (L, M[, D], seed), ``/fit/<metric>/rms``, ``rms_err``, ``below_floor``
   (L, M[, D], time), every other 1-D ``/fit`` array and ``/reference/floor/<metric>``
-  (time), the reference's loss (seed, time) and prediction (seed, time, sample, out),
+  (time), the slopes ``slope_L`` (time, M[, D]), ``slope_M`` (time, L[, D]), ``slope_D``
+  (time, L, M) and their ``_err``, the fixed-exponent model ``model``, ``model_err``
+  (time, term), the free-exponent fit ``free``, ``theory_inside`` (time, param) and
+  ``free_ci`` (time, param, bound), the reference's loss (seed, time) and prediction
+  (seed, time, sample, out),
   ``/study/L``, ``M``, ``dims``, ``times``, ``seeds``; zero-loss runs ``/runs/<init>/history/*``
   along ``s``;
 * compare files: every run group's 1-D records along its own ``s``, its predictions
@@ -28,8 +32,10 @@ scale dataset (as netCDF and h5netcdf read them):
 
 The scales that are not data of the file (``snapshot``, ``layer``, ``particle``,
 ``coord``, ``sample``, ``in``, ``out``, ``test_sample``, ``cell_a``, ``L``, ``M``, ``D``,
-``seed``, ``time``, ``rng_key``) are small datasets at the root holding the coordinate values:
-indices, the grid's depth times and cell centres, the study's L, M, D and times.
+``seed``, ``time``, ``rng_key``, ``term``, ``param``, ``bound``) are small datasets at the
+root holding the coordinate values: indices, the grid's depth times and cell centres, the
+study's L, M, D and times, and the names of a study's fit parameters (``term``: a, b[, c];
+``param``: the ``params`` attribute of ``free``, a, p, b, q[, c, r]; ``bound``: lower, upper).
 Arrays whose shape does not match are left unlabelled (h5netcdf then names their
 dimensions ``phony_dim_*``); nothing here changes an array's data.
 """
@@ -204,9 +210,49 @@ class _Labeller:
                 for name, ds in g.items():
                     if isinstance(ds, h5py.Dataset) and ds.ndim == 1:
                         self.attach(ds.name, [time])
+                self.fits(g, grid, time)
         scales = self.data()
         if scales is not None:
             self.attach("reference/prediction", [seed, time, *scales[:2]])
+
+    def fits(self, g: h5py.Group, grid: list, time: h5py.Dataset) -> None:
+        """One metric's slopes (time, the other swept axes), fixed-exponent model (time, term),
+        free-exponent fit (time, param) and its 95% interval (time, param, bound)."""
+        rest = {"slope_L": grid[1:], "slope_M": [grid[0], *grid[2:]], "slope_D": grid[:2]}
+        for name, axes in rest.items():
+            if len(grid) == 3 or name != "slope_D":
+                for suffix in ("", "_err"):
+                    self.attach(f"{g.name}/{name}{suffix}", [time, *axes])
+        model = g.get("model")
+        if isinstance(model, h5py.Dataset) and model.ndim == 2:
+            term = self.strings("term", "abc"[:model.shape[1]])
+            for name in ("model", "model_err") if term is not None else ():
+                self.attach(f"{g.name}/{name}", [time, term])
+        free = g.get("free")
+        names = free.attrs.get("params") if isinstance(free, h5py.Dataset) else None
+        if names is None or free.ndim != 2 or len(names) != free.shape[1]:
+            return
+        param = self.strings("param", [as_text(n) for n in names])
+        bound = self.strings("bound", ["lower", "upper"])
+        if param is None or bound is None:
+            return
+        for name in ("free", "theory_inside"):
+            self.attach(f"{g.name}/{name}", [time, param])
+        self.attach(f"{g.name}/free_ci", [time, param, bound])
+
+    def strings(self, name: str, values) -> h5py.Dataset | None:
+        """A root scale of names (a study's fit parameters), created or found holding them;
+        None if ``/name`` exists and holds something else (the arrays then stay unlabelled)."""
+        values = [str(v) for v in values]
+        ds = self.f.get(name)
+        if ds is None:
+            ds = self.f.create_dataset(name, data=np.array(values, dtype=h5py.string_dtype()))
+            ds.make_scale(name)
+            return ds
+        if isinstance(ds, h5py.Dataset) and ds.ndim == 1 and ds.dtype.kind == "O" \
+                and [as_text(v) for v in ds[()]] == values:
+            return ds
+        return None
 
     def compare(self) -> None:
         scales = self.data()

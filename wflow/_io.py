@@ -166,7 +166,8 @@ class OutputLock:
 
     ``acquire()`` never blocks: a held lock raises ``LockedError`` naming the
     file and the holder's pid. The lock file holds the pid of its holder and is
-    removed on release; the kernel releases the lock of a dead process.
+    removed on release; the kernel releases the lock of a dead process. The file's
+    folder is created if missing (and removed again on release if still empty).
     """
 
     def __init__(self, path: str, kind: str = "run file", key: str = "output.path"):
@@ -183,6 +184,14 @@ class OutputLock:
         return self._fd is not None
 
     def acquire(self) -> OutputLock:
+        self._make_folder()
+        try:
+            return self._lock()
+        except BaseException:
+            self._remove_created()
+            raise
+
+    def _lock(self) -> OutputLock:
         while True:
             try:
                 fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -215,6 +224,20 @@ class OutputLock:
             self._fd = fd
             return self
 
+    def _make_folder(self) -> None:
+        folder = os.path.dirname(self.path)
+        created, parent = [], folder
+        while not os.path.exists(parent):
+            created.append(parent)
+            parent = os.path.dirname(parent)
+        self.created_dirs = created
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            self._remove_created()
+            raise RunFileError(f"{self.key} = {self.path!r}: its folder cannot be created "
+                               f"({e.strerror or e})") from None
+
     def release(self) -> None:
         if self._fd is None:
             return
@@ -222,9 +245,13 @@ class OutputLock:
             os.unlink(self.lock_path)  # while still holding it: see acquire()
         os.close(self._fd)
         self._fd = None
+        self._remove_created()
+
+    def _remove_created(self) -> None:
         for folder in self.created_dirs:
             with contextlib.suppress(OSError):  # not empty: the run wrote something
                 os.rmdir(folder)
+        self.created_dirs = []
 
     def __enter__(self) -> Self:
         return self.acquire()

@@ -132,22 +132,10 @@ def lock_output(path: str) -> OutputLock | None:
     """
     if not is_main_process():
         return None
-    folder = os.path.dirname(os.path.abspath(path))
-    created = []  # the folders made here, removed again if the run writes nothing
-    parent = folder
-    while not os.path.exists(parent):
-        created.append(parent)
-        parent = os.path.dirname(parent)
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"output.path = {path!r}: cannot be created ({e.strerror or e})") from None
-    try:
-        lock = OutputLock(path).acquire()
+    try:  # the folders it creates are removed again if the run writes nothing
+        return OutputLock(path).acquire()
     except RunFileError as e:
         raise ConfigError(str(e)) from None
-    lock.created_dirs = created
-    return lock
 
 
 class _NullWriter:

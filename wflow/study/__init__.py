@@ -10,7 +10,8 @@
 
 Both verbs have the same shape (``_command``): resolve the [study] keys
 (``_keys``), execute (checkpointing the study file, ``_file``), report, draw the
-figures.
+figures. From Python, ``limit(config, path)`` and ``zero_loss(config, path)`` (``_api``)
+run a verb into a study file and return it as an xarray DataTree.
 
 Importing this package loads only the metric registry (NumPy): ``wflow._config``
 reads the metric names from it while ``import wflow`` runs. Everything else is
@@ -34,6 +35,7 @@ _LAZY = {
     "Block": "_limit", "LimitSetup": "_limit", "Member": "_limit", "build_limit": "_limit",
     "plan": "_limit",
     "fit_limit": "_sweep", "run_limit": "_sweep",
+    "limit": "_api", "zero_loss": "_api",
     "ProbedFlow": "_zeroloss", "ProbedParticles": "_zeroloss", "box_query": "_zeroloss",
     "run_zero_loss": "_zeroloss",
 }
