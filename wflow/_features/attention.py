@@ -68,7 +68,8 @@ class AbstractSequenceBlock(AbstractFeatureMap):
         return grid_of_blocks(N, M, max(1, tile // (n * (n + self.token_dim))))
 
     def lift(self, Theta, d: int):
-        if d == self.d:
+        """``d``: a token dimension (config ``model.dim``); only the block's own is known."""
+        if d in (self.token_dim, self.d):
             return Theta
         raise NotImplementedError(f"the sequence block {type(self).__name__} does not embed its "
                                   "heads in a larger token dimension")
@@ -199,7 +200,8 @@ class Tokenwise(AbstractFeatureMap):
         return self.inner.reflection
 
     def lift(self, Theta, d: int):
-        if d == self.d:
+        """``d``: a token dimension (config ``model.dim``); only the block's own is known."""
+        if d in (self.inner.d, self.d):
             return Theta
         raise NotImplementedError("a tokenwise block on sequences does not sweep the state "
                                   "dimension")
