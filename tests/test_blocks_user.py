@@ -32,15 +32,19 @@ EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 
 
 def _shipped(name, d):
+    """The block on a state of dimension d; a sequence block on 3 tokens of dimension d (its
+    flat state is 3 d: read ``feature.d``), with a tile small enough for several tiles."""
     cls = wflow.FEATURES[name]
+    if issubclass(cls, wflow.AbstractSequenceBlock):
+        return cls(d=3 * d, tokens=3, token_dim=d, tile=3 * 3 * (3 + d) * 4)
     return cls(d=d, tile=7 * 5) if name == "neuron" else cls(d=d)  # neuron: several tiles
 
 
 @pytest.mark.parametrize("name", list(wflow.FEATURES))
 @pytest.mark.parametrize("weighted", [False, True], ids=["1/M", "weights"])
 def test_generic_path_equals_hand_kernel(name, weighted, key):
-    d, N, M = 3, 13, 11
-    feature = _shipped(name, d)
+    feature = _shipped(name, 3)
+    d, N, M = feature.d, 13, 11
     k1, k2, k3, k4 = jax.random.split(key, 4)
     Z = jax.random.normal(k1, (N, d))
     Theta = jax.random.normal(k2, (M, feature.k))
@@ -76,8 +80,8 @@ class _Generic(wflow.AbstractFeatureMap):
 @pytest.mark.parametrize("name", list(wflow.FEATURES))
 def test_generic_grad_v_anywhere_equals_hand_kernel(name, key):
     """grad V at arbitrary query points through the hand kernel and through vmap(__call__)."""
-    d, N, L, M = 2, 9, 3, 5
-    feature = _shipped(name, d)
+    feature = _shipped(name, 2)
+    d, N, L, M = feature.d, 9, 3, 5
     generic = _Generic(d=d, tile=7 * 5, inner=feature)
     k1, k2, k3 = jax.random.split(key, 3)
     x = jax.random.normal(k1, (N, d))

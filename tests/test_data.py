@@ -8,11 +8,17 @@ import pytest
 import wflow
 
 FEATURE = wflow.make_feature("neuron", 2)
+SEQUENCES = ("in_context_regression", "teacher_transformer")  # data.tokens
 
 
 def _make(kind, seed=0, tmp_path=None, **kw):
     if kind == "teacher":
         kw.setdefault("feature", FEATURE)
+    if kind in SEQUENCES:
+        kw.setdefault("tokens", 4)
+        if kind == "teacher_transformer":
+            kw.setdefault("feature", wflow.make_feature("attention", kw.get("dim", 2),
+                                                        tokens=kw["tokens"]))
     if kind == "file":
         path = tmp_path / "data.npz"
         if not path.exists():
@@ -133,5 +139,8 @@ def test_dataset_feeds_a_problem(kind):
 @pytest.mark.parametrize("kind", [k for k, v in wflow._data.DATASETS.items() if v.fresh_test])
 def test_fresh_held_out_sets_have_test_n_rows(kind):
     """Kinds that draw the held-out set afresh give exactly test_n rows, whatever n is."""
-    x, y = wflow.make_test_set(kind, test_n=5, n=10, dim=2, feature=wflow.Neuron(d=2))
-    assert x.shape == (5, 2) and y.shape[0] == 5
+    options = {"feature": wflow.Neuron(d=2)}
+    if kind in SEQUENCES:
+        options = {"tokens": 4, "feature": wflow.make_feature("attention", 2, tokens=4)}
+    x, y = wflow.make_test_set(kind, test_n=5, n=10, dim=2, **options)
+    assert x.shape == ((5, 4, 2) if kind in SEQUENCES else (5, 2)) and y.shape[0] == 5

@@ -75,8 +75,9 @@ def test_linear_is_row_major_matrix():
 @pytest.mark.parametrize("kind", wflow.FEATURES)
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_field_preserves_dtype(kind, dtype, key):
-    feat = wflow.make_feature(kind, 2)
-    Z = jnp.ones((3, 2), dtype)
+    sequence = issubclass(wflow.FEATURES[kind], wflow.AbstractSequenceBlock)
+    feat = wflow.make_feature(kind, 2, tokens=3 if sequence else None)
+    Z = jnp.ones((3, feat.d), dtype)
     Theta = jax.random.normal(key, (4, feat.k), dtype)
     assert feat.field(Z, Theta).dtype == dtype
 
