@@ -173,6 +173,7 @@ BAD = [
     ("negative-seed", {"seed": "-1"}, [], "seed"),
     ("nan-dt", {"train.dt": "nan"}, [], "train.dt"),
     ("inf-time", {"train.time": "inf"}, [], "train.time"),
+    ("negative-time", {"train.time": "-1.0"}, [], "train.time = -1.0"),
     ("negative-std", {"init.std": "-1.0"}, [], "init.std"),
     ("nan-in-mean-list", {"init.mean": "[0.0, nan, 0.0, 0.0, 0.0]"}, [], "init.mean"),
     ("mean-list-length", {"init.mean": "[0.0, 1.0]"}, [], "init.mean"),

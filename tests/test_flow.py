@@ -42,6 +42,24 @@ def _run(problem, theta0, depth=None, **schedule):
                            regularization=reg, key=key)
 
 
+def test_zero_horizon_is_the_initial_network_only():
+    """train.time = 0: no step is taken; one history record and one snapshot at s = 0 hold the
+    initial measure's loss and particles, status complete."""
+    x = jnp.linspace(-1, 1, 8)[:, None]
+    problem = wflow.Problem(wflow.Neuron(d=2), x, jnp.sin(3 * x))
+    theta0 = _gaussian(problem, L=3, M=4)
+    schedule = wflow.Schedule(time=0.0, dt=0.1)
+    assert schedule.n_steps == 0 and schedule.record_steps().tolist() == [0]
+    res = wflow.integrate(problem, wflow.LayeredDepth(), schedule, theta0=theta0)
+    assert res.status == "complete" and res.state.step == 0
+    assert res.history["s"].tolist() == [0.0]
+    np.testing.assert_array_equal(res.history["loss"],
+                                  [wflow.LayeredDepth().loss(problem, theta0)])
+    np.testing.assert_array_equal(res.snapshots[0], theta0)
+    with pytest.raises(ValueError, match="train.time = -1"):
+        wflow.Schedule(time=-1.0, dt=0.1)
+
+
 # ---------------------------------------------------------------------------------------
 # docs/theory.md, "Closed form: linear, d = 1": linear features, y = a x
 

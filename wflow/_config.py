@@ -195,7 +195,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                           "2^18 on CPUs, 2^24 on GPUs"),
     },
     "train": {
-        "time": float_key(10.0, 0.0, strict=True).describe("horizon S of the flow"),
+        "time": float_key(10.0, 0.0).describe(
+            "horizon S of the flow; 0: no training, the initial network only (forward pass, "
+            "one record)"),
         "dt": float_key(0.01, 0.0, strict=True).describe(
             "step: n = ceil(S / dt) equal steps of S / n"),
         "method": choice_key("euler", METHODS).describe(

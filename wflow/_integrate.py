@@ -91,8 +91,8 @@ class Schedule:
     on_increase: str = "warn"  # "warn" | "stop" (module docstring, numerical health)
 
     def __post_init__(self):
-        if not (math.isfinite(self.time) and self.time > 0):
-            raise ValueError(f"train.time = {self.time!r}: must be a finite number > 0")
+        if not (math.isfinite(self.time) and self.time >= 0):
+            raise ValueError(f"train.time = {self.time!r}: must be a finite number >= 0")
         if not (math.isfinite(self.dt) and 0 < self.dt):
             raise ValueError(f"train.dt = {self.dt!r}: must be a finite number > 0")
         get_method(self.method)  # ValueError naming the allowed methods
@@ -110,12 +110,13 @@ class Schedule:
 
     @property
     def n_steps(self) -> int:
-        return max(1, math.ceil(self.time / self.dt - 1e-9))
+        """ceil(S / dt); 0 for S = 0 (no training: the initial state is the only record)."""
+        return 0 if self.time == 0 else max(1, math.ceil(self.time / self.dt - 1e-9))
 
     @property
     def step(self) -> float:
-        """The step actually taken, S / n_steps (<= dt)."""
-        return self.time / self.n_steps
+        """The step actually taken, S / n_steps (<= dt; dt when nothing is trained)."""
+        return self.time / self.n_steps if self.n_steps else self.dt
 
     def record_steps(self) -> np.ndarray:
         n = self.n_steps
