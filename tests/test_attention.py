@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _helpers import datasets
+from _helpers import cli, datasets
 
 import wflow
 from wflow._compare import SGD, train_network
@@ -418,3 +418,137 @@ def test_linear_attention_flow_reaches_the_global_minimizer():
     pred = np.asarray(wflow.LayeredDepth().predict(fresh, res.state.measure))[:, 0]
     assert _rel(pred, _icl_features(xt, n) @ coef) < 0.01
     assert _rel(pred, _closed_form(xt, n, p)) < 0.12
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def test_a_transformer_step_at_scale_fits_in_8_gib():
+    """XLA's memory analysis of one compiled step (forward, adjoint, Euler update; float32) at
+    N = 4096 prompts of n = 32 tokens of dimension d = 8, M = 256 heads, L = 32 layers.
+
+    One layer's scores for every (prompt, head) pair are N M n^2 floats = 4 GiB, and the values
+    as much again over d / n: untiled, a step cannot fit in 8 GiB. Tiled (the block's tile is
+    the backend's 2^18 elements divided by n (n + d), ``AbstractSequenceBlock.blocks``), the
+    step holds the stored layer inputs (N L n d) and the (L, M, k) arrays plus a few tiles.
+    Compiled only: XLA's own accounting of arguments, outputs and temporaries."""
+    N, n, d, L, M = 4096, 32, 8, 32, 256
+    feature = make_feature("attention", d, tokens=n)
+    A, C = sequence_maps(n, d, d, 1)
+    S = jax.ShapeDtypeStruct
+
+    def step(x, y, Theta):
+        problem = wflow.Problem(feature, x, y, embedding=jnp.asarray(A, jnp.float32),
+                                readout_matrix=jnp.asarray(C, jnp.float32))
+        ev = wflow.LayeredDepth().evaluate(problem, Theta)
+        return ev.loss, Theta + 0.1 * ev.velocity
+
+    args = (S((N, n * d), jnp.float32), S((N, 1), jnp.float32), S((L, M, feature.k), jnp.float32))
+    stats = jax.jit(step).lower(*args).compile().memory_analysis()
+    if stats is None:
+        pytest.skip("memory_analysis is not available on this backend")
+    total = (stats.temp_size_in_bytes + stats.argument_size_in_bytes
+             + stats.output_size_in_bytes)
+    floor = 4 * (N * L * n * d + 3 * L * M * feature.k + 2 * N * n * d)
+    untiled_scores = 4 * N * M * n * n
+    assert total < 8 * 2**30, total
+    assert untiled_scores >= 4 * 2**30  # the size at which tiling is what makes it fit
+    assert total < 2 * floor + 64 * 4 * 2**18, (total, floor)
+
+
+# ----------------------------------------------------------------------------- teacher data
+
+
+def test_teacher_transformer_targets_are_a_network_of_the_models_family(tmp_path, capsys,
+                                                                       monkeypatch):
+    """``teacher_transformer`` targets are the outputs of a layered transformer of the model's
+    block (teacher_depth layers of teacher_width heads, N(0, teacher_std^2) parameters from the
+    seed's teacher stream): a model of that shape started at those heads has zero loss (float64
+    round-off) on the training and the held-out set, so zero loss is attainable."""
+    import h5py
+    import tomllib
+
+    n, tokens, dim, L, M, std, seed = 24, 4, 2, 2, 3, 0.7, 5
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7EAC]))  # _data.teacher_targets
+    f = make_feature("attention", dim, tokens=tokens)
+    np.savez(tmp_path / "teacher.npz", theta=rng.normal(0.0, std, size=(L, M, f.k)))
+    config = tmp_path / "t.toml"
+    config.write_text(f"""seed = {seed}
+[data]
+kind = "teacher_transformer"
+n = {n}
+dim = {dim}
+tokens = {tokens}
+teacher_width = {M}
+teacher_depth = {L}
+teacher_std = {std}
+test_n = 8
+[model]
+feature = "attention"
+[init]
+kind = "file"
+path = "teacher.npz"
+[solver]
+L = {L}
+M = {M}
+precision = "float64"
+[train]
+time = 0.0
+[output]
+path = "run.h5"
+""")
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = cli(capsys, "run", config)
+    assert rc == 0, err
+    with h5py.File(tmp_path / "run.h5") as fh:
+        assert tomllib.loads(fh.attrs["config"])["train"]["time"] == 0.0
+        loss, test_loss = fh["history/loss"][()], fh["history/test_loss"][()]
+        y = fh["data/y"][()]
+    assert loss.shape == (1,) and loss[0] < 1e-28 * np.mean(y ** 2), loss
+    assert test_loss[0] < 1e-28 * np.mean(y ** 2), test_loss
+    assert np.std(y) > 0.1  # the teacher is not trivially zero
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def test_head_statistics_and_depth_paths():
+    """``Attention.statistics`` are the norms of the head's matrices; ``path`` ends at the
+    final state in both depth discretizations and starts at the embedding."""
+    f = make_feature("attention_mlp", 2, tokens=3, params={"rank": 2})
+    eye = np.eye(2).reshape(-1)
+    theta = np.concatenate([eye, 2 * eye, -eye, [3.0, 4.0], [0.0, 1.0], [0.5]])
+    st = f.statistics(theta[None, None])
+    expect = {"|Q|_F": np.sqrt(2), "|K|_F": 2 * np.sqrt(2), "|Q^T K|_F / r": np.sqrt(2),
+              "|V|_F": np.sqrt(2), "tr V / d": -1.0, "|u|": 5.0, "|w|": 1.0}
+    assert set(st) == set(expect)
+    for name, value in expect.items():
+        np.testing.assert_allclose(st[name], [[value]], rtol=1e-12, err_msg=name)
+
+    Theta = _random((3, 4, f.k), 1, 0.5)
+    x = _random((5, 3 * 2), 2)
+    p = wflow.Problem(f, x, jnp.zeros((5, 1)), scale=1.5)
+    for depth in (wflow.LayeredDepth(), wflow.ContinuousDepth(rtol=1e-10, atol=1e-12)):
+        ts, zs = depth.path(p, Theta, p.embed(x))
+        assert ts[0] == 0 and ts[-1] == 1 and zs.shape == (len(ts), 5, 6)
+        np.testing.assert_allclose(zs[0], p.embed(x), rtol=0, atol=0)
+        np.testing.assert_allclose(zs[-1], depth.final_state(p, Theta, p.embed(x)), rtol=1e-8,
+                                   atol=1e-10)
+
+
+def test_plot_of_a_sequence_run_draws_token_paths_and_head_statistics(tmp_path, capsys):
+    """``wflow plot`` of the bundled clustering config (shorter horizon): tokens.png with the
+    paths, particles.png with the heads' statistics (not raw coordinates)."""
+    out = tmp_path / "tc.h5"
+    rc, _, err = cli(capsys, "run", os.path.join(ROOT, "configs", "tokens_cluster.toml"),
+                     "-o", out, "-q", "--set", "model.scale=4.0")
+    assert rc == 0, err
+    rc, printed, err = cli(capsys, "plot", out, "-o", tmp_path / "fig")
+    assert rc == 0, err
+    names = {os.path.basename(line) for line in printed.split()}
+    assert {"loss.png", "particles.png", "tokens.png"} <= names
+    from matplotlib.image import imread
+
+    for name in ("tokens.png", "particles.png"):
+        img = imread(tmp_path / "fig" / name)
+        assert img.shape[0] > 300 and img.std() > 0.05  # drawn, not blank

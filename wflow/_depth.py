@@ -200,6 +200,13 @@ class LayeredDepth(DepthDiscretization):
     def final_state(self, problem, Theta, x, weights=None, probes=None):
         return self.trajectory(problem, Theta, x, weights, probes)[0]
 
+    def path(self, problem: Problem, Theta: jax.Array, z0: jax.Array, weights=None,
+             n: int | None = None):
+        """The states between the layers: depth times l / L (L + 1,) and z_0..z_L (L + 1, N, d)
+        (``n`` is ignored: a layered network has only these)."""
+        zL, zs = self.trajectory(problem, Theta, z0, weights)
+        return jnp.arange(Theta.shape[0] + 1) / Theta.shape[0], jnp.concatenate([zs, zL[None]])
+
     def loss_and_grad(self, problem, Theta, weights=None):
         L = Theta.shape[0]
         h = 1.0 / L
@@ -295,6 +302,24 @@ class ContinuousDepth(DepthDiscretization):
         # A failed solve (max_steps hit) yields NaN, which the time loop reports as divergence.
         ok = sol.result == diffrax.RESULTS.successful
         return jnp.where(ok, sol.ys[-1], jnp.nan)
+
+    def path(self, problem: Problem, Theta: jax.Array, z0: jax.Array, weights=None,
+             n: int | None = None):
+        """The state along depth: ``n`` (default 65) equispaced times in [0, 1] and z(t)
+        (n, N, d), from one forward solve (figures; no adjoint)."""
+        L = Theta.shape[0]
+        ts = jnp.linspace(0.0, 1.0, 65 if n is None else n, dtype=z0.dtype)
+        term = diffrax.ODETerm(lambda t, z, args: self.field(problem, args[0], t, z, args[1]))
+        controller = diffrax.PIDController(rtol=self.rtol, atol=self.atol, norm=self.norm)
+        if L > 1:
+            controller = diffrax.ClipStepSizeController(
+                controller, step_ts=self.times(L).astype(z0.dtype))
+        sol = diffrax.diffeqsolve(
+            term, ODE_SOLVERS[self.solver](), t0=ts[0], t1=ts[-1], dt0=None, y0=z0,
+            args=(Theta, weights), stepsize_controller=controller, max_steps=self.max_steps,
+            saveat=diffrax.SaveAt(ts=ts), adjoint=diffrax.ForwardMode(), throw=False)
+        ok = sol.result == diffrax.RESULTS.successful
+        return ts, jnp.where(ok, sol.ys, jnp.nan)
 
 
 DEPTHS = ("layers", "continuous")

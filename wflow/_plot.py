@@ -17,7 +17,13 @@ Reads a ``wflow-run`` HDF5 file and writes PNGs into ``out_dir``:
                       a few depth slices, initial and final; k = 3, the same for two
                       2-D marginals;
 * ``predictions.png`` final predictions g(z(1; x_i)) against the targets y_i
-                      (only when ``/final/prediction`` exists, i.e. the run completed).
+                      (only when ``/final/prediction`` exists, i.e. the run completed);
+* ``tokens.png``      sequence runs (``data.tokens``): the token paths z_i(t) through depth
+                      of a few prompts under the final measure, rescaled per depth by their
+                      RMS norm, with the convex hull of the final tokens.
+
+A block with ``statistics`` (attention) draws particles.png as those per-particle summaries
+against depth (the norms of Q, K, V per head) instead of raw coordinate pairs.
 
 Only numpy, h5py and matplotlib's object API are used: no pyplot, so no global
 figure state and no backend switch for a caller that has its own (figures are
@@ -77,6 +83,7 @@ class _Run:
     x: np.ndarray | None           # (N, d_in)
     y: np.ndarray | None           # (N, d_out)
     prediction: np.ndarray | None  # (N, d_out)
+    embedding: np.ndarray | None = None  # /model/embedding (sequences: the token map A)
     test_loss: np.ndarray | None = None  # (n,) held-out loss (data.test_n > 0)
 
     def get(self, section: str, key: str, default=None):
@@ -154,6 +161,7 @@ def _read(run_path: str) -> _Run:
                 x=arr("data/x"),
                 y=arr("data/y"),
                 prediction=arr("final/prediction"),
+                embedding=arr("model/embedding"),
                 test_loss=(None if arr("history/test_loss") is None
                            else arr("history/test_loss")[:n].astype(float)),
             )
@@ -246,7 +254,9 @@ def _summary(run: _Run) -> str:
     if run.get("data", "kind"):
         n = run.get("data", "n")
         parts.append(f"data {run.get('data', 'kind')}" + (f" (N = {n})" if n else ""))
-    if run.get("train", "method"):
+    if run.get("train", "time") == 0:
+        parts.append("no training")
+    elif run.get("train", "method"):
         parts.append(f"{run.get('train', 'method')}, dt = {run.get('train', 'dt')}")
     return ",  ".join(parts)
 
@@ -427,25 +437,31 @@ def _plot_particles(run: _Run, out_dir: str) -> str:
         axes[0].legend(loc="upper left", fontsize=8)
 
         ax = fig.add_subplot(grid[0, -1])
-        t = _layer_times(run, L)
-        per_layer = _subsample(M, max(1, 2 * MAX_POINTS // L))
-        tt = np.repeat(t, len(per_layer))
-        snaps = [(last, FINAL_COLOR, "final" + s_last)]
-        if not one_snapshot:
-            snaps.insert(0, (first, INITIAL_COLOR, "initial" + s_first))
-        for snap, color, label in snaps:
-            ax.scatter(tt, snap[:, per_layer, 0].ravel(), s=5, color=color, alpha=0.5,
-                       linewidths=0, rasterized=True)
-            with np.errstate(all="ignore"):
-                mean = np.nanmean(np.where(np.isfinite(snap[..., 0]), snap[..., 0], np.nan), 1)
-            ax.plot(t, mean, color=color if color != INITIAL_COLOR else "0.45", lw=2,
-                    label=f"{label}: layer mean")
-        ax.set_xlabel("depth $t$")
-        ax.set_ylabel(names[0])
-        ax.set_title(f"all {L} slices against depth", fontsize=10)
-        ax.grid(True, alpha=0.3)
+        _against_depth(ax, run, None if one_snapshot else first[..., 0], last[..., 0],
+                       s_first, s_last, names[0])
         ax.legend(loc="best", fontsize=8)
         _title(fig, run, "particle histograms per depth slice")
+        return _save(fig, out_dir, "particles.png")
+
+    feature = _feature_of(run, k)
+    stats = feature.statistics(theta[-1]) if feature is not None else None
+    if stats:
+        # a block of matrices (attention): its named summaries per particle against depth
+        initial = None if one_snapshot else feature.statistics(theta[0])
+        cols = min(3, len(stats))
+        rows = -(-len(stats) // cols)
+        fig = Figure(figsize=(4.4 * cols, 3.5 * rows + 0.8), layout="constrained")
+        axes = np.array(fig.subplots(rows, cols, squeeze=False)).ravel()
+        for ax, name in zip(axes, stats):
+            _against_depth(ax, run, None if initial is None else initial[name], stats[name],
+                           s_first, s_last, name)
+        for ax in axes[len(stats):]:
+            ax.set_axis_off()
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", fontsize=9, markerscale=2.5,
+                   ncols=len(labels))
+        _title(fig, run, f"{type(feature).__name__} particles: summaries per depth slice "
+                         f"({min(M, max(1, 2 * MAX_POINTS // L))} of {M} per slice drawn)")
         return _save(fig, out_dir, "particles.png")
 
     views = _views(run, k)
@@ -488,6 +504,31 @@ def _plot_particles(run: _Run, out_dir: str) -> str:
                ncols=len(labels))
     _title(fig, run, f"particles per depth slice ({shown} per slice)")
     return _save(fig, out_dir, "particles.png")
+
+
+def _against_depth(ax, run: _Run, first: np.ndarray | None, last: np.ndarray, s_first: str,
+                   s_last: str, name: str) -> None:
+    """One value per particle (L, M), every slice against depth t, with the slice means;
+    ``first`` (the initial snapshot, grey) may be None."""
+    L, M = last.shape
+    t = _layer_times(run, L)
+    per_layer = _subsample(M, max(1, 2 * MAX_POINTS // L))
+    tt = np.repeat(t, len(per_layer))
+    snaps = [(last, FINAL_COLOR, ("snapshot" if first is None else "final") + s_last)]
+    if first is not None:
+        snaps.insert(0, (first, INITIAL_COLOR, "initial" + s_first))
+    for values, color, label in snaps:
+        ax.scatter(tt, values[:, per_layer].ravel(), s=5, color=color, alpha=0.5,
+                   linewidths=0, rasterized=True)
+        with np.errstate(all="ignore"):
+            mean = np.nanmean(np.where(np.isfinite(values), values, np.nan), 1)
+        ax.plot(t, mean, color=color if color != INITIAL_COLOR else "0.45", lw=2,
+                label=f"{label}: slice mean")
+    ax.set_xlabel("depth $t$")
+    label = name if name.startswith("$") or "|" not in name else f"${name}$"
+    ax.set_ylabel(label)
+    ax.set_title(f"{label}, all {L} slices", fontsize=10)
+    ax.grid(True, alpha=0.3)
 
 
 # ----------------------------------------------------------------------------- density.png
@@ -659,6 +700,98 @@ def _plot_predictions(run: _Run, out_dir: str) -> str:
     return _save(fig, out_dir, "predictions.png")
 
 
+# ----------------------------------------------------------------------------- tokens.png
+
+
+MAX_PROMPTS = 4         # prompts drawn in tokens.png
+
+
+def _token_paths(run: _Run, feature, theta: np.ndarray, prompts: int):
+    """Depth times (T,) and the token states (T, P, n, d) of the first prompts, from one
+    forward pass of the stored final measure (a layered or continuous-depth solve as the run's
+    own, in float64)."""
+    import jax
+    import jax.numpy as jnp
+
+    from ._depth import ContinuousDepth, LayeredDepth
+    from ._problem import Problem
+
+    enable_x64 = getattr(jax, "enable_x64", None)
+    if enable_x64 is None:  # jax < 0.6
+        from jax.experimental import enable_x64
+    with enable_x64(True), jax.default_device(jax.local_devices(backend="cpu")[0]):
+        x = jnp.asarray(run.x[:prompts].reshape(prompts, -1), jnp.float64)
+        A = None if run.embedding is None else jnp.asarray(run.embedding, jnp.float64)
+        problem = Problem(feature, x, jnp.zeros((prompts, 1)), embedding=A,
+                          scale=run.get("model", "scale", 1.0) or 1.0)
+        if run.get("solver", "depth") == "continuous":
+            depth = ContinuousDepth(solver=run.get("solver", "ode_solver", "tsit5"),
+                                    rtol=run.get("solver", "rtol", 1e-5),
+                                    atol=run.get("solver", "atol", 1e-7), max_steps=100_000)
+        else:
+            depth = LayeredDepth()
+        ts, zs = depth.path(problem, jnp.asarray(theta, jnp.float64), problem.embed(problem.x))
+        n = feature.tokens
+        return np.asarray(ts), np.asarray(zs).reshape(len(ts), prompts, n, -1)
+
+
+def _distinct(points: np.ndarray, rel: float = 1e-3) -> np.ndarray:
+    """The points with those within ``rel`` x the largest norm of an earlier one dropped."""
+    tol = rel * max(float(np.max(np.linalg.norm(points, axis=1))), 1e-300)
+    kept: list[np.ndarray] = []
+    for q in points:
+        if np.all(np.isfinite(q)) and all(np.linalg.norm(q - k) > tol for k in kept):
+            kept.append(q)
+    return np.asarray(kept).reshape(-1, points.shape[1])
+
+
+def _plot_tokens(run: _Run, feature, out_dir: str) -> str:
+    """The tokens' paths through depth for a few prompts, each token rescaled by the RMS norm
+    of its prompt's tokens at that depth (scale-free: clusters show however the norm grows),
+    in the first two coordinates; the convex hull of the final tokens dashed."""
+    prompts = min(MAX_PROMPTS, len(run.x))
+    ts, Z = _token_paths(run, feature, run.theta[-1], prompts)
+    with np.errstate(all="ignore"):
+        rms = np.sqrt(np.mean(np.sum(Z ** 2, axis=-1), axis=-1))[..., None, None]
+        Z = Z / np.where(rms > 0, rms, 1.0)
+    n, d = Z.shape[2], Z.shape[3]
+    fig = Figure(figsize=(4.0 * prompts, 4.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, prompts, squeeze=False)[0])
+    colors = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, n))
+    for p, ax in enumerate(axes):
+        for i in range(n):
+            if d >= 2:
+                xs, ys = Z[:, p, i, 0], Z[:, p, i, 1]
+            else:
+                xs, ys = ts, Z[:, p, i, 0]
+            ax.plot(xs, ys, color=colors[i], lw=1.0, alpha=0.8)
+            ax.plot(xs[0], ys[0], "o", color=colors[i], ms=4)
+            ax.plot(xs[-1], ys[-1], "*", color=colors[i], ms=9, mec="k", mew=0.5)
+        if d >= 2:
+            end = _distinct(Z[-1, p, :, :2])
+            label = f"{len(end)} distinct final point{'s' if len(end) > 1 else ''}"
+            try:
+                from scipy.spatial import ConvexHull
+
+                loop = ConvexHull(end).vertices
+                label += f", hull with {len(loop)} vertices"
+            except Exception:  # fewer than 3 points or collinear: the segment (or point)
+                loop = np.arange(len(end))
+            loop = np.append(loop, loop[0])
+            ax.plot(end[loop, 0], end[loop, 1], "k--", lw=0.8, label=label)
+            ax.legend(loc="lower left", fontsize=7)
+            ax.set_xlabel("$z_{i,0} / \\mathrm{RMS}_j |z_j|$")
+            ax.set_ylabel("$z_{i,1} / \\mathrm{RMS}_j |z_j|$")
+            ax.set_aspect("equal", adjustable="datalim")
+        else:
+            ax.set_xlabel("depth $t$")
+            ax.set_ylabel("$z_{i} / \\mathrm{RMS}_j |z_j|$")
+        ax.set_title(f"prompt {p}: {n} tokens, o start, * t = 1", fontsize=10)
+        ax.grid(True, alpha=0.3)
+    _title(fig, run, "token paths through depth (final measure)")
+    return _save(fig, out_dir, "tokens.png")
+
+
 # ----------------------------------------------------------------------------- entry point
 
 
@@ -683,4 +816,9 @@ def plot_run(run_path: str, out_dir: str) -> list[str]:
         paths.append(_plot_density(run, out_dir))
     if run.prediction is not None and run.y is not None and run.x is not None:
         paths.append(_plot_predictions(run, out_dir))
+    if (run.get("data", "tokens") and run.x is not None and run.theta is not None
+            and run.theta.ndim == 4 and run.theta.shape[0] > 0):
+        feature = _feature_of(run, run.theta.shape[-1])
+        if feature is not None and getattr(feature, "tokens", None):
+            paths.append(_plot_tokens(run, feature, out_dir))
     return paths

@@ -120,6 +120,19 @@ class Attention(AbstractSequenceBlock):
         """V -> -V."""
         return np.concatenate([np.ones(2 * self.r * self.token_dim), -np.ones(self.token_dim ** 2)])
 
+    def statistics(self, Theta):
+        """Per head: the Frobenius norms of Q, K and V, the norm of the score matrix
+        Q^T K / r, and tr(V) / d (V's mean eigenvalue; 1 for the clustering head V = I)."""
+        r, d = self.r, self.token_dim
+        Theta = np.asarray(Theta, float)
+        Q = Theta[..., : r * d].reshape(*Theta.shape[:-1], r, d)
+        K = Theta[..., r * d: 2 * r * d].reshape(*Theta.shape[:-1], r, d)
+        V = Theta[..., 2 * r * d: 2 * r * d + d * d].reshape(*Theta.shape[:-1], d, d)
+        fro = lambda a: np.sqrt(np.sum(a ** 2, axis=(-2, -1)))  # noqa: E731
+        return {"|Q|_F": fro(Q), "|K|_F": fro(K),
+                "|Q^T K|_F / r": fro(np.swapaxes(Q, -1, -2) @ K) / r, "|V|_F": fro(V),
+                "tr V / d": np.trace(V, axis1=-2, axis2=-1) / d}
+
     def qkv(self, theta):
         r, d = self.r, self.token_dim
         Q = theta[: r * d].reshape(r, d)
@@ -169,6 +182,14 @@ class AttentionMLP(Attention):
         d = self.token_dim
         return np.concatenate([super().reflection, -np.ones(d), np.ones(d + 1)])
 
+    def statistics(self, Theta):
+        """The head's (``Attention.statistics``) and the neuron's |u| and |w|."""
+        d, a = self.token_dim, super().k
+        Theta = np.asarray(Theta, float)
+        return {**super().statistics(Theta),
+                "|u|": np.linalg.norm(Theta[..., a: a + d], axis=-1),
+                "|w|": np.linalg.norm(Theta[..., a + d: a + 2 * d], axis=-1)}
+
     def token_map(self, Z, theta):
         d, a = self.token_dim, super().k
         u, w, b = theta[a: a + d], theta[a + d: a + 2 * d], theta[a + 2 * d]
@@ -198,6 +219,9 @@ class Tokenwise(AbstractFeatureMap):
     @property
     def reflection(self):
         return self.inner.reflection
+
+    def statistics(self, Theta):
+        return self.inner.statistics(Theta)
 
     def lift(self, Theta, d: int):
         """``d``: a token dimension (config ``model.dim``); only the block's own is known."""

@@ -24,6 +24,8 @@ Everything else has a generic default derived from ``__call__``:
   the first variation's gradient grad_theta V at Q (docs/theory.md, "Continuum limit");
 * ``coordinate_names``: ``("theta_0", "theta_1", ...)``;
 * ``views``: the coordinate pairs a particle figure shows (default: the first two);
+* ``statistics``: None (a particle figure shows the ``views``; a block of matrices returns
+  named per-particle summaries, drawn against depth: attention's norms of Q, K, V);
 * ``reflection``: None (no odd reflection known, so ``init.symmetric`` is refused).
 
 The shipped blocks (``Neuron``, ``Linear``) override ``field`` with fast
@@ -133,6 +135,15 @@ class AbstractFeatureMap(eqx.Module):
     def views(self) -> tuple[tuple[int, int], ...]:
         """Coordinate pairs (x, y) that a particle figure shows, one row of panels each."""
         return ((0, 1),) if self.k >= 2 else ((0, 0),)
+
+    def statistics(self, Theta: np.ndarray) -> dict[str, np.ndarray] | None:
+        """Named scalar summaries of particles Theta (..., k) -> {name: (...,)}, or None.
+
+        A particle figure draws them against depth (one panel each) instead of raw coordinate
+        pairs, for blocks whose coordinates are matrices (attention: the norms of Q, K, V).
+        None (the default): the figure shows the ``views``.
+        """
+        return None
 
     @property
     def reflection(self) -> np.ndarray | None:
