@@ -1,7 +1,14 @@
 """Shared test setup: float64 numerics and a PRNG key fixture."""
 
-import jax
-import pytest
+import os
+
+# Under pytest-xdist (`-n auto`) several worker processes share the machine: on a GPU each
+# would otherwise preallocate 75% of its memory (set before JAX is imported).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 # Finite-difference and convergence-order checks need double precision; tests
 # that check float32 behaviour ask for it explicitly.

@@ -53,7 +53,7 @@ QUICKSTART = (
     "```bash\n"
     "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && "
     ".venv/bin/wflow run configs/quickstart.toml\n"
-    ".venv/bin/python -m pytest -q\n"
+    ".venv/bin/python -m pytest -q -n auto\n"
     "```\n"
 )
 
