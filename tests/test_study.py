@@ -240,7 +240,7 @@ def test_depth_slope_on_the_linear_exact_problem(tmp_path, capsys):
         s = data[f"fit/{metric}/slope_L"]  # (times, n_M)
         assert np.all(np.abs(s + 1.0) < 0.1), (metric, s)
     # the free fit (one M: err ~ a L^-p, the rest NaN) finds the depth exponent 1 as the slope
-    # does; its interval is the seeds' (tests/test_study_rates.py checks it at larger L)
+    # does (tests/test_study_rates.py checks its interval against the theory's 1)
     assert list(data["fit/output/free@params"]) == ["a", "p", "b", "q"]
     assert "one M" in data["fit/output/free@note"]
     for metric in ("loss", "output", "hidden"):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from wflow._config import load_config
-from wflow.study._fit import fit_free, free_model, identified
+from wflow.study._fit import exponent_interval, fit_free, free_model, identified
 from wflow.study._floor import reference_floor
 from wflow.study._keys import resolve_limit
 from wflow.study._limit import Block, Member, _particles, build_limit, grid_values, run_block
@@ -98,6 +98,58 @@ def test_free_fit_fits_only_what_the_sweep_identifies():
     np.testing.assert_allclose(free_model(f.value, 8.0, M), err, rtol=1e-6)
     # too few points for the parameters: NaN, not a made-up fit
     assert np.all(np.isnan(fit_free(L[:2], np.full(2, 8.0), L[:2] ** -1.0).value))
+
+
+def test_interval_adds_the_lack_of_fit_to_the_seed_noise():
+    """``exponent_interval``: an exact power law has no residual error (its interval is the
+    bootstrap's); a curve with a subleading term, seen identically by every seed (bootstrap
+    width 0), gets an interval from its residuals that covers the exponents the curve's local
+    slopes run through, and the Student quantile widens it when few points are left."""
+    L = np.array([4, 8, 16, 32], float)
+    exact = fit_free(L, np.full(4, 8.0), 0.7 * L ** -1.0, use=identified(4, 1, None)[0])
+    assert exact.dof == 2 and exact.se[1] < 1e-6
+    ci = exponent_interval(exact.value, exact.value - 0.01, exact.value + 0.02, exact.se,
+                           exact.dof)
+    np.testing.assert_allclose(ci[1], [0.99, 1.02], atol=1e-5)
+
+    bent = 1 / L + 2 / L ** 2  # local slopes -1.33 (L = 4) .. -1.06 (L = 32)
+    f = fit_free(L, np.full(4, 8.0), bent, use=identified(4, 1, None)[0])
+    ci = exponent_interval(f.value, f.value, f.value, f.se, f.dof)[1]
+    assert 1.06 < f.value[1] < 1.33 and f.se[1] > 0.005
+    assert ci[0] < 1.06 and ci[1] > 1.33 - 0.1, ci  # the curve's own range of slopes
+    half = lambda dof: np.diff(exponent_interval(f.value, f.value, f.value, f.se, dof)[1])  # noqa: E731
+    assert half(1) > half(2) > half(30)  # Student's t: fewer points, wider
+
+
+def test_free_fit_recovers_the_depth_exponent_on_the_linear_case(tmp_path):
+    """docs/theory.md, "Closed form: linear, d = 1", shared sampling against the continuous
+    reference: the depth error is a / L + O(1 / L^2). Over L = 8..64 the plain free fit of the
+    output error gives p = 1.036 (the 1/L^2 term bends the curve alike for every seed, so the
+    seed bootstrap alone gave [1.001, 1.072]); the fit with the first correction,
+    a L^-p (1 + e / L), is preferred by AIC and gives p = 0.999, and the interval, which covers
+    both, contains the theory's 1. The Sinkhorn divergence, a squared distance, is checked
+    against 2."""
+    from wflow.cli import main
+    from wflow.study import read_study
+
+    cfg = tmp_path / "lin.toml"
+    text = LINEAR
+    for old, new in (("L = [4]", "L = [8, 16, 32, 64]"), ("seeds = 2", "seeds = 4"),
+                     ("times = [0.0]", "times = [0.0, 2.0]"), ("bootstrap = 20", "bootstrap = 100")):
+        text = text.replace(old, new)
+    cfg.write_text(text)
+    out = tmp_path / "lin.h5"
+    assert main(["study", "limit", str(cfg), "-o", str(out), "-q", "--no-plot"]) == 0
+    data = read_study(str(out))
+    names = [str(n) for n in data["fit/output/free@params"]]
+    p = names.index("p")
+    value, (lo, hi) = data["fit/output/free"][-1, p], data["fit/output/free_ci"][-1, p]
+    assert lo <= 1.0 <= hi and hi - lo < 0.3, (value, lo, hi)
+    assert data["fit/output/theory_inside"][-1, p] == 1
+    assert 0.85 < value < 1.15
+    assert abs(data["fit/output/free_p_corrected"][-1] - 1.0) < 0.01
+    assert data["fit/sinkhorn/free@theory"][p] == 2.0
+    assert data["fit/sinkhorn/theory_inside"][-1, p] == 1
 
 
 # ----------------------------------------------------------------------------- floors

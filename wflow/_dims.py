@@ -236,8 +236,9 @@ class _Labeller:
         bound = self.strings("bound", ["lower", "upper"])
         if param is None or bound is None:
             return
-        for name in ("free", "theory_inside"):
-            self.attach(f"{g.name}/{name}", [time, param])
+        for name in ("free", "free_se", "theory_inside"):
+            if name in g:
+                self.attach(f"{g.name}/{name}", [time, param])
         self.attach(f"{g.name}/free_ci", [time, param, bound])
 
     def strings(self, name: str, values) -> h5py.Dataset | None:

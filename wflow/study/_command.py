@@ -256,7 +256,9 @@ def _free_lines(data: dict, metric: str, t: int) -> list[str]:
     if free is None:
         return lines
     names = [str(n) for n in data.get(f"fit/{metric}/free@params", [])]
-    theory = {"p": 1.0, "q": 0.5, "r": 0.5}
+    stored = data.get(f"fit/{metric}/free@theory")
+    theory = ({n: float(v) for n, v in zip(names, stored, strict=False) if math.isfinite(v)}
+              if stored is not None else {"p": 1.0, "q": 0.5, "r": 0.5})
     inside = f("theory_inside")
     parts = []
     for i, n in enumerate(names):
@@ -279,8 +281,14 @@ def _free_lines(data: dict, metric: str, t: int) -> list[str]:
         lines.append(f"  free fit err ~ {model}: not fitted ({int(n[t]) if n is not None else 0} "
                      "point(s) to fit, those not below 3x the floor: too few for its parameters)")
     else:
-        lines.append(f"  free fit err ~ {model} (95% bootstrap intervals): " + ", ".join(parts)
+        lines.append(f"  free fit err ~ {model} (95% intervals, seeds and lack of fit): "
+                     + ", ".join(parts)
                      + f", R^2 = {r2:.3f}" + (" (poor fit: R^2 < 0.9)" if not r2 >= 0.9 else ""))
+    p_corr, e_corr = f("free_p_corrected"), f("free_correction")
+    if p_corr is not None and math.isfinite(p_corr[t]):
+        lines.append(f"  the depth term with its first correction, a L^-p (1 + e/L), fits better "
+                     f"(AIC): p = {p_corr[t]:.3f}, e = {e_corr[t]:.3g}; p's interval covers both "
+                     "fits")
     note = data.get(f"fit/{metric}/free@note", "")
     if note:
         lines.append(f"  note: {note}")

@@ -39,10 +39,18 @@ Limit study (``kind = "limit"``; the grid axes are (n_L, n_M) or, with
                                             [+ c D^-r], attribute ``params`` (["a", "p", "b",
                                             "q"[, "c", "r"]]) and ``note`` (what the sweep does
                                             not identify); NaN: not fitted
-    /fit/<metric>/free_ci       (T, P, 2)   95% seed-bootstrap intervals
-    /fit/<metric>/free_r2, free_aic, free_n  (T,)
-    /fit/<metric>/theory_inside (T, P)      1 / 0: the theory's exponent (1, 1/2, 1/2) in the
-                                            interval; NaN for coefficients, exponents not fitted
+    /fit/<metric>/free_ci       (T, P, 2)   95% intervals: the seed bootstrap's and the
+                                            residuals' (lack of fit) errors in quadrature
+                                            (``_fit.exponent_interval``)
+    /fit/<metric>/free_se       (T, P)      the exponents' standard errors from the residuals
+    /fit/<metric>/free_p_corrected, free_correction  (T,)  p and e of a L^-p (1 + e / L) where
+                                            that fit has the lower AIC (p's interval then
+                                            covers its interval too); NaN otherwise
+    /fit/<metric>/free_r2, free_aic, free_n, free_dof  (T,)  (dof: points - fitted parameters)
+    /fit/<metric>/theory_inside (T, P)      1 / 0: the theory's exponent (1, 1/2, 1/2, times the
+                                            metric's ``order``: 2 for Sinkhorn; attribute
+                                            ``theory`` of ``free``) in the interval; NaN for
+                                            coefficients, exponents not fitted
     /fit/<metric>/free_better   (T,)        1: the free fit has the lower AIC
     /fit/<metric>/below_floor   (grid..., T)  1: RMS error below 3x the floor (not fitted)
     /fit/<metric>/floor_excluded (T,)       how many points that is

@@ -34,6 +34,7 @@ __all__ = [
     "aggregate",
     "aic",
     "bootstrap_indices",
+    "exponent_interval",
     "fit_free",
     "fit_model",
     "free_model",
@@ -126,8 +127,11 @@ class FreeFit(NamedTuple):
 
     ``params``: the names ("a", "p", "b", "q"[, "c", "r"]); ``value`` their values, NaN for
     what the sweep does not identify; ``note`` says what was left out and why ("" if nothing).
-    ``rss`` is the sum of squared log residuals, ``aic`` = n log(rss / n) + 2 k with k the
-    number of fitted parameters.
+    ``aic`` = n log(rss / n) + 2 k with rss the sum of squared log residuals and k the
+    number of fitted parameters. ``se`` (P,): the exponents' standard errors from the
+    residuals (lack of fit), s^2 (J^T J)^-1 with s^2 = rss / (n - k) and J the Jacobian of
+    the log residuals at the solution, NaN for coefficients and where n <= k; ``dof`` = n - k.
+    ``correction``: e of a fit with ``fit_free(correction=True)``, else NaN.
     """
 
     params: tuple[str, ...]
@@ -136,6 +140,9 @@ class FreeFit(NamedTuple):
     aic: float
     n: int
     note: str
+    se: np.ndarray = np.full(0, np.nan)
+    dof: int = 0
+    correction: float = float("nan")
 
 
 def free_params(with_dims: bool) -> tuple[str, ...]:
@@ -182,8 +189,12 @@ def identified(n_L: int, n_M: int, n_D: int | None) -> tuple[np.ndarray, str]:
     return np.asarray(use), "; ".join(notes)
 
 
-def fit_free(L, M, err, D=None, use=None, start=None) -> FreeFit:
+def fit_free(L, M, err, D=None, use=None, start=None, correction: bool = False) -> FreeFit:
     """Least squares of log err against log(a L^-p + b (L M)^-q [+ c D^-r]).
+
+    ``correction``: the depth term with its first correction, a L^-p (1 + e / L) with e of
+    either sign (a depth discretization's error expands in powers of 1/L); one parameter
+    more, ``FreeFit.correction`` = e (NaN when p is not fitted or too few points).
 
     ``L, M, D, err``: flat arrays of the points (non-finite or non-positive errors are left
     out). ``use``: ``identified``'s (P,) array (default: every parameter). The coefficients
@@ -207,20 +218,26 @@ def fit_free(L, M, err, D=None, use=None, start=None) -> FreeFit:
     logx = [np.log(c[ok]) for c in cols]
     terms = [i for i in range(len(cols)) if use[2 * i] >= 0]
     free_e = [i for i in terms if use[2 * i + 1] == 1]
-    k = len(terms) + len(free_e)
-    nan = FreeFit(names, np.full(len(names), np.nan), float("nan"), float("nan"), int(ok.sum()), "")
+    corrected = correction and 0 in free_e
+    Lmin = float(np.min(cols[0][ok])) if ok.any() else 1.0
+    k = len(terms) + len(free_e) + int(corrected)
+    nan = FreeFit(names, np.full(len(names), np.nan), float("nan"), float("nan"), int(ok.sum()),
+                  "", np.full(len(names), np.nan), 0)
     if ok.sum() <= k or not terms:
         return nan
 
     # x = [log c_i for i in terms] + [e_i for i in free_e]
     def unpack(x):
         logc = dict(zip(terms, x[:len(terms)], strict=True))
-        ex = dict(zip(free_e, x[len(terms):], strict=True))
+        ex = dict(zip(free_e, x[len(terms):len(terms) + len(free_e)], strict=True))
         return logc, ex
 
     def parts(x):
         logc, ex = unpack(x)
-        return [(i, np.exp(logc[i] - ex.get(i, 0.0) * logx[i])) for i in terms]
+        out = [(i, np.exp(logc[i] - ex.get(i, 0.0) * logx[i])) for i in terms]
+        if corrected:  # the depth term times (1 + e / L)
+            out[0] = (0, out[0][1] * (1.0 + x[-1] / np.exp(logx[0])))
+        return out
 
     def resid(x):
         total = sum(p for _, p in parts(x))
@@ -234,10 +251,15 @@ def fit_free(L, M, err, D=None, use=None, start=None) -> FreeFit:
             J[:, j] = p / total
         for j, i in enumerate(free_e):
             J[:, len(terms) + j] = -dict(ps)[i] * logx[i] / total
+        if corrected:
+            inv_L = np.exp(-logx[0])
+            J[:, -1] = dict(ps)[0] * inv_L / (1.0 + x[-1] * inv_L) / total
         return J
 
     lo = np.r_[np.full(len(terms), -_LOG_RANGE), np.zeros(len(free_e))]
     hi = np.r_[np.full(len(terms), _LOG_RANGE), np.full(len(free_e), MAX_EXPONENT)]
+    if corrected:  # 1 + e / L > 0 at every L of the sweep
+        lo, hi = np.r_[lo, -0.99 * Lmin], np.r_[hi, 100.0 * Lmin]
     if start is not None and np.all(np.isfinite(start[[2 * i for i in terms]])):
         starts = [np.r_[np.log(np.maximum(start[[2 * i for i in terms]], 1e-20)),
                         np.clip(start[[2 * i + 1 for i in free_e]], 0.0, MAX_EXPONENT)]]
@@ -250,6 +272,8 @@ def fit_free(L, M, err, D=None, use=None, start=None) -> FreeFit:
             logc = [base + (e0[free_e.index(i)] * logx[i].mean() if i in free_e else 0.0)
                     for i in terms]
             starts.append(np.r_[logc, e0])
+    if corrected:
+        starts = [np.r_[x0, e] for x0 in starts for e in (0.0, Lmin, -0.5 * Lmin)]
     best = None
     for x0 in starts:
         x0 = np.clip(x0, lo + 1e-9, hi - 1e-9)
@@ -265,7 +289,41 @@ def fit_free(L, M, err, D=None, use=None, start=None) -> FreeFit:
     n = int(ok.sum())
     ss_tot = float(np.sum((le - le.mean()) ** 2))
     r2 = 1.0 - rss / ss_tot if ss_tot > 0 else float("nan")
-    return FreeFit(names, value, r2, aic(rss, n, k), n, "")
+    se = np.full(len(names), np.nan)
+    J = jac(best.x)
+    with np.errstate(all="ignore"):
+        cov = (rss / (n - k)) * np.linalg.pinv(J.T @ J)
+    for j, i in enumerate(free_e):
+        v = cov[len(terms) + j, len(terms) + j]
+        se[2 * i + 1] = math.sqrt(v) if np.isfinite(v) and v >= 0 else np.nan
+    return FreeFit(names, value, r2, aic(rss, n, k), n, "", se, n - k,
+                   float(best.x[-1]) if corrected else float("nan"))
+
+
+def exponent_interval(value: np.ndarray, boot_lo: np.ndarray, boot_hi: np.ndarray,
+                      se: np.ndarray, dof: int, level: float = 0.95) -> np.ndarray:
+    """The interval of a fitted exponent from both of its sources of error, (..., 2).
+
+    The seed bootstrap (``boot_lo``, ``boot_hi``: its percentiles) measures the sampling
+    noise of the finite networks; it cannot see that the model itself misses the data (a
+    subleading term such as 1/L^2 bends the log-log line, identically for every seed, and
+    then the bootstrap interval is narrow around a biased value). The residuals' standard
+    error ``se`` (``FreeFit.se``, with ``dof`` degrees of freedom) measures that lack of
+    fit. The two are independent and add in quadrature on each side:
+    value -/+ sqrt(bootstrap half-width^2 + (t_{dof} se)^2), t the Student quantile.
+    With no residual degrees of freedom (or no se) it is the bootstrap interval as is.
+    """
+    from scipy.stats import t as student
+
+    value, lo, hi, se = (np.asarray(a, np.float64) for a in (value, boot_lo, boot_hi, se))
+    if dof < 1:
+        return np.stack([lo, hi], axis=-1)
+    q = float(student.ppf(0.5 + level / 2, dof))
+    extra = np.where(np.isfinite(se), q * se, 0.0)
+    with np.errstate(invalid="ignore"):
+        below = np.sqrt(np.maximum(value - lo, 0.0) ** 2 + extra ** 2)
+        above = np.sqrt(np.maximum(hi - value, 0.0) ** 2 + extra ** 2)
+    return np.stack([value - below, value + above], axis=-1)
 
 
 def aic(rss: float, n: int, k: int) -> float:

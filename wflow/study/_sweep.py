@@ -18,11 +18,13 @@ import jax
 import numpy as np
 
 from ._file import config_text, resume_study, write_study
+from ._metrics import STUDY_METRICS
 from ._fit import (
     THEORY_EXPONENTS,
     aggregate,
     aic,
     bootstrap_indices,
+    exponent_interval,
     fit_free,
     fit_model,
     free_params,
@@ -334,6 +336,8 @@ def fit_limit(setup: LimitSetup, state: LimitState, floor: dict | None = None) -
             res["free_r2"] = np.asarray([f.r2 for f in free])
             res["free_aic"] = np.asarray([f.aic for f in free])
             res["free_n"] = np.asarray([f.n for f in free])
+            res["free_se"] = np.stack([f.se for f in free])
+            res["free_dof"] = np.asarray([f.dof for f in free])
             return res
 
         main = fitted(rms)
@@ -356,11 +360,37 @@ def fit_limit(setup: LimitSetup, state: LimitState, floor: dict | None = None) -
                         out[f"{metric}/{name}_err"] = np.nanstd(
                             np.stack([b[name] for b in boots]), axis=0)
                 free = np.stack([b["free"] for b in boots])  # (n_boot, T, P)
-                ci = np.moveaxis(np.nanpercentile(free, [2.5, 97.5], axis=0), 0, -1)
+                lo, hi = np.nanpercentile(free, [2.5, 97.5], axis=0)
+                # seed noise and lack of fit together (``exponent_interval``)
+                ci = np.stack([exponent_interval(main["free"][t], lo[t], hi[t],
+                                                 main["free_se"][t], int(main["free_dof"][t]))
+                               for t in range(T)])
                 ci[~np.isfinite(main["free"])] = np.nan
+                # the depth exponent's interval also covers the fit with its first correction,
+                # a L^-p (1 + e / L), where that describes the data better (lower AIC)
+                p_corr = np.full(T, np.nan)
+                e_corr = np.full(T, np.nan)
+                if use_free[1] == 1:
+                    kept = np.where(below, np.nan, rms).reshape(T, -1)
+                    for t in range(T):
+                        c = fit_free(Lf, Mf, kept[t], Df, use_free, correction=True)
+                        if not (c.dof >= 1 and np.isfinite(c.aic) and c.aic < main["free_aic"][t]
+                                and np.isfinite(ci[t, 1, 0])):
+                            continue
+                        p_corr[t], e_corr[t] = c.value[1], c.correction
+                        ci_c = exponent_interval(c.value[1], c.value[1] - (main["free"][t, 1]
+                                                                           - lo[t, 1]),
+                                                 c.value[1] + (hi[t, 1] - main["free"][t, 1]),
+                                                 c.se[1], c.dof)
+                        ci[t, 1] = [min(ci[t, 1, 0], ci_c[0]), max(ci[t, 1, 1], ci_c[1])]
+                out[f"{metric}/free_p_corrected"] = p_corr
+                out[f"{metric}/free_correction"] = e_corr
             out[f"{metric}/rms_err"] = np.moveaxis(np.std(np.stack(samples), axis=0), 0, -1)
         out[f"{metric}/free_ci"] = ci
-        theory = np.array([THEORY_EXPONENTS.get(n, np.nan) for n in names])
+        # a metric that is a squared distance (order 2: Sinkhorn) falls at twice the rates
+        order = STUDY_METRICS[metric].order if metric in STUDY_METRICS else 1.0
+        theory = order * np.array([THEORY_EXPONENTS.get(n, np.nan) for n in names])
+        out[f"{metric}/free@theory"] = [float(v) for v in theory]
         inside = ((ci[..., 0] <= theory) & (theory <= ci[..., 1])).astype(np.float64)
         inside[~np.isfinite(ci[..., 0]) | ~np.isfinite(theory)] = np.nan
         out[f"{metric}/theory_inside"] = inside

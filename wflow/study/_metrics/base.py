@@ -84,6 +84,9 @@ class AbstractStudyMetric(abc.ABC):
     label: ClassVar[str]
     needs: ClassVar[tuple[str, ...]]
     twins: ClassVar[bool] = False  # reads the reference's twins of each run (``Runs.twins``)
+    # the power of a distance the metric is: 1 for distances and differences (the theory's
+    # rates 1/L and 1/sqrt(L M) as they are), 2 for a squared distance (twice the exponents)
+    order: ClassVar[float] = 1.0
 
     @abc.abstractmethod
     def compute(self, run: Runs, reference: Runs) -> np.ndarray:

@@ -31,6 +31,7 @@ class Sinkhorn(AbstractStudyMetric):
     """
 
     name = "sinkhorn"
+    order = 2.0  # ~ W_2^2 between nearby measures: rates 1/L^2 and 1/(L M)
     label = "Sinkhorn divergence S_eps per slice"
     needs = ("particles",)
 
