@@ -7,6 +7,7 @@ reference 4x larger (particles).
 """
 
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -428,3 +429,43 @@ def test_coupling_falls_as_inverse_sqrt_width_on_the_teacher_problem(tmp_path, c
     np.testing.assert_array_equal(data["errors/coupling"][..., 0], 0.0)
     s = data["fit/coupling/slope_M"][1, 0]
     assert abs(s + 0.5) <= 0.1, s
+
+
+# ----------------------------------------------------------------------------- bundled studies
+
+
+def _bundled_study(tmp_path, name):
+    from wflow.cli import main
+    from wflow.study import read_study
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / f"{name}.h5"
+    assert main(["study", "limit", os.path.join(root, "configs", f"{name}.toml"), "-o", str(out),
+                 "-q", "--no-plot"]) == 0
+    return read_study(str(out))
+
+
+def _exponent(data, metric, name):
+    i = [str(n) for n in data[f"fit/{metric}/free@params"]].index(name)
+    lo, hi = data[f"fit/{metric}/free_ci"][-1, i]
+    return data[f"fit/{metric}/free"][-1, i], lo, hi
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, metric, param, theory", [
+    ("limit_teacher_depth", "output", "p", 1.0),   # shared sampling, continuous reference
+    ("limit_teacher", "output", "q", 0.5),         # i.i.d. layers, particles reference
+    ("limit_icl", "output", "p", 1.0),             # attention heads, continuous reference
+    ("limit_icl_heads", "output", "q", 0.5),       # attention heads, i.i.d., particles reference
+])
+def test_bundled_studies_recover_the_theorys_exponent(tmp_path, name, metric, param, theory):
+    """The free fit of each bundled rate study holds the theory's exponent inside its 95%
+    interval (seeds and lack of fit), and the interval is informative: it excludes the
+    exponents 1/2 away (p = 1/2 and 3/2; q = 0 and 1)."""
+    data = _bundled_study(tmp_path, name)
+    value, lo, hi = _exponent(data, metric, param)
+    assert lo <= theory <= hi, (name, value, lo, hi)
+    assert theory - 0.5 < lo and hi < theory + 0.5, (name, value, lo, hi)
+    if name.startswith("limit_icl"):  # and the log-log slope itself: -1 in L, -1/2 in M
+        slope = data[f"fit/{metric}/slope_{'L' if param == 'p' else 'M'}"][-1].ravel()[0]
+        assert abs(slope + theory) <= 0.15, (name, slope)

@@ -231,8 +231,8 @@ def _check_block_values(config, problem: Problem, Theta) -> None:
 
 def random_maps(model: dict, seed: int, d_in: int, d_out: int, dtype, stream: int = 0,
                 dim: int | None = None, tokens: int | None = None):
-    """(A, C): the fixed embedding and readout a ``[model]`` table asks for, as arrays of
-    ``dtype`` (None = pad / coordinates); ``dim`` overrides ``model.dim``, ``stream`` picks the
+    """(A, C): the fixed embedding and readout a ``[model]`` table asks for, as JAX arrays of
+    ``dtype`` (``dtype`` None: float64 NumPy arrays; an array None = pad / coordinates); ``dim`` overrides ``model.dim``, ``stream`` picks the
     repetition (``_problem.random_embedding``). With ``tokens`` (sequence data; d_in per token)
     they are the token-by-token maps of ``_problem.sequence_maps``, never None."""
     d = model["dim"] if dim is None else dim
@@ -240,4 +240,6 @@ def random_maps(model: dict, seed: int, d_in: int, d_out: int, dtype, stream: in
     C = random_readout(seed, d, d_out, stream) if model["readout"] == "random" else None
     if tokens is not None:
         A, C = sequence_maps(tokens, d, d_in, d_out, model["readout_token"], A, C)
+    if dtype is None:  # float64 NumPy, whatever JAX's x64 mode
+        return tuple(None if a is None else np.asarray(a, np.float64) for a in (A, C))
     return tuple(None if a is None else jnp.asarray(a, dtype) for a in (A, C))

@@ -241,6 +241,9 @@ class ContinuousDepth(DepthDiscretization):
     rtol: float = eqx.field(static=True, default=1e-5)
     atol: float = eqx.field(static=True, default=1e-7)
     max_steps: int = eqx.field(static=True, default=16384)
+    # the solver's steps are clipped at the L depth nodes; subdivide > 1 clips them also at
+    # subdivide - 1 equispaced points between two nodes (the "continuous" floor of a study)
+    subdivide: int = eqx.field(static=True, default=1)
 
     def __check_init__(self):
         if self.adjoint not in ADJOINTS:
@@ -255,6 +258,15 @@ class ContinuousDepth(DepthDiscretization):
     def times(self, L: int) -> jax.Array:
         """Node of slice l: t_l = (l + 1/2) / L."""
         return (jnp.arange(L) + 0.5) / L
+
+    def step_ts(self, L: int, dtype) -> jax.Array:
+        """The times the solver must step to: the nodes (where the interpolant has kinks), and
+        with ``subdivide`` = s > 1 also s - 1 equispaced points between neighbouring nodes."""
+        nodes = self.times(L)
+        if self.subdivide > 1:
+            frac = jnp.arange(self.subdivide) / (self.subdivide * L)
+            nodes = jnp.concatenate([(nodes[:-1, None] + frac[None, :]).ravel(), nodes[-1:]])
+        return nodes.astype(dtype)
 
     def field(self, problem: Problem, Theta: jax.Array, t, z, weights=None, probes=None):
         """F(z, t) = (1 - a) F_j(z) + a F_{j+1}(z), the piecewise-linear interpolant."""
@@ -289,8 +301,8 @@ class ContinuousDepth(DepthDiscretization):
         # float32 state to float64 whenever jax_enable_x64 is on.
         t0, t1 = jnp.zeros((), x.dtype), jnp.ones((), x.dtype)
         if L > 1:
-            nodes = self.times(L).astype(x.dtype)
-            controller = diffrax.ClipStepSizeController(controller, step_ts=nodes)
+            controller = diffrax.ClipStepSizeController(controller,
+                                                        step_ts=self.step_ts(L, x.dtype))
         adjoint = (diffrax.RecursiveCheckpointAdjoint() if self.adjoint == "checkpoint"
                    else diffrax.BacksolveAdjoint(stepsize_controller=controller))
         sol = diffrax.diffeqsolve(
@@ -312,8 +324,8 @@ class ContinuousDepth(DepthDiscretization):
         term = diffrax.ODETerm(lambda t, z, args: self.field(problem, args[0], t, z, args[1]))
         controller = diffrax.PIDController(rtol=self.rtol, atol=self.atol, norm=self.norm)
         if L > 1:
-            controller = diffrax.ClipStepSizeController(
-                controller, step_ts=self.times(L).astype(z0.dtype))
+            controller = diffrax.ClipStepSizeController(controller,
+                                                        step_ts=self.step_ts(L, z0.dtype))
         sol = diffrax.diffeqsolve(
             term, ODE_SOLVERS[self.solver](), t0=ts[0], t1=ts[-1], dt0=None, y0=z0,
             args=(Theta, weights), stepsize_controller=controller, max_steps=self.max_steps,

@@ -84,6 +84,10 @@ class _Limit:
         self.D = self.dims.astype(float) if self.dims is not None else np.asarray([np.nan])
         self.iD = len(self.D) - 1
         self.dlabel = f", D = {int(self.D[self.iD])}" if self.dims is not None else ""
+        # what a particle is: a head for attention blocks (sequence data), else a neuron
+        feature = str(cfg.get("model", {}).get("feature", ""))
+        self.units = "heads" if "attention" in feature or cfg.get("data", {}).get("tokens") \
+            else "neurons"
 
     def rms(self, metric):
         """RMS over seeds and its bootstrap std, (n_L, n_M, n_D) (n_D = 1 without dims)."""
@@ -153,7 +157,7 @@ def _against(s: _Limit, over: str) -> Figure:
         lines = [(f"M = {int(m)}", (slice(None), j, iD), (None, m, D[iD]))
                  for j, m in enumerate(M)]
     elif over == "M":
-        xs, xlabel, title = M, "M (neurons per layer)", f"against M{s.dlabel}"
+        xs, xlabel, title = M, f"M ({s.units} per layer)", f"against M{s.dlabel}"
         lines = [(f"L = {int(l)}", (i, slice(None), iD), (l, None, D[iD]))
                  for i, l in enumerate(L)]
     else:

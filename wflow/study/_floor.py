@@ -6,9 +6,12 @@ network. ``reference_floor`` estimates the reference's error in each metric at e
 time, (T,) per metric, stored as ``/reference/floor/<metric>``:
 
 * "continuous": one run (the largest shape of the sweep, repetition 0) is redone in
-  continuous depth at 10x tighter solver.rtol and solver.atol; the floor is the metric
-  between the two. The ODE solver's global error is about proportional to its tolerance,
-  so the difference estimates the reference's error to within ~10%.
+  continuous depth at 10x tighter solver.rtol and solver.atol and with its steps clipped at
+  twice as many points (the depth nodes and the midpoints between them); the floor is the
+  metric between the two. The ODE solver's global error is about proportional to its
+  tolerance, or, where the node spacing limits the steps, to h^p (Tsit5: p = 5), so the
+  second run's error is 10-32x smaller and the difference estimates the reference's error
+  to within ~10%.
 * "particles": the reference's reference_M particles (every slice) are split into two
   halves of reference_M / 2 particles, each trained on its own as a reference. The two are
   independent with the reference's law: their disagreement d has the size of sqrt(2) times
@@ -71,8 +74,12 @@ def _continuous(setup: LimitSetup, reference, key) -> dict:
     index = (len(st["L"]) - 1, len(st["M"]) - 1, len(setup.dims) - 1)
     block = Block(L, M, D, (Member(index, L, M, D, 0),), 1)
     c = setup.continuous
+    # 10x tighter tolerances and twice the forced steps: the depth nodes clip the solver's
+    # steps, and where the node spacing already meets both tolerances the two runs would take
+    # the very same steps (a floor of exactly 0); halving the clipped steps cuts a
+    # p-th-order solver's error 2^p-fold (Tsit5: 32), so the difference is the error.
     tight = ContinuousDepth(adjoint=c.adjoint, solver=c.solver, rtol=c.rtol / TIGHTER,
-                            atol=c.atol / TIGHTER, max_steps=c.max_steps * 4)
+                            atol=c.atol / TIGHTER, max_steps=c.max_steps * 4, subdivide=2)
     normal = run_block(setup, block, c, key)
     fine = run_block(setup, block, tight, key)
     return {m: e[0] for m, e in _metrics(setup, normal, fine, (D,), twins=True).items()}

@@ -155,7 +155,7 @@ class LimitSetup(NamedTuple):
         coordinates): the random maps, or a sequence's token maps (``_build.random_maps``)."""
         data = self.config["data"]
         A, C = random_maps(self.config["model"], self.config["seed"], data["dim"],
-                           self.y.shape[1], np.float64, stream=rep, dim=D, tokens=self.tokens)
+                           self.y.shape[1], None, stream=rep, dim=D, tokens=self.tokens)
         return (None if A is None else np.asarray(A)), (None if C is None else np.asarray(C))
 
     def k(self, D: int) -> int:

@@ -20,6 +20,7 @@ import numpy as np
 from ._file import config_text, resume_study, write_study
 from ._metrics import STUDY_METRICS
 from ._fit import (
+    MAX_EXPONENT,
     THEORY_EXPONENTS,
     aggregate,
     aic,
@@ -383,6 +384,8 @@ def fit_limit(setup: LimitSetup, state: LimitState, floor: dict | None = None) -
                                                  c.value[1] + (hi[t, 1] - main["free"][t, 1]),
                                                  c.se[1], c.dof)
                         ci[t, 1] = [min(ci[t, 1, 0], ci_c[0]), max(ci[t, 1, 1], ci_c[1])]
+                # an exponent lives in [0, MAX_EXPONENT] (the fit's bounds): so does its interval
+                ci[:, 1::2] = np.clip(ci[:, 1::2], 0.0, MAX_EXPONENT)
                 out[f"{metric}/free_p_corrected"] = p_corr
                 out[f"{metric}/free_correction"] = e_corr
             out[f"{metric}/rms_err"] = np.moveaxis(np.std(np.stack(samples), axis=0), 0, -1)
