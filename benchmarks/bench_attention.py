@@ -32,6 +32,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _baselines as B  # noqa: E402
 from bench_step import machine_info, time_interleaved  # noqa: E402
 
 DS = 0.01
@@ -106,14 +107,8 @@ class TorchTransformer:
             z = z + heads.mean(dim=1) / self.L
         return 0.5 * ((z[:, -1, :1] - self.y) ** 2).mean()
 
-    def step(self, lr):
-        loss = self._loss()
-        loss.backward()
-        with self.torch.no_grad():
-            for p in self.params:
-                p.add_(p.grad, alpha=-lr)
-                p.grad = None
-        return loss.item()
+    # loss.backward(), then p <- p - lr * p.grad: the ResNet baseline's step, on these params
+    step = B.TorchResNet.step
 
     def grad_theta(self):
         loss = self._loss()
