@@ -14,7 +14,9 @@ with zero-mass probes at every interior face) and two flux updates. Per size, in
    forward/adjoint: first_variation_gradient at the faces), ``tendency`` (the flux update:
    limited reconstruction, upwind fluxes, divergence) and ``max_rate`` (the CFL rate);
 4. cell-updates per second = n_t * cells / (substep time), and the share of the substep
-   spent in the forward/adjoint (2 face_velocities) and in the flux update (2 tendency).
+   spent in the forward/adjoint (2 face_velocities) and in the flux update (2 tendency);
+5. over the timed substeps (``resource.getrusage``): minor page faults per substep and the
+   kernel's (system) share of the CPU time (goal <= 3%).
 
 The scaling run times the substep for growing grids at fixed N and n_t; the fitted log-log
 slope of time against cells is the result (goal 1 +- 0.1: the cost is linear in the cells).
@@ -140,13 +142,20 @@ def bench_size(k, cells, n_t, n_data, repeats, warmup, parts=True) -> dict:
     min_rho = float(jnp.min(new))
     assert bool(ok) and float(dt * stage_rate) <= fv.limit, "substep outside its CFL bound"
 
+    import resource
+
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
     t_sub, t_sub_min = _timed(compiled, (rho, dt), repeats, warmup)
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    user, system = r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime
     n_upd = n_t * grid.n_cells
     out = {"k": k, "cells_per_axis": cells, "n_t": n_t, "N": n_data, "cells": grid.n_cells,
            "faces": sum(int(np.prod(grid.face_shape(a))) for a in range(k)),
            "lower_s": t_lower, "compile_s": t_compile,
            "substep_median_s": t_sub, "substep_min_s": t_sub_min,
-           "cell_updates_per_s": n_upd / t_sub, "mass_error": mass_err, "min_rho": min_rho}
+           "cell_updates_per_s": n_upd / t_sub, "mass_error": mass_err, "min_rho": min_rho,
+           "minor_faults_per_substep": (r1.ru_minflt - r0.ru_minflt) / (repeats + warmup),
+           "kernel_share": system / max(user + system, 1e-12)}
     if parts:
         v = velocities(rho)[1]
         t_vel, _ = _timed(velocities, (rho,), repeats, warmup)
@@ -191,7 +200,7 @@ def main(argv=None) -> int:
           "timed one by one")
     head = (f"{'k':>2} {'grid':>10} {'n_t':>4} {'cells*n_t':>10} {'compile':>8} {'substep':>9} "
             f"{'cell-upd/s':>11} {'fwd/adj':>8} {'flux':>6} {'rate':>6} {'mass err':>9} "
-            f"{'min rho':>8}")
+            f"{'min rho':>8} {'faults':>8} {'kernel':>7}")
     print(head)
     for k, cells, n_t in plan["sizes"]:
         r = bench_size(k, cells, n_t, args.n, args.repeats, args.warmup)
@@ -200,7 +209,8 @@ def main(argv=None) -> int:
               f"{r['compile_s']:>7.2f}s {r['substep_median_s'] * 1e3:>7.1f}ms "
               f"{r['cell_updates_per_s']:>11.3g} {r['share_forward_adjoint']:>7.0%} "
               f"{r['share_flux_update']:>6.0%} {r['share_rate']:>6.0%} {r['mass_error']:>9.1e} "
-              f"{r['min_rho']:>8.1e}", flush=True)
+              f"{r['min_rho']:>8.1e} {r['minor_faults_per_substep']:>8.0f} "
+              f"{r['kernel_share']:>7.1%}", flush=True)
 
     if not args.no_scaling:
         print("\n## substep time against the number of cells (log-log slope; goal 1 +- 0.1)")

@@ -18,6 +18,15 @@ process:
 Ratios, not absolute times, are the result: speed-up = t_baseline / t_wflow
 (medians), and step/forward = t_step / t_forward for each implementation.
 
+4. the elementwise floor, in the same process: XLA's tanh pass and multiply-add pass
+   (a * c1 + c2, one read and one write like the tanh pass) over N*M*L float32 elements.
+   A step must at least compute the pre-activations (a multiply-add), sigma (a tanh) and,
+   in the backward pass, sigma' times the adjoint (a multiply-add): floor = t_tanh + 2 t_madd,
+   and the step is printed as a multiple of it (goal <= 3x);
+5. the operating system's share, from ``resource.getrusage`` over ``--repeats`` wflow steps
+   run alone: minor page faults per step and kernel (system) time as a share of the CPU time
+   (goal <= 3%): time the kernel spends giving fresh pages to new buffers is time lost.
+
     python benchmarks/bench_step.py                       # the two default sizes
     python benchmarks/bench_step.py --sizes 256,2,32,512 --json out.json
     python benchmarks/bench_step.py --device cuda         # torch on CUDA (JAX: default device)
@@ -37,7 +46,8 @@ import _baselines as B
 import numpy as np
 
 DEFAULT_SIZES = [(256, 2, 32, 512), (1024, 2, 64, 2048)]  # N*L*M: 4.2e6 and 16x that
-GOALS = {"speedup_vs_torch": 3.0, "speedup_vs_numpy": 5.0, "wflow_step_over_forward": 3.0}
+GOALS = {"speedup_vs_torch": 3.0, "speedup_vs_numpy": 3.0, "wflow_step_over_forward": 3.0,
+         "step_over_floor": 3.0, "kernel_share": 0.03}
 
 
 def parse_size(text: str):
@@ -136,6 +146,38 @@ def check_gradients(x, y, Theta, problem, torch_device, tol):
     return acc
 
 
+def elementwise_floor(n: int, repeats: int, warmup: int) -> dict:
+    """Medians (ms) of XLA's tanh pass and multiply-add pass over n float32 elements, and the
+    step's floor t_tanh + 2 t_madd (module docstring)."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.device_put(np.random.default_rng(0).standard_normal(n).astype(np.float32))
+    tanh = jax.jit(jnp.tanh)
+    madd = jax.jit(lambda v: v * 1.5 + 0.25)
+    t = time_interleaved({"tanh": lambda: jax.block_until_ready(tanh(a)),
+                          "madd": lambda: jax.block_until_ready(madd(a))},
+                         max(repeats, 11), warmup)
+    out = {"tanh_ms": t["tanh"]["median_ms"], "madd_ms": t["madd"]["median_ms"]}
+    out["floor_ms"] = out["tanh_ms"] + 2 * out["madd_ms"]
+    return out
+
+
+def os_share(fn, repeats: int) -> dict:
+    """Minor page faults per call and the kernel's share of the CPU time over ``repeats``
+    calls of ``fn`` run alone (``resource.getrusage``)."""
+    import resource
+
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    for _ in range(repeats):
+        fn()
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    user, system = r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime
+    return {"minor_faults_per_step": (r1.ru_minflt - r0.ru_minflt) / repeats,
+            "kernel_share": system / max(user + system, 1e-12),
+            "cpu_ms_per_step": 1e3 * (user + system) / repeats}
+
+
 def bench_size(N, d, L, M, args) -> dict:
     import jax
 
@@ -177,6 +219,8 @@ def bench_size(N, d, L, M, args) -> dict:
     for impl in ("wflow", "torch", "numpy"):
         res[impl] = {"forward": fwd[impl], "step": step[impl]}
     res["wflow"]["compile"] = {k: v[1] for k, v in comp.items()}
+    res["floor"] = elementwise_floor(N * M * L, args.repeats, args.warmup)
+    res["os"] = os_share(wflow_step, max(args.repeats, 10))
 
     for impl in ("wflow", "torch", "numpy"):
         r = res[impl]
@@ -187,6 +231,8 @@ def bench_size(N, d, L, M, args) -> dict:
         "speedup_vs_torch": res["torch"]["speedup_step"],
         "speedup_vs_numpy": res["numpy"]["speedup_step"],
         "wflow_step_over_forward": res["wflow"]["step_over_forward"],
+        "step_over_floor": res["wflow"]["step"]["median_ms"] / res["floor"]["floor_ms"],
+        "kernel_share": res["os"]["kernel_share"],
     }
     return res
 
@@ -219,6 +265,13 @@ def print_size(res):
     print(f"wflow compile: step {c['step']['trace_lower_s']:.2f} s trace+lower + "
           f"{c['step']['compile_s']:.2f} s XLA;  forward {c['forward']['trace_lower_s']:.2f} s + "
           f"{c['forward']['compile_s']:.2f} s  (not included in the times above)")
+    f, o = res["floor"], res["os"]
+    print(f"elementwise floor over N*M*L: tanh {f['tanh_ms']:.2f} ms, multiply-add "
+          f"{f['madd_ms']:.2f} ms -> floor tanh + 2 madd = {f['floor_ms']:.2f} ms; wflow step = "
+          f"{res['goals']['step_over_floor']:.2f}x the floor")
+    print(f"operating system: {o['minor_faults_per_step']:.0f} minor page faults per step, "
+          f"kernel time {100 * o['kernel_share']:.1f}% of {o['cpu_ms_per_step']:.1f} ms CPU "
+          "per step (wflow steps alone)")
     g = res["goals"]
 
     def verdict(key, label, at_least, unit):
@@ -229,7 +282,9 @@ def print_size(res):
 
     marks = [verdict("speedup_vs_torch", "speed-up vs torch", True, "x"),
              verdict("speedup_vs_numpy", "vs numpy", True, "x"),
-             verdict("wflow_step_over_forward", "wflow step/forward", False, "")]
+             verdict("wflow_step_over_forward", "wflow step/forward", False, ""),
+             verdict("step_over_floor", "step/floor", False, "x"),
+             verdict("kernel_share", "kernel share", False, "")]
     print("goals: " + "; ".join(marks))
 
 

@@ -9,7 +9,9 @@ steps (their k = 15), M and D over log-spaced values, a layered reference of M =
 Printed: the machine, the stream bandwidth measured in this process (a jitted in-place
 a + 0.5 b loop on 400 MB arrays), the time of every block (compile included: each block shape
 compiles once), the total, and the bytes a training step must move at the largest shape
-against the time it took -- the largest shapes are memory-bound.
+against the time it took -- the largest shapes are memory-bound -- and, from
+``resource.getrusage``, the minor page faults and the kernel's (system) share of the CPU time
+of every block and of the whole sweep (goal <= 3%).
 
 Bytes per member-step at a shape: theta has P = L M 2D float32 = 4 P bytes. The forward pass
 reads theta once, the backward pass reads it again and writes the gradient, and the Euler update
@@ -26,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -83,9 +86,13 @@ def main() -> int:
     original = _sweep.run_block
 
     def timed(setup, block, depth, *a, **k):
-        t = time.perf_counter()
+        t, r0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
         out = original(setup, block, depth, *a, **k)
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        user, system = r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime
         blocks.append({"seconds": time.perf_counter() - t, "reference": block.reference,
+                       "minor_faults": r1.ru_minflt - r0.ru_minflt,
+                       "kernel_share": system / max(user + system, 1e-12),
                        "L": block.L, "M": block.M, "D": block.D, "members": len(block.members),
                        "size": block.size})
         return out
@@ -99,19 +106,27 @@ def main() -> int:
           f"reference M = D = {top}: {len(values) ** 2} shapes")
     with tempfile.TemporaryDirectory() as tmp:
         path = args.keep or os.path.join(tmp, "study.h5")
-        t0 = time.perf_counter()
+        t0, r0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
         status = _sweep.run_limit(config, study, path, progress=True)
         total = time.perf_counter() - t0
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        user, system = r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime
+        faults, kernel = r1.ru_minflt - r0.ru_minflt, system / max(user + system, 1e-12)
         from wflow.study import read_study
 
         data = read_study(path)
     steps = 14
     print(f"\nstatus {status}; {len(blocks)} blocks (= compiled shapes x batches)")
-    print(f"{'block (L, M_pad, D_pad) x runs':<36s} {'seconds':>8s}")
+    print(f"{'block (L, M_pad, D_pad) x runs':<36s} {'seconds':>8s} {'faults':>10s} "
+          f"{'kernel':>7s}")
     for b in sorted(blocks, key=lambda b: -b["seconds"])[:12]:
         tag = "reference " if b["reference"] else ""
         print(f"  {tag}({b['L']}, {b['M']}, {b['D']}) x {b['members']:<4d}        "
-              f"{b['seconds']:8.1f}")
+              f"{b['seconds']:8.1f} {b['minor_faults']:>10d} {b['kernel_share']:>7.1%}")
+    in_blocks = sum(b["seconds"] for b in blocks)
+    print(f"whole sweep: {faults} minor page faults ({faults / total:.0f}/s), kernel time "
+          f"{100 * kernel:.1f}% of the CPU time (goal <= 3%: {'met' if kernel <= 0.03 else 'NOT met'}"
+          f"); blocks {in_blocks:.0f} s, the rest (floor, fits, files) {total - in_blocks:.0f} s")
     big = [b for b in blocks if not b["reference"] and b["M"] == top and b["D"] == top]
     if big:
         b = big[0]
@@ -131,6 +146,7 @@ def main() -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"total_seconds": total, "status": status, "bandwidth_GBs": bw,
+                       "minor_faults": faults, "kernel_share": kernel,
                        "blocks": blocks, "values": values,
                        "hidden_slope_M_at_Dmax": float(hidden[0])}, f, indent=1)
     return 0

@@ -344,6 +344,106 @@ reference_depth = "continuous"
     assert "Traceback" not in err, err[-2000:]
 
 
+def _study_config(tmp_path, time_: float) -> str:
+    """A study with a continuous-depth particle reference of 1024 points and its floor (two
+    halves of 512, trained on their own): each phase lasts seconds at time_ = 50."""
+    cfg = tmp_path / "study.toml"
+    cfg.write_text(CONFIG.format(time=time_).replace('method = "heun"\ntemperature = 0.01',
+                                                     'method = "euler"') + f"""
+[study]
+L = [2]
+M = [8]
+seeds = 1
+times = [0.0, {time_}]
+metrics = ["output"]
+reference = "particles"
+reference_M = 1024
+reference_L = 4
+reference_depth = "continuous"
+""")
+    return str(cfg)
+
+
+def test_first_signal_stops_a_study_in_its_floor_phase_and_resume_finishes(tmp_path):
+    """After the last block the study measures its reference's floor (``_floor``: here two
+    independent half references, as long as the reference itself). That phase has a bar of
+    its own that moves, and a first SIGTERM there stops the study within seconds with every
+    block saved; --resume redoes only the floor and completes the file."""
+    cfg = _study_config(tmp_path, 50.0)
+    out = tmp_path / "study.h5"
+    proc = spawn("study", "limit", cfg, "-o", out, "--no-plot")
+    output = Output(proc)
+    assert wait_until(lambda: re.search(r"reference floor:\s+([1-9]\d?)%", output.text_so_far()),
+                      proc, timeout=240), output.text()
+    t0 = time.time()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    elapsed = time.time() - t0
+    err = output.text()
+    assert proc.returncode == 130 and elapsed < 10.0, (elapsed, err[-2000:])
+    assert "Traceback" not in err and "--resume" in _last_line(err), err[-2000:]
+    from wflow.study import read_study
+
+    part = read_study(str(out))
+    assert part["attrs"]["status"] == "interrupted" and bool(np.all(part["done"]))
+    assert not any(k.startswith("reference/floor") for k in part)
+    res = subprocess.run([sys.executable, "-m", "_wflow_entry", "study", "limit", cfg, "-o",
+                          str(out), "-q", "--no-plot", "--resume"], env=ENV,
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert res.returncode == 0, res.stderr[-2000:]
+    full = read_study(str(out))
+    assert full["attrs"]["status"] == "complete"
+    assert np.all(np.isfinite(full["reference/floor/output"]))
+    np.testing.assert_array_equal(full["errors/output"], part["errors/output"])
+
+
+def test_first_signal_stops_compare_within_seconds_and_writes_nothing(tmp_path):
+    """``wflow compare`` between its runs (the mean-field run done, the optimizers' running):
+    a first SIGTERM ends it within seconds, exit 130, one line, and no compare file, neither
+    whole nor half-written (it is written once, atomically, at the end)."""
+    cfg = os.path.join(ROOT, "configs", "compare_lazy.toml")
+    out = tmp_path / "cmp.h5"
+    proc = spawn("compare", cfg, "-o", out, "--no-plots", "--set", "train.time=1000.0")
+    output = Output(proc)
+    assert wait_until(lambda: "meanfield: complete" in output.text_so_far(), proc,
+                      timeout=240), output.text()
+    t0 = time.time()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    elapsed = time.time() - t0
+    err = output.text()
+    assert proc.returncode == 130 and elapsed < 10.0, (elapsed, err[-2000:])
+    assert "Traceback" not in err and "interrupted" in _last_line(err), err[-2000:]
+    assert not out.exists() and not list(tmp_path.glob("*.h5*")), list(tmp_path.iterdir())
+
+
+_NATIVE_CALL = r"""
+import sys, time
+from wflow._signals import Interrupts
+with Interrupts(stop_within=float(sys.argv[1])) as it:
+    it.running(lambda: "wflow: interrupted; the file keeps its last checkpoint")
+    print("ready", flush=True)
+    time.sleep(120)  # stands for one long native call that never reaches a record or a poll
+"""
+
+
+def test_first_signal_ends_a_native_call_that_never_polls_within_its_deadline(tmp_path):
+    """A first SIGTERM asks the command to stop at its next record; where the main thread
+    never gets there (a single call of minutes: an ODE solve of a large reference, an
+    optimal-transport metric), the signal watcher ends it from the last checkpoint after
+    ``stop_within`` seconds: exit 130, the finish line, no traceback."""
+    proc = subprocess.Popen([sys.executable, "-c", _NATIVE_CALL, "3"], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    t0 = time.time()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    elapsed = time.time() - t0
+    assert proc.returncode == 130 and 2.5 < elapsed < 8.0, (elapsed, err)
+    assert "Traceback" not in err and _last_line(err).endswith("keeps its last checkpoint"), err
+    assert "stopping at the next record" in err
+
+
 # ----------------------------------------------------------------------------- two writers
 
 

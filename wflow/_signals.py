@@ -27,7 +27,13 @@ before anything heavy is imported. Three layers:
    handler the instant a signal arrives) and, when a signal that should end
    the process has not done so within ``grace`` seconds, ends it itself:
    it calls the ``finish`` callback (which commits the records so far with
-   status "interrupted"), prints that one line and ``os._exit(130)``.
+   status "interrupted"), prints that one line and ``os._exit(130)``. The
+   first signal of the running phase starts the same deadline with
+   ``stop_within`` seconds (8): the main thread normally stops well before (the
+   time loop and a study poll between steps), but a single native call can
+   last minutes (a study reference's ODE solve, an optimal-transport metric),
+   and then the command still ends within seconds of the first signal, from
+   its last checkpoint (a study keeps its last saved block; ``--resume``).
 3. ``critical()`` marks code that must not be cut half-way (a file commit): an
    abort arriving inside waits for its end, in the main thread (the raise is
    deferred to the end of the block) and in the watcher (which takes the same
@@ -144,8 +150,9 @@ class Interrupts:
         signum: the last signal received (None if none).
     """
 
-    def __init__(self, grace: float = 1.0):
+    def __init__(self, grace: float = 1.0, stop_within: float = 8.0):
         self.grace = grace
+        self.stop_within = stop_within
         self.requested = False
         self.signum: int | None = None
         self._count = 0
@@ -215,7 +222,7 @@ class Interrupts:
 
     def _watch(self, fd: int) -> None:
         count = 0
-        timer_started = False
+        timer_started = stop_started = False
         while True:
             try:
                 data = os.read(fd, 64)
@@ -227,11 +234,20 @@ class Interrupts:
             fatal = count >= 2 or not self._running
             if fatal and not timer_started:
                 timer_started = True
-                threading.Thread(target=self._deadline, args=(data[-1],), daemon=True).start()
+                threading.Thread(target=self._deadline, args=(data[-1], self.grace),
+                                 daemon=True).start()
+            elif not fatal and not stop_started:
+                # the first signal while running: the main thread stops at its next record or
+                # poll; where it cannot within stop_within seconds (a long compiled chunk, an
+                # ODE solve of a reference, a metric's optimal-transport solve) the watcher
+                # ends the command as a second signal would, from the last checkpoint
+                stop_started = True
+                threading.Thread(target=self._deadline, args=(data[-1], self.stop_within),
+                                 daemon=True).start()
 
-    def _deadline(self, signum: int) -> None:
+    def _deadline(self, signum: int, grace: float) -> None:
         """The main thread had ``grace`` seconds to end the command; end it from here."""
-        if self._closed.wait(self.grace):
+        if self._closed.wait(grace):
             return
         with _lock:
             if self._finishing or self._closed.is_set():

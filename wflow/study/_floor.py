@@ -47,15 +47,35 @@ SCHEME_ORDER = {"upwind": 1, "muscl": 2}
 TIGHTER = 10.0  # the "continuous" floor: rtol and atol divided by this
 
 
-def reference_floor(setup: LimitSetup, reference: BlockResult | None, key) -> dict[str, np.ndarray]:
+def reference_floor(setup: LimitSetup, reference: BlockResult | None, key, on_progress=None,
+                    should_stop=None) -> dict[str, np.ndarray] | None:
     """{metric: (T,)} the reference's own error (module docstring).
 
     ``reference``: the stored "particles" / "grid" reference (one row per repetition;
-    None for "continuous"); ``key``: the PRNG key of the extra runs.
+    None for "continuous"); ``key``: the PRNG key of the extra runs; ``on_progress(fraction)``
+    is called as the extra runs train (fraction of all of them); returns None when
+    ``should_stop()`` became true during them (nothing is kept: a resumed study redoes the
+    floor).
     """
     kind = setup.study["reference"]
-    return {"continuous": _continuous, "particles": _particles, "grid": _grid}[kind](
-        setup, reference, key)
+    runs = _Runs(on_progress, should_stop)
+    out = {"continuous": _continuous, "particles": _particles, "grid": _grid}[kind](
+        setup, reference, key, runs)
+    return None if runs.stopped else out
+
+
+class _Runs:
+    """Progress and stop requests over the floor's extra runs (``progress(lo, hi)``: a run
+    that covers the fractions [lo, hi] of the floor's work)."""
+
+    def __init__(self, on_progress, should_stop):
+        self.on_progress, self.should_stop = on_progress, should_stop
+        self.stopped = False
+
+    def progress(self, lo: float, hi: float):
+        if self.on_progress is None:
+            return None
+        return lambda frac: self.on_progress(lo + (hi - lo) * frac)
 
 
 def _metrics(setup: LimitSetup, run: BlockResult, ref: BlockResult, dims, twins=False) -> dict:
@@ -68,7 +88,7 @@ def _metrics(setup: LimitSetup, run: BlockResult, ref: BlockResult, dims, twins=
     return {m: STUDY_METRICS[m].compute(a, b) for m in setup.study["metrics"]}
 
 
-def _continuous(setup: LimitSetup, reference, key) -> dict:
+def _continuous(setup: LimitSetup, reference, key, runs: _Runs) -> dict | None:
     st = setup.study
     L, M, D = st["L"][-1], st["M"][-1], setup.dims[-1]
     index = (len(st["L"]) - 1, len(st["M"]) - 1, len(setup.dims) - 1)
@@ -80,21 +100,30 @@ def _continuous(setup: LimitSetup, reference, key) -> dict:
     # p-th-order solver's error 2^p-fold (Tsit5: 32), so the difference is the error.
     tight = ContinuousDepth(adjoint=c.adjoint, solver=c.solver, rtol=c.rtol / TIGHTER,
                             atol=c.atol / TIGHTER, max_steps=c.max_steps * 4, subdivide=2)
-    normal = run_block(setup, block, c, key)
-    fine = run_block(setup, block, tight, key)
+    normal = run_block(setup, block, c, key, runs.progress(0.0, 1 / 3), runs.should_stop)
+    fine = None if normal is None else run_block(setup, block, tight, key,
+                                                 runs.progress(1 / 3, 1.0), runs.should_stop)
+    if fine is None:  # stopped (the tight run costs about twice the normal one)
+        runs.stopped = True
+        return None
     return {m: e[0] for m, e in _metrics(setup, normal, fine, (D,), twins=True).items()}
 
 
-def _particles(setup: LimitSetup, reference, key) -> dict:
+def _particles(setup: LimitSetup, reference, key, runs: _Runs) -> dict | None:
     Lr, Mr, Dr = setup.reference_shape()
     S, half = setup.study["seeds"], Mr // 2
     members = [Member((-1, -1, -1), Lr, half, Dr, r, h) for r in range(S) for h in (1, 2)]
     rows: dict[tuple[int, int], dict] = {}
     budget = setup.study["memory"] * 2**30
-    for i, block in enumerate(_split(setup, members, Lr, half, Dr, budget, reference=True)):
-        import jax
+    import jax
 
-        res = run_block(setup, block, setup.reference_depth(), jax.random.fold_in(key, i))
+    blocks = _split(setup, members, Lr, half, Dr, budget, reference=True)
+    for i, block in enumerate(blocks):
+        res = run_block(setup, block, setup.reference_depth(), jax.random.fold_in(key, i),
+                        runs.progress(i / len(blocks), (i + 1) / len(blocks)), runs.should_stop)
+        if res is None:
+            runs.stopped = True
+            return None
         for j, m in enumerate(block.members):
             rows[(m.rep, m.half)] = {q: None if v is None else v[j:j + 1]
                                      for q, v in res._asdict().items()}
@@ -108,7 +137,7 @@ def _stack(parts):
     return None if parts[0] is None else np.concatenate(parts, axis=0)
 
 
-def _grid(setup: LimitSetup, reference, key) -> dict:
+def _grid(setup: LimitSetup, reference, key, runs: _Runs) -> dict | None:
     st = setup.study
     g = st["grid"]
     cells = list(g["cells"])
@@ -120,7 +149,11 @@ def _grid(setup: LimitSetup, reference, key) -> dict:
     block = Block(st["reference_L"], math.prod(coarse), D,
                   (Member((-1, -1, -1), st["reference_L"], math.prod(coarse), D, 0),), 1,
                   reference=True)
-    res, _ = grid_values(coarse_setup, block, key)
+    out = grid_values(coarse_setup, block, key, runs.progress(0.0, 1.0), runs.should_stop)
+    if out is None:
+        runs.stopped = True
+        return None
+    res, _ = out
     fine = BlockResult(*(None if v is None else v[:1] for v in reference))
     d = _metrics(setup, fine, res, (D,))
     return {m: e[0] / (r ** order - 1.0) for m, e in d.items()}

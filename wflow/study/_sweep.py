@@ -158,14 +158,39 @@ def run_limit(config: dict, study: dict, path: str, *, resume: bool = False,
     checkpoint("running")
     status = _run_blocks(state, blocks, checkpoint, should_stop, progress, stop_after)
     if status == "complete":
-        from ._floor import reference_floor
-
-        ref = None if study["reference"] == "continuous" else state.reference()
-        key = jax.random.fold_in(jax.random.PRNGKey(config["seed"]), 3)
-        state.floor = reference_floor(setup, ref, key)
-        state.fits = fit_limit(setup, state, state.floor)
+        floor = _floor_phase(state, should_stop, progress)
+        if floor is None:
+            status = "interrupted"  # every block is saved; --resume redoes the floor
+        else:
+            state.floor = floor
+            state.fits = fit_limit(setup, state, state.floor)
     checkpoint(status)
     return status
+
+
+def _floor_phase(state: LimitState, should_stop, progress: bool) -> dict | None:
+    """The reference's own error (``_floor``), with a bar of its own ("reference floor": its
+    extra runs can cost as much as the reference); None when stopped."""
+    from tqdm import tqdm
+
+    from ._floor import reference_floor
+
+    setup = state.setup
+    ref = None if setup.study["reference"] == "continuous" else state.reference()
+    key = jax.random.fold_in(jax.random.PRNGKey(setup.config["seed"]), 3)
+    bar = tqdm(total=1000, disable=not progress, dynamic_ncols=True, leave=True, unit="‰",
+               desc="reference floor", bar_format="{desc}: {percentage:3.0f}%|{bar}| "
+               "[{elapsed}<{remaining}] {postfix}")
+    bar.set_postfix_str(f"{setup.study['reference']} reference")
+
+    def update(frac: float):
+        bar.n = round(1000 * frac)
+        bar.refresh()
+
+    try:
+        return reference_floor(setup, ref, key, update, should_stop)
+    finally:
+        bar.close()
 
 
 # Relative cost of a "continuous" reference run (rough: continuous ~ layered x2).
