@@ -72,10 +72,16 @@ def split_rows(a: jax.Array, n: int, c: int, mode: str = "constant") -> jax.Arra
     return a.reshape((n, c) + a.shape[1:])
 
 
+BLOCK_ROWS = 64
+"""A block keeps at least min(N, BLOCK_ROWS) rows: the particles are split too (``blocks``)."""
+
+
 def grid_of_blocks(N: int, M: int, tile: int) -> tuple[int, int, int, int]:
     """(n_N, N_c, n_M, M_c) of an (N, M) field call in blocks of at most ``tile`` pairs
-    (``AbstractFeatureMap.blocks``)."""
-    Mc = min(M, tile)
+    (``AbstractFeatureMap.blocks``). The particles are split into chunks of at most
+    tile / min(N, BLOCK_ROWS) so that a block never shrinks to a few rows (with M >= tile,
+    blocks of one row made a grid kernel 3-4x slower per pair: benchmarks/README.md)."""
+    Mc = min(M, max(1, tile // min(N, BLOCK_ROWS)))
     nM = -(-M // Mc)
     rows = max(1, tile // Mc)
     nN = -(-N // rows)
@@ -168,8 +174,8 @@ class AbstractFeatureMap(eqx.Module):
     def blocks(self, N: int, M: int) -> tuple[int, int, int, int]:
         """(n_N, N_c, n_M, M_c): the block grid of an (N, M) field call.
 
-        M_c = min(M, tile) particles and N_c = ceil(N / n_N) rows with n_N the
-        fewest chunks such that N_c M_c <= tile; (1, N, 1, M) when N M <= tile.
+        M_c = min(M, tile // min(N, BLOCK_ROWS)) particles and N_c = ceil(N / n_N) rows
+        with n_N the fewest chunks such that N_c M_c <= tile; (1, N, 1, M) when N M <= tile.
         """
         return grid_of_blocks(N, M, default_tile() if self.tile is None else self.tile)
 
