@@ -37,6 +37,10 @@ import sys
 import time
 
 import numpy as np
+from _wflow_entry import tune_allocator
+
+# the allocator policy of the ``wflow`` command, before JAX starts (WFLOW_MALLOC=default: glibc's)
+ALLOCATOR = "wflow (no mmap, no trim, one arena)" if tune_allocator() else "default"
 
 FULL = {"sizes": [(2, 256, 16), (3, 64, 8)],
         "scaling": {2: ([64, 128, 256], 16), 3: ([16, 32, 64], 8)}}
@@ -64,6 +68,7 @@ def machine_info() -> dict:
         "jax": jax.__version__,
         "jaxlib": jaxlib.__version__,
         "jax_backend": jax.default_backend(),
+        "allocator": ALLOCATOR,
         "jax_devices": [str(d) for d in jax.devices()],
     }
 
@@ -193,7 +198,8 @@ def main(argv=None) -> int:
     print(f"# bench_grid  {info['date_utc']} UTC  {info['cpu_model']}  "
           f"cpus={info['cpus_usable']}  load={info['load_average']}")
     print(f"# jax {info['jax']} ({info['jax_backend']}), float32, neuron d = 1 (k = 2 no bias, "
-          f"k = 3 bias), layered depth, teacher N = {args.n}, MUSCL van Leer, heun substeps")
+          f"k = 3 bias), layered depth, teacher N = {args.n}, MUSCL van Leer, heun substeps; "
+          f"allocator {ALLOCATOR}")
     results = {"machine": info, "args": vars(args), "sizes": [], "scaling": {}}
 
     print("\n## one substep (2 stages: 2 forward/adjoint + 2 flux updates); shares of the parts "

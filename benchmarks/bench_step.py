@@ -44,6 +44,10 @@ import sys
 import time
 
 import _baselines as B
+from _wflow_entry import tune_allocator
+
+# the allocator policy of the ``wflow`` command, before JAX starts (WFLOW_MALLOC=default: glibc's)
+ALLOCATOR = "wflow (no mmap, no trim, one arena)" if tune_allocator() else "default"
 import numpy as np
 
 DEFAULT_SIZES = [(256, 2, 32, 512), (1024, 2, 64, 2048)]  # N*L*M: 4.2e6 and 16x that
@@ -90,6 +94,7 @@ def machine_info(torch_device: str) -> dict:
         "jax_devices": [str(dev) for dev in jax.devices()],
         "torch_device": torch_device,
         "torch_threads": torch.get_num_threads(),
+        "allocator": ALLOCATOR,
         "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "env": {k: os.environ[k] for k in ("XLA_FLAGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
                                            "OPENBLAS_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
@@ -335,6 +340,7 @@ def main(argv=None):
           f"{info['cpus_usable']} usable), {info['platform']}")
     print(f"versions: python {info['python']}, jax {info['jax']}, jaxlib {info['jaxlib']}, "
           f"torch {info['torch']}, numpy {info['numpy']}")
+    print(f"allocator: {ALLOCATOR}")
     print(f"jax backend {info['jax_backend']}, devices {info['jax_devices']}; torch device "
           f"{info.get('torch_cuda_device', args.device)}, {info['torch_threads']} threads")
     load = info["load_average_1min"]

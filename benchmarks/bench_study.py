@@ -34,6 +34,10 @@ import tempfile
 import time
 
 import numpy as np
+from _wflow_entry import tune_allocator
+
+# the allocator policy of the ``wflow`` command, before JAX starts (WFLOW_MALLOC=default: glibc's)
+ALLOCATOR = "wflow (no mmap, no trim, one arena)" if tune_allocator() else "default"
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -101,7 +105,7 @@ def main() -> int:
     bw = stream_bandwidth()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"jax {jax.__version__} ({jax.default_backend()}), load {os.getloadavg()[0]:.2f}")
-    print(f"stream bandwidth (a <- a + 0.5 b, in place): {bw:.1f} GB/s")
+    print(f"stream bandwidth (a <- a + 0.5 b, in place): {bw:.1f} GB/s; allocator {ALLOCATOR}")
     print(f"sweep: L = 50, M and D over {len(values)} values in [1, {top}], 5 seeds, 14 steps, "
           f"reference M = D = {top}: {len(values) ** 2} shapes")
     with tempfile.TemporaryDirectory() as tmp:
