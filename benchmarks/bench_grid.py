@@ -37,6 +37,7 @@ import sys
 import time
 
 import numpy as np
+
 from _wflow_entry import tune_allocator
 
 # the allocator policy of the ``wflow`` command, before JAX starts (WFLOW_MALLOC=default: glibc's)

@@ -44,6 +44,7 @@ import sys
 import time
 
 import _baselines as B
+
 from _wflow_entry import tune_allocator
 
 # the allocator policy of the ``wflow`` command, before JAX starts (WFLOW_MALLOC=default: glibc's)

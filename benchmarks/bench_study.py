@@ -34,6 +34,7 @@ import tempfile
 import time
 
 import numpy as np
+
 from _wflow_entry import tune_allocator
 
 # the allocator policy of the ``wflow`` command, before JAX starts (WFLOW_MALLOC=default: glibc's)

@@ -312,38 +312,6 @@ def test_first_signal_stops_a_long_chunk_within_seconds_with_its_state(tmp_path)
     assert 0 < int(got["state/step"]) < 10**6 and got["history/s"].tolist() == [0.0]
 
 
-def test_first_signal_stops_a_study_inside_its_reference(tmp_path):
-    """``wflow study limit`` with a large continuous-depth particle reference and one record
-    (the study time) at the end: the bar moves during the reference, and a first SIGTERM
-    stops the study within seconds (the block is redone on --resume)."""
-    cfg = tmp_path / "study.toml"
-    cfg.write_text(CONFIG.format(time=400.0).replace('method = "heun"\ntemperature = 0.01',
-                                                     'method = "euler"') + """
-[study]
-L = [2]
-M = [8]
-seeds = 1
-times = [0.0, 400.0]
-metrics = ["output"]
-reference = "particles"
-reference_M = 1024
-reference_L = 4
-reference_depth = "continuous"
-""")
-    out = tmp_path / "study.h5"
-    proc = spawn("study", "limit", cfg, "-o", out, "--no-plot")
-    output = Output(proc)
-    assert wait_until(lambda: re.search(r"reference.*\b([1-9]\d?)%", output.text_so_far()),
-                      proc, timeout=240), output.text()
-    t0 = time.time()
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=120)
-    elapsed = time.time() - t0
-    err = output.text()
-    assert proc.returncode == 130 and elapsed < 10.0, (elapsed, err[-2000:])
-    assert "Traceback" not in err, err[-2000:]
-
-
 def _study_config(tmp_path, time_: float) -> str:
     """A study with a continuous-depth particle reference of 1024 points and its floor (two
     halves of 512, trained on their own): each phase lasts seconds at time_ = 50."""
@@ -364,6 +332,30 @@ reference_depth = "continuous"
     return str(cfg)
 
 
+def _sigterm_when(proc, output, pattern: str) -> tuple[float, str]:
+    """Send one SIGTERM once ``pattern`` shows in the process's stderr; (seconds it took to
+    end, its stderr), asserting exit 130 within 10 s and no traceback."""
+    assert wait_until(lambda: re.search(pattern, output.text_so_far()), proc, timeout=240), \
+        output.text()
+    t0 = time.time()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    elapsed = time.time() - t0
+    err = output.text()
+    assert proc.returncode == 130 and elapsed < 10.0, (elapsed, err[-2000:])
+    assert "Traceback" not in err, err[-2000:]
+    return elapsed, err
+
+
+def test_first_signal_stops_a_study_inside_its_reference(tmp_path):
+    """``wflow study limit`` with a large continuous-depth particle reference and one record
+    (the study time) at the end: the bar moves during the reference, and a first SIGTERM
+    stops the study within seconds (the block is redone on --resume)."""
+    cfg = _study_config(tmp_path, 400.0)
+    proc = spawn("study", "limit", cfg, "-o", tmp_path / "study.h5", "--no-plot")
+    _sigterm_when(proc, Output(proc), r"reference.*\b([1-9]\d?)%")
+
+
 def test_first_signal_stops_a_study_in_its_floor_phase_and_resume_finishes(tmp_path):
     """After the last block the study measures its reference's floor (``_floor``: here two
     independent half references, as long as the reference itself). That phase has a bar of
@@ -372,16 +364,8 @@ def test_first_signal_stops_a_study_in_its_floor_phase_and_resume_finishes(tmp_p
     cfg = _study_config(tmp_path, 50.0)
     out = tmp_path / "study.h5"
     proc = spawn("study", "limit", cfg, "-o", out, "--no-plot")
-    output = Output(proc)
-    assert wait_until(lambda: re.search(r"reference floor:\s+([1-9]\d?)%", output.text_so_far()),
-                      proc, timeout=240), output.text()
-    t0 = time.time()
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=120)
-    elapsed = time.time() - t0
-    err = output.text()
-    assert proc.returncode == 130 and elapsed < 10.0, (elapsed, err[-2000:])
-    assert "Traceback" not in err and "--resume" in _last_line(err), err[-2000:]
+    _, err = _sigterm_when(proc, Output(proc), r"reference floor:\s+([1-9]\d?)%")
+    assert "--resume" in _last_line(err), err[-2000:]
     from wflow.study import read_study
 
     part = read_study(str(out))
@@ -404,16 +388,8 @@ def test_first_signal_stops_compare_within_seconds_and_writes_nothing(tmp_path):
     cfg = os.path.join(ROOT, "configs", "compare_lazy.toml")
     out = tmp_path / "cmp.h5"
     proc = spawn("compare", cfg, "-o", out, "--no-plots", "--set", "train.time=1000.0")
-    output = Output(proc)
-    assert wait_until(lambda: "meanfield: complete" in output.text_so_far(), proc,
-                      timeout=240), output.text()
-    t0 = time.time()
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=60)
-    elapsed = time.time() - t0
-    err = output.text()
-    assert proc.returncode == 130 and elapsed < 10.0, (elapsed, err[-2000:])
-    assert "Traceback" not in err and "interrupted" in _last_line(err), err[-2000:]
+    _, err = _sigterm_when(proc, Output(proc), "meanfield: complete")
+    assert "interrupted" in _last_line(err), err[-2000:]
     assert not out.exists() and not list(tmp_path.glob("*.h5*")), list(tmp_path.iterdir())
 
 
@@ -527,3 +503,38 @@ def test_two_and_three_signals_at_random_instants_50_trials(tmp_path):
     seen = _signal_storm(tmp_path, trials=50, seed=2)
     assert seen["interrupted"] >= 25, seen
     print(seen)
+
+
+# ----------------------------------------------------------------------------- allocator policy
+
+_ALLOCATOR = r"""
+import ctypes, json, os, sys
+import _wflow_entry
+set_ = _wflow_entry.tune_allocator()
+import numpy as np
+libc = ctypes.CDLL(None)
+class Mallinfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                "usmblks", "fsmblks", "uordblks", "fordblks",
+                                                "keepcost")]
+libc.mallinfo2.restype = Mallinfo2
+a = np.ones(64 * 2**20 // 8)  # 64 MiB: above glibc's largest mmap threshold
+info = libc.mallinfo2()
+print(json.dumps({"set": set_, "mmapped": info.hblkhd}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@pytest.mark.parametrize("policy", ["wflow", "default"])
+def test_the_command_keeps_large_buffers_out_of_mmap(policy):
+    """``tune_allocator`` (the command's first step, before JAX starts): a 64 MiB buffer comes
+    from the heap, not from a fresh mmap that the kernel must zero-fill on every call;
+    WFLOW_MALLOC=default keeps glibc's behaviour (the same buffer is mmapped)."""
+    env = dict(ENV, WFLOW_MALLOC=policy)
+    res = subprocess.run([sys.executable, "-c", _ALLOCATOR], env=env, capture_output=True,
+                         text=True, timeout=120, check=True)
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    if policy == "wflow":
+        assert got["set"] is True and got["mmapped"] < 64 * 2**20, got  # start-up blocks only
+    else:
+        assert got["set"] is False and got["mmapped"] >= 64 * 2**20, got
