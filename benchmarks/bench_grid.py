@@ -43,10 +43,11 @@ from _wflow_entry import tune_allocator
 # the allocator policy of the ``wflow`` command, before JAX starts (WFLOW_MALLOC=default: glibc's)
 ALLOCATOR = "wflow (no mmap, no trim, one arena)" if tune_allocator() else "default"
 
+# scaling: (k, cells per axis, slices n_t); the goal's largest grids are 256^2 x 16 and 96^3 x 4
 FULL = {"sizes": [(2, 256, 16), (3, 64, 8)],
-        "scaling": {2: ([64, 128, 256], 16), 3: ([16, 32, 64], 8)}}
+        "scaling": [(2, [64, 128, 256], 16), (3, [16, 32, 64], 8), (3, [24, 48, 96], 4)]}
 QUICK = {"sizes": [(2, 96, 4), (3, 24, 2)],
-         "scaling": {2: ([48, 96, 192], 4), 3: ([12, 24], 2)}}
+         "scaling": [(2, [48, 96, 192], 4), (3, [12, 24], 2)]}
 
 
 def machine_info() -> dict:
@@ -221,15 +222,15 @@ def main(argv=None) -> int:
 
     if not args.no_scaling:
         print("\n## substep time against the number of cells (log-log slope; goal 1 +- 0.1)")
-        for k, (cells_list, n_t) in plan["scaling"].items():
+        for k, cells_list, n_t in plan["scaling"]:
             rows = [bench_size(k, c, n_t, args.n, args.repeats, args.warmup, parts=False)
                     for c in cells_list]
             n = np.array([r["cells"] for r in rows], float)
             t = np.array([r["substep_median_s"] for r in rows])
             slope = float(np.polyfit(np.log(n), np.log(t), 1)[0])
-            results["scaling"][str(k)] = {"n_t": n_t, "rows": rows, "slope": slope}
             field_slope = float(np.polyfit(np.log(n), np.log([r["field_s"] for r in rows]), 1)[0])
-            results["scaling"][str(k)]["field_slope"] = field_slope
+            results["scaling"][f"k={k}, n_t={n_t}"] = {"k": k, "n_t": n_t, "rows": rows,
+                                                       "slope": slope, "field_slope": field_slope}
             print(f"k = {k}, n_t = {n_t}:   substep slope {slope:.2f}   "
                   f"(one slice's forward field kernel alone: slope {field_slope:.2f})")
             for c, r in zip(cells_list, rows):

@@ -103,7 +103,33 @@ def main() -> int:
         return out
 
     _sweep.run_block = timed
+    # the breakdown: compile (JAX's own duration events: tracing, lowering, XLA) and file
+    # writes (every checkpoint of the study file), the rest of the blocks is compute
+    compile_s = {"trace": 0.0, "lower": 0.0, "xla": 0.0}
+    events = {"/jax/core/compile/jaxpr_trace_duration": "trace",
+              "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower",
+              "/jax/core/compile/backend_compile_duration": "xla"}
+
+    def on_duration(event, seconds, **_):
+        if event in events:
+            compile_s[events[event]] += seconds
+
+    jax.monitoring.register_event_duration_secs_listener(on_duration)
+    io = {"seconds": 0.0, "writes": 0}
+    write = _sweep.write_study
+
+    def timed_write(*a, **k):
+        t = time.perf_counter()
+        try:
+            return write(*a, **k)
+        finally:
+            io["seconds"] += time.perf_counter() - t
+            io["writes"] += 1
+
+    _sweep.write_study = timed_write
     bw = stream_bandwidth()
+    for key in compile_s:  # the bandwidth loop's own compile is not the sweep's
+        compile_s[key] = 0.0
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"jax {jax.__version__} ({jax.default_backend()}), load {os.getloadavg()[0]:.2f}")
     print(f"stream bandwidth (a <- a + 0.5 b, in place): {bw:.1f} GB/s; allocator {ALLOCATOR}")
@@ -132,6 +158,12 @@ def main() -> int:
     print(f"whole sweep: {faults} minor page faults ({faults / total:.0f}/s), kernel time "
           f"{100 * kernel:.1f}% of the CPU time (goal <= 3%: {'met' if kernel <= 0.03 else 'NOT met'}"
           f"); blocks {in_blocks:.0f} s, the rest (floor, fits, files) {total - in_blocks:.0f} s")
+    comp = sum(compile_s.values())
+    print(f"breakdown of the {total:.0f} s: compile {comp:.0f} s (trace {compile_s['trace']:.0f}, "
+          f"lower {compile_s['lower']:.0f}, XLA {compile_s['xla']:.0f}), file writes "
+          f"{io['seconds']:.1f} s ({io['writes']} checkpoints), compute in the blocks "
+          f"{in_blocks - comp:.0f} s, "
+          f"the rest (floor, fits, figures' data) {total - in_blocks - io['seconds']:.0f} s")
     big = [b for b in blocks if not b["reference"] and b["M"] == top and b["D"] == top]
     if big:
         b = big[0]
@@ -152,6 +184,8 @@ def main() -> int:
         with open(args.json, "w") as f:
             json.dump({"total_seconds": total, "status": status, "bandwidth_GBs": bw,
                        "minor_faults": faults, "kernel_share": kernel,
+                       "compile_seconds": compile_s, "io_seconds": io["seconds"],
+                       "checkpoints": io["writes"],
                        "blocks": blocks, "values": values,
                        "hidden_slope_M_at_Dmax": float(hidden[0])}, f, indent=1)
     return 0

@@ -16,7 +16,7 @@ import pytest
 
 from wflow._config import load_config
 from wflow.study._fit import exponent_interval, fit_free, free_model, identified
-from wflow.study._floor import reference_floor
+from wflow.study._floor import reference_floor, shares_one_limit
 from wflow.study._keys import resolve_limit
 from wflow.study._limit import Block, Member, _particles, build_limit, grid_values, run_block
 from wflow.study._metrics import Runs
@@ -250,13 +250,17 @@ reference_depth = "layers"
 """
 
 
-def test_particles_floor_against_a_reference_4x_larger(tmp_path):
-    """The floor of a "particles" reference of M_r particles (two halves, d / 2) against its
-    true error: its distance to a reference of 4 M_r particles, divided by sqrt(1 + 1/4)
-    (that one's own error), RMS over the repetitions: within 2x."""
+@pytest.mark.parametrize("halves", [False, True], ids=["repetitions", "halves"])
+def test_particles_floor_against_a_reference_4x_larger(tmp_path, halves):
+    """The floor of a "particles" reference of M_r particles against its true error: its
+    distance to a reference of 4 M_r particles, divided by sqrt(1 + 1/4) (that one's own
+    error), RMS over the repetitions: within 2x. Both estimates: from the repetitions' own
+    references (d / sqrt(2), no extra run: chosen here, the repetitions share one limit) and
+    from two trained halves of each (d / 2)."""
     setup = setup_of(tmp_path, TEACHER)
     big = setup_of(tmp_path, TEACHER, "study.reference_M=128")
     S = setup.study["seeds"]
+    assert shares_one_limit(setup)
 
     def reference(s):
         Lr, Mr, Dr = s.reference_shape()
@@ -265,7 +269,7 @@ def test_particles_floor_against_a_reference_4x_larger(tmp_path):
         return run_block(s, block, s.reference_depth(), jax.random.PRNGKey(1))
 
     ref, ref_big = reference(setup), reference(big)
-    floor = reference_floor(setup, ref, jax.random.PRNGKey(0))
+    floor = reference_floor(setup, ref, jax.random.PRNGKey(0), halves=halves)
     dims = (setup.reference_shape()[2],) * S
     for name in ("output", "loss"):
         from wflow.study import STUDY_METRICS
@@ -274,6 +278,16 @@ def test_particles_floor_against_a_reference_4x_larger(tmp_path):
         true = np.sqrt(np.mean(e * e, axis=0)) / math.sqrt(1.25)
         assert np.all(0.5 * true <= floor[name]) and np.all(floor[name] <= 2.0 * true), (
             name, floor[name], true)
+
+
+def test_particles_floor_uses_trained_halves_unless_the_repetitions_share_one_limit(tmp_path):
+    """Random maps per repetition make each repetition's limit its own, and with fewer than 4
+    repetitions their references are too few draws: then the floor trains two halves."""
+    assert shares_one_limit(setup_of(tmp_path, TEACHER))
+    assert shares_one_limit(setup_of(tmp_path, TEACHER, 'data.kind="gaussian"'))
+    assert not shares_one_limit(setup_of(tmp_path, TEACHER, 'data.kind="gaussian"',
+                                         'model.embedding="random"'))
+    assert not shares_one_limit(setup_of(tmp_path, TEACHER, "study.seeds=3"))
 
 
 # ----------------------------------------------------------------------------- coupling

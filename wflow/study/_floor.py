@@ -12,14 +12,19 @@ time, (T,) per metric, stored as ``/reference/floor/<metric>``:
   tolerance, or, where the node spacing limits the steps, to h^p (Tsit5: p = 5), so the
   second run's error is 10-32x smaller and the difference estimates the reference's error
   to within ~10%.
-* "particles": the reference's reference_M particles (every slice) are split into two
-  halves of reference_M / 2 particles, each trained on its own as a reference. The two are
-  independent with the reference's law: their disagreement d has the size of sqrt(2) times
-  a half's sampling error, and a half's error is sqrt(2) times the full reference's (the
-  error ~ 1 / sqrt(M)); the floor is d / 2, RMS over the repetitions. (For ``sinkhorn``,
-  which is a squared distance ~ 1 / M, the same d / 2 is an over-estimate by about 2.)
-  Metrics that pair each particle with its twin (``coupling``) have no floor here (NaN):
-  independent halves have no pairing.
+* "particles": the reference's error is its sampling error, and two independent references
+  of the same law disagree by sqrt(2) times it (a metric of order q, i.e. ~ distance^q:
+  2^(q/2) times). When the repetitions share one limit (the same data and maps; they differ
+  in their draws only) and there are at least ``PAIRS_FROM`` of them, the references the
+  study already has are those independent draws: the floor is the disagreement d of
+  repetition r's reference with repetition r + 1's (cyclically), RMS over r, divided by
+  2^(q/2). No extra run: the floor costs the metrics only (it used to cost as much as the
+  reference). Otherwise (random maps per repetition, or fewer repetitions) the reference's
+  reference_M particles are split into two halves of reference_M / 2, each trained on its
+  own; a half's error is 2^(q/2) times the full reference's (the distance ~ 1 / sqrt(M)),
+  so the floor is d / 2^q, RMS over the repetitions. Metrics that pair each particle
+  with its twin (``coupling``) have no floor here (NaN): independent references have no
+  pairing.
 * "grid": the grid reference of repetition 0 is redone with half the cells per axis (cell
   width r h, r = n / floor(n / 2)); with the scheme's order q (upwind 1, muscl 2) the error
   is e(h) ~ C h^q, so |u_h - u_rh| = (r^q - 1) e(h) (Richardson) and the floor is
@@ -39,28 +44,34 @@ from .._depth import ContinuousDepth
 from ._limit import Block, BlockResult, LimitSetup, Member, _split, grid_values, run_block
 from ._metrics import STUDY_METRICS, Runs
 
-__all__ = ["SCHEME_ORDER", "reference_floor"]
+__all__ = ["SCHEME_ORDER", "reference_floor", "shares_one_limit"]
 
 SCHEME_ORDER = {"upwind": 1, "muscl": 2}
 """Order of accuracy in the cell width of the grid's finite-volume schemes (``wflow._grid``)."""
 
 TIGHTER = 10.0  # the "continuous" floor: rtol and atol divided by this
+PAIRS_FROM = 4  # the "particles" floor from the repetitions' own references from this many on
 
 
 def reference_floor(setup: LimitSetup, reference: BlockResult | None, key, on_progress=None,
-                    should_stop=None) -> dict[str, np.ndarray] | None:
+                    should_stop=None, halves: bool | None = None) -> dict[str, np.ndarray] | None:
     """{metric: (T,)} the reference's own error (module docstring).
 
     ``reference``: the stored "particles" / "grid" reference (one row per repetition;
     None for "continuous"); ``key``: the PRNG key of the extra runs; ``on_progress(fraction)``
     is called as the extra runs train (fraction of all of them); returns None when
     ``should_stop()`` became true during them (nothing is kept: a resumed study redoes the
-    floor).
+    floor). ``halves``: for "particles", force (True) or forbid (False) the two-halves
+    estimate; None chooses (module docstring).
     """
     kind = setup.study["reference"]
     runs = _Runs(on_progress, should_stop)
-    out = {"continuous": _continuous, "particles": _particles, "grid": _grid}[kind](
-        setup, reference, key, runs)
+    if kind == "particles":
+        if halves is None:
+            halves = not shares_one_limit(setup)
+        out = (_halves if halves else _pairs)(setup, reference, key, runs)
+        return None if runs.stopped else out
+    out = {"continuous": _continuous, "grid": _grid}[kind](setup, reference, key, runs)
     return None if runs.stopped else out
 
 
@@ -109,7 +120,44 @@ def _continuous(setup: LimitSetup, reference, key, runs: _Runs) -> dict | None:
     return {m: e[0] for m, e in _metrics(setup, normal, fine, (D,), twins=True).items()}
 
 
-def _particles(setup: LimitSetup, reference, key, runs: _Runs) -> dict | None:
+def shares_one_limit(setup: LimitSetup) -> bool:
+    """Whether the repetitions' "particles" references are independent draws of one law with
+    one limit, at least ``PAIRS_FROM`` of them: the same maps (none, or equal) for all."""
+    S, Dr = setup.study["seeds"], setup.reference_shape()[2]
+    if S < PAIRS_FROM:
+        return False
+    first = setup.maps(Dr, 0)
+    for r in range(1, S):
+        for a, b in zip(first, setup.maps(Dr, r)):
+            if (a is None) != (b is None) or (a is not None and not np.array_equal(a, b)):
+                return False
+    return True
+
+
+def _per_order(d: dict, halves: bool) -> dict:
+    """{metric: (T,)} the floor from the disagreements d (S, T) of pairs of independent
+    references (module docstring): RMS over the pairs / 2^(q/2), and / 2^(q/2) more for
+    halves."""
+    out = {}
+    for m, e in d.items():
+        q = STUDY_METRICS[m].order
+        scale = 2.0 ** (q / 2) * (2.0 ** (q / 2) if halves else 1.0)
+        out[m] = np.sqrt(np.mean(e * e, axis=0)) / scale
+    return out
+
+
+def _pairs(setup: LimitSetup, reference, key, runs: _Runs) -> dict | None:
+    """The repetitions' own references, r against r + 1 (cyclically): no extra run."""
+    S, Dr = setup.study["seeds"], setup.reference_shape()[2]
+    nxt = np.roll(np.arange(S), -1)
+    other = BlockResult(*(None if v is None else v[nxt] for v in reference))
+    if runs.on_progress is not None:
+        runs.on_progress(1.0)
+    return _per_order(_metrics(setup, reference, other, (Dr,) * S), halves=False)
+
+
+def _halves(setup: LimitSetup, reference, key, runs: _Runs) -> dict | None:
+    """Two halves of every repetition's reference particles, each trained on its own."""
     Lr, Mr, Dr = setup.reference_shape()
     S, half = setup.study["seeds"], Mr // 2
     members = [Member((-1, -1, -1), Lr, half, Dr, r, h) for r in range(S) for h in (1, 2)]
@@ -129,8 +177,7 @@ def _particles(setup: LimitSetup, reference, key, runs: _Runs) -> dict | None:
                                      for q, v in res._asdict().items()}
     first = BlockResult(**{q: _stack([rows[(r, 1)][q] for r in range(S)]) for q in rows[(0, 1)]})
     second = BlockResult(**{q: _stack([rows[(r, 2)][q] for r in range(S)]) for q in rows[(0, 2)]})
-    d = _metrics(setup, first, second, (Dr,) * S)  # (S, T)
-    return {m: np.sqrt(np.mean(e * e, axis=0)) / 2.0 for m, e in d.items()}
+    return _per_order(_metrics(setup, first, second, (Dr,) * S), halves=True)  # d: (S, T)
 
 
 def _stack(parts):
