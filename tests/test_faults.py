@@ -395,8 +395,9 @@ def test_first_signal_stops_compare_within_seconds_and_writes_nothing(tmp_path):
 
 _NATIVE_CALL = r"""
 import sys, time
+from wflow._io import OutputLock
 from wflow._signals import Interrupts
-with Interrupts(stop_within=float(sys.argv[1])) as it:
+with Interrupts(stop_within=float(sys.argv[1])) as it, OutputLock(sys.argv[2]):
     it.running(lambda: "wflow: interrupted; the file keeps its last checkpoint")
     print("ready", flush=True)
     time.sleep(120)  # stands for one long native call that never reaches a record or a poll
@@ -407,8 +408,11 @@ def test_first_signal_ends_a_native_call_that_never_polls_within_its_deadline(tm
     """A first SIGTERM asks the command to stop at its next record; where the main thread
     never gets there (a single call of minutes: an ODE solve of a large reference, an
     optimal-transport metric), the signal watcher ends it from the last checkpoint after
-    ``stop_within`` seconds: exit 130, the finish line, no traceback."""
-    proc = subprocess.Popen([sys.executable, "-c", _NATIVE_CALL, "3"], env=ENV,
+    ``stop_within`` seconds: exit 130, the finish line, no traceback, and the output's lock
+    file and the folder created for it removed as on a normal exit (no ``finally`` runs
+    after ``os._exit``: a compare stopped this way in CI used to leave ``cmp.h5.lock``)."""
+    out = tmp_path / "new" / "out.h5"
+    proc = subprocess.Popen([sys.executable, "-c", _NATIVE_CALL, "3", str(out)], env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
     t0 = time.time()
@@ -418,6 +422,7 @@ def test_first_signal_ends_a_native_call_that_never_polls_within_its_deadline(tm
     assert proc.returncode == 130 and 2.5 < elapsed < 8.0, (elapsed, err)
     assert "Traceback" not in err and _last_line(err).endswith("keeps its last checkpoint"), err
     assert "stopping at the next record" in err
+    assert list(tmp_path.iterdir()) == [], list(tmp_path.rglob("*"))
 
 
 # ----------------------------------------------------------------------------- two writers

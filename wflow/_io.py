@@ -105,7 +105,7 @@ from typing import Self
 import h5py
 import numpy as np
 
-from ._signals import critical
+from ._signals import critical, on_hard_exit
 
 FORMAT = "wflow-run"
 FORMAT_VERSION = 1
@@ -222,6 +222,9 @@ class OutputLock:
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
             self._fd = fd
+            # the signal watcher may end the process with os._exit (no finally runs there):
+            # the lock file goes with it, as on a normal release
+            on_hard_exit(id(self), self._unlink_at_exit)
             return self
 
     def _make_folder(self) -> None:
@@ -238,9 +241,15 @@ class OutputLock:
             raise RunFileError(f"{self.key} = {self.path!r}: its folder cannot be created "
                                f"({e.strerror or e})") from None
 
+    def _unlink_at_exit(self) -> None:
+        if self._fd is not None:
+            os.unlink(self.lock_path)
+            self._remove_created()
+
     def release(self) -> None:
         if self._fd is None:
             return
+        on_hard_exit(id(self), None)
         with contextlib.suppress(OSError):
             os.unlink(self.lock_path)  # while still holding it: see acquire()
         os.close(self._fd)

@@ -59,7 +59,7 @@ EXIT_INTERRUPTED = 130
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 __all__ = ["EXIT_INTERRUPTED", "Interrupted", "Interrupts", "critical", "current",
-           "is_cli_process"]
+           "is_cli_process", "on_hard_exit"]
 
 
 class Interrupted(BaseException):
@@ -87,6 +87,29 @@ def _write_line(text: str) -> None:
         os.write(2, ("\n" + text + "\n").encode("utf-8", "replace"))
     except OSError:
         pass
+
+
+# ----------------------------------------------------------------------------- hard exits
+
+
+_hard_exit: dict[int, Callable[[], None]] = {}
+
+
+def on_hard_exit(key: int, cleanup: Callable[[], None] | None) -> None:
+    """Register (or, with ``None``, drop) a cleanup that must run even when the command ends
+    with ``os._exit`` from the signal watcher, where no ``finally`` block runs: an output
+    lock removes its lock file this way. Cleanups must be quick and must not raise."""
+    if cleanup is None:
+        _hard_exit.pop(key, None)
+    else:
+        _hard_exit[key] = cleanup
+
+
+def _exit_now(code: int) -> None:
+    for cleanup in list(_hard_exit.values()):
+        with contextlib.suppress(BaseException):
+            cleanup()
+    os._exit(code)
 
 
 # ----------------------------------------------------------------------------- start-up
@@ -261,7 +284,7 @@ class Interrupts:
                     line = (f"wflow: interrupted by {_name(signum)}; the run file keeps its last "
                             f"checkpoint (could not record the interruption: {e})")
             _write_line(line)
-            os._exit(EXIT_INTERRUPTED)
+            _exit_now(EXIT_INTERRUPTED)
 
     def reinstall(self) -> None:
         """Take SIGINT / SIGTERM back after a library replaced their handlers (JAX's
@@ -312,7 +335,7 @@ class Interrupts:
                         "already finished)")
         with contextlib.suppress(OSError, ValueError):
             sys.stdout.flush()
-        os._exit(EXIT_INTERRUPTED)
+        _exit_now(EXIT_INTERRUPTED)
 
     def __exit__(self, *exc) -> bool:
         global _active
