@@ -525,7 +525,12 @@ class Mallinfo2(ctypes.Structure):
 libc.mallinfo2.restype = Mallinfo2
 a = np.ones(64 * 2**20 // 8)  # 64 MiB: above glibc's largest mmap threshold
 info = libc.mallinfo2()
-print(json.dumps({"set": set_, "mmapped": info.hblkhd}))
+# 3 GiB freed at the heap's top (never touched: no memory is used): glibc trims a top above
+# M_TRIM_THRESHOLD, whose largest finite value is 2^31 - 1, so only -1 keeps it
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+libc.free(libc.malloc(3 * 2**30))
+print(json.dumps({"set": set_, "mmapped": info.hblkhd, "heap_after_free": libc.mallinfo2().arena}))
 """
 
 
@@ -533,13 +538,17 @@ print(json.dumps({"set": set_, "mmapped": info.hblkhd}))
 @pytest.mark.parametrize("policy", ["wflow", "default"])
 def test_the_command_keeps_large_buffers_out_of_mmap(policy):
     """``tune_allocator`` (the command's first step, before JAX starts): a 64 MiB buffer comes
-    from the heap, not from a fresh mmap that the kernel must zero-fill on every call;
-    WFLOW_MALLOC=default keeps glibc's behaviour (the same buffer is mmapped)."""
+    from the heap, not from a fresh mmap that the kernel must zero-fill on every call, and a
+    3 GiB block freed at the heap's top stays in the process (a study's block of several GiB
+    freed it and faulted it in again); WFLOW_MALLOC=default keeps glibc's behaviour (the same
+    buffers are mmapped and returned)."""
     env = dict(ENV, WFLOW_MALLOC=policy)
     res = subprocess.run([sys.executable, "-c", _ALLOCATOR], env=env, capture_output=True,
                          text=True, timeout=120, check=True)
     got = json.loads(res.stdout.strip().splitlines()[-1])
     if policy == "wflow":
         assert got["set"] is True and got["mmapped"] < 64 * 2**20, got  # start-up blocks only
+        assert got["heap_after_free"] >= 3 * 2**30, got
     else:
         assert got["set"] is False and got["mmapped"] >= 64 * 2**20, got
+        assert got["heap_after_free"] < 2**30, got
