@@ -158,6 +158,8 @@ def main() -> int:
     print(f"whole sweep: {faults} minor page faults ({faults / total:.0f}/s), kernel time "
           f"{100 * kernel:.1f}% of the CPU time (goal <= 3%: {'met' if kernel <= 0.03 else 'NOT met'}"
           f"); blocks {in_blocks:.0f} s, the rest (floor, fits, files) {total - in_blocks:.0f} s")
+    peak_gb = r1.ru_maxrss * 1024 / 1e9  # ru_maxrss: KiB on Linux
+    print(f"peak resident memory {peak_gb:.1f} GB (study.memory = {args.memory} GiB per block)")
     comp = sum(compile_s.values())
     print(f"breakdown of the {total:.0f} s: compile {comp:.0f} s (trace {compile_s['trace']:.0f}, "
           f"lower {compile_s['lower']:.0f}, XLA {compile_s['xla']:.0f}), file writes "
@@ -183,7 +185,7 @@ def main() -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"total_seconds": total, "status": status, "bandwidth_GBs": bw,
-                       "minor_faults": faults, "kernel_share": kernel,
+                       "minor_faults": faults, "kernel_share": kernel, "peak_rss_GB": peak_gb,
                        "compile_seconds": compile_s, "io_seconds": io["seconds"],
                        "checkpoints": io["writes"],
                        "blocks": blocks, "values": values,

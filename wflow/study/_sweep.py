@@ -17,6 +17,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
+from .._preflight import release_free_memory
 from ._file import config_text, resume_study, write_study
 from ._metrics import STUDY_METRICS
 from ._fit import (
@@ -225,6 +226,10 @@ def _run_blocks(state: LimitState, blocks, checkpoint, should_stop, progress, st
                 return "interrupted"
             done_frac += weights[i] / total
             state.wall += time.perf_counter() - t0
+            if n_blocks < len(todo) and _shape(blocks[todo[n_blocks]]) != _shape(block):
+                # the next program's buffers need not fit this one's freed holes: keep one
+                # block's budget for reuse, give the rest back (else the heap grows per shape)
+                release_free_memory(keep=setup.study["memory"] * 2**30)
             checkpoint("running")
             if ((should_stop and should_stop())
                     or (stop_after is not None and n_blocks >= stop_after)):
@@ -232,6 +237,11 @@ def _run_blocks(state: LimitState, blocks, checkpoint, should_stop, progress, st
     finally:
         bar.close()
     return "complete"
+
+
+def _shape(block) -> tuple:
+    """What decides a block's compiled program and its buffers."""
+    return (block.reference, block.L, block.M, block.D, len(block.members))
 
 
 def _reference_block(state: LimitState, block, key, progress_of, should_stop) -> bool:
