@@ -226,10 +226,11 @@ def _run_blocks(state: LimitState, blocks, checkpoint, should_stop, progress, st
                 return "interrupted"
             done_frac += weights[i] / total
             state.wall += time.perf_counter() - t0
-            if n_blocks < len(todo) and _shape(blocks[todo[n_blocks]]) != _shape(block):
-                # the next program's buffers need not fit this one's freed holes: keep one
-                # block's budget for reuse, give the rest back (else the heap grows per shape)
-                release_free_memory(keep=setup.study["memory"] * 2**30)
+            if n_blocks == len(todo) or _shape(blocks[todo[n_blocks]]) != _shape(block):
+                # the next program (or the floor phase) need not fit this one's freed holes:
+                # give them back, else the heap grows with every shape (module docstring of
+                # _preflight.release_free_memory)
+                release_free_memory()
             checkpoint("running")
             if ((should_stop and should_stop())
                     or (stop_after is not None and n_blocks >= stop_after)):
