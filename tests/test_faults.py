@@ -563,8 +563,9 @@ print(json.dumps({"kept": kept, "released": released, "held": held, "after_kept"
 def test_release_free_memory_gives_back_a_hole_inside_the_heap():
     """Under the command's policy a freed 256 MiB block inside the heap stays resident (the
     next call of the same program reuses it); ``release_free_memory`` gives it back when the
-    allocator holds more free memory than ``keep`` (a study's block budget, between blocks of
-    different shapes: without it the full CCM sweep grew to 24 GB and was OOM-killed)."""
+    allocator holds more free memory than ``keep`` (a study calls it with keep = 0 between
+    blocks of different shapes: without it the full CCM sweep grew to 24 GB and was
+    OOM-killed)."""
     res = subprocess.run([sys.executable, "-c", _RELEASE], env=ENV, capture_output=True,
                          text=True, timeout=120, check=True)
     got = json.loads(res.stdout.strip().splitlines()[-1])

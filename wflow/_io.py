@@ -223,8 +223,8 @@ class OutputLock:
             os.write(fd, f"{os.getpid()}\n".encode())
             self._fd = fd
             # the signal watcher may end the process with os._exit (no finally runs there):
-            # the lock file goes with it, as on a normal release
-            on_hard_exit(id(self), self._unlink_at_exit)
+            # release there too
+            on_hard_exit(id(self), self.release)
             return self
 
     def _make_folder(self) -> None:
@@ -240,11 +240,6 @@ class OutputLock:
             self._remove_created()
             raise RunFileError(f"{self.key} = {self.path!r}: its folder cannot be created "
                                f"({e.strerror or e})") from None
-
-    def _unlink_at_exit(self) -> None:
-        if self._fd is not None:
-            os.unlink(self.lock_path)
-            self._remove_created()
 
     def release(self) -> None:
         if self._fd is None:

@@ -228,7 +228,7 @@ def _run_blocks(state: LimitState, blocks, checkpoint, should_stop, progress, st
             state.wall += time.perf_counter() - t0
             if n_blocks == len(todo) or _shape(blocks[todo[n_blocks]]) != _shape(block):
                 # the next program (or the floor phase) need not fit this one's freed holes:
-                # give them back, else the heap grows with every shape (module docstring of
+                # give them back, else the heap grows with every shape (the docstring of
                 # _preflight.release_free_memory)
                 release_free_memory()
             checkpoint("running")
@@ -241,8 +241,9 @@ def _run_blocks(state: LimitState, blocks, checkpoint, should_stop, progress, st
 
 
 def _shape(block) -> tuple:
-    """What decides a block's compiled program and its buffers."""
-    return (block.reference, block.L, block.M, block.D, len(block.members))
+    """What decides a block's compiled program and its buffers (``size``, not the members:
+    the blocks of one bucket share a compilation)."""
+    return (block.reference, block.L, block.M, block.D, block.size)
 
 
 def _reference_block(state: LimitState, block, key, progress_of, should_stop) -> bool:
