@@ -215,6 +215,11 @@ class Measure(eqx.Module):
 
     flow_type: ClassVar[type[Flow]]
 
+    def make_flow(self, problem: Problem, depth: DepthDiscretization,
+                  regularization: Regularization) -> Flow:
+        """The flow that moves this measure (its ``flow_type``; a subclass may configure it)."""
+        return self.flow_type(problem, depth, regularization)
+
 
 def data_history_names(problem: Problem) -> tuple[str, ...]:
     """The names ``Flow.data_diagnostics`` records for this problem, in order."""
@@ -380,5 +385,5 @@ def make_flow(problem: Problem, depth: DepthDiscretization, measure,
         if reordering.active:
             raise ValueError(f"train.reorder = {reordering.mode!r}: block reordering is "
                              "implemented for particles only")
-        return measure.flow_type(problem, depth, regularization)
+        return measure.make_flow(problem, depth, regularization)
     return ParticleFlow(problem, depth, regularization, reordering)

@@ -177,10 +177,13 @@ POLL_SECONDS = 1.0  # wall time between two calls of integrate's ``poll``
 class _Pacer:
     """Runs a chunk of fixed steps in pieces of about ``POLL_SECONDS`` each, calling ``poll``
     between them; without ``poll``, in one piece. The steps and their order are the same either
-    way (the compiled loop takes its trip count as an argument), so the numbers are too."""
+    way (the compiled loop takes its trip count as an argument), so the numbers are too.
 
-    def __init__(self, poll):
-        self.poll = poll
+    With ``donate`` the measure's buffers are given to each call, which updates them in place
+    (``integrate``'s ``donate``)."""
+
+    def __init__(self, poll, donate=False):
+        self.poll, self.donate = poll, donate
         self.per_step = None  # seconds per step, measured on pieces after the first
 
     def advance(self, flow, method, h, dtype, measure, key, step, target):
@@ -192,8 +195,11 @@ class _Pacer:
                 n = 1 if self.per_step is None else min(n, max(1, int(POLL_SECONDS
                                                                          / self.per_step)))
             t0 = time.perf_counter()
-            measure, key, done, ok = _advance_fixed(flow, method, jnp.asarray(h, dtype), measure,
-                                                    key, jnp.int32(step), jnp.int32(n))
+            args = (flow, method, jnp.asarray(h, dtype), key, jnp.int32(step), jnp.int32(n))
+            if self.donate:
+                measure, key, done, ok = _advance_fixed_donating(args, measure)
+            else:
+                measure, key, done, ok = _advance_fixed(flow, method, args[2], measure, *args[3:])
             ok, done = bool(ok), int(done)
             step += done
             if not ok or step >= target or self.poll is None:
@@ -207,8 +213,7 @@ class _Pacer:
                 return measure, key, step, True
 
 
-@eqx.filter_jit
-def _advance_fixed(flow: Flow, method, h, measure, key, step0, n):
+def _fixed_steps(flow: Flow, method, h, measure, key, step0, n):
     """Up to n fixed steps from step0; stops early (ok = False) on a non-finite step."""
     h = jnp.asarray(h, h.dtype)
 
@@ -224,6 +229,14 @@ def _advance_fixed(flow: Flow, method, h, measure, key, step0, n):
 
     measure, key, i, ok = lax.while_loop(cond, body, (measure, key, jnp.int32(0), jnp.bool_(True)))
     return measure, key, i, ok
+
+
+_advance_fixed = eqx.filter_jit(_fixed_steps)
+# the same, given the measure's buffers (its last argument) to write the new measure into:
+# no second copy of the measure while the chunk runs
+_advance_fixed_donating = eqx.filter_jit(
+    lambda args, measure: _fixed_steps(*args[:3], measure, *args[3:]),
+    donate="all-except-first")
 
 
 @eqx.filter_jit
@@ -256,6 +269,7 @@ def integrate(
     wall_offset: float = 0.0,
     callback: Callable[[Record], bool | None] | None = None,
     poll: Callable[[int], bool | None] | None = None,
+    donate: bool = False,
 ) -> FlowResult:
     """Run the gradient flow from ``theta0`` (or resume from ``state``) to s = S.
 
@@ -280,6 +294,11 @@ def integrate(
             returning True stops the run there with status "interrupted" (resumable from
             the returned state; no record is made). For progress bars and for stopping a
             long chunk at a signal.
+        donate: fixed-step methods update the measure in place: its buffers (``theta0``'s,
+            or ``state``'s, at the first chunk) are given to the compiled loop, which holds
+            then one copy of the measure instead of two (the caller must not read ``theta0``,
+            ``state`` or a callback's ``Record.measure`` after the next chunk began; for a
+            flow whose rise is watched, the measure before the rise is kept and not given).
 
     Warns:
         StabilityWarning: once, at the first rise of ``flow.monotone`` beyond
@@ -356,9 +375,9 @@ def integrate(
     fixed = schedule.method in STEPPERS  # else the adaptive solver
     watched = flow.monotone if fixed else None
     y_max = float(jnp.max(jnp.abs(problem.y))) if watched else 0.0
-    previous = (step, values, measure)
+    previous = (step, values, measure if watched else None)
     warned = False
-    pacer = _Pacer(poll)
+    pacer = _Pacer(poll, donate=donate and watched is None)
 
     for target in schedule.boundaries():
         target = int(target)
@@ -392,7 +411,7 @@ def integrate(
                 warning = _rise_message(flow, schedule, watched, before[watched], after[watched],
                                         step0 * h, step * h, measure0)
                 warnings.warn(warning, StabilityWarning, stacklevel=2)
-        previous = (step, values, measure)
+        previous = (step, values, measure if watched else None)
         if warning is not None and schedule.on_increase == "stop":
             emit(step, measure, key, values, warning=warning)
             return result("unstable")

@@ -51,6 +51,9 @@ import jax.numpy as jnp
 
 from .._flow import Flow, Measure, ParticleFlow
 
+# what ``forward_values`` returns: the quantities a study may keep per run
+ALL_QUANTITIES = ("loss", "prediction", "state", "particles", "weights")
+
 __all__ = ["Batch", "BatchFlow", "TwinParticleFlow", "WeightedParticleFlow", "forward_values"]
 
 
@@ -124,14 +127,20 @@ class WeightedParticleFlow(ParticleFlow):
 class BatchFlow(Flow):
     """``vmap`` of the particle flow over the members of a ``Batch`` (module docstring).
 
-    Diagnostics, per member (leading axis B): ``loss`` E (B,), ``prediction``
-    g(z(1; x_i)) (B, N, d_out) and ``state`` z(1; x_i) (B, N, D_pad), all from one
-    forward pass. Snapshots are not stored (``snapshot`` returns None): a study
-    keeps what it needs from the diagnostics.
+    Diagnostics, per member (leading axis B), from one forward pass: those of
+    ``forward_values`` named in ``quantities`` -- ``loss`` E (B,), ``prediction``
+    g(z(1; x_i)) (B, N, d_out), ``state`` z(1; x_i) (B, N, D_pad), ``particles`` and
+    ``weights``. Only the named ones are computed and returned: ``particles`` is a copy
+    of theta, as large as the batch itself, which the time loop would hold at every record
+    (a study asks for it only for its parameter metrics). Snapshots are not stored
+    (``snapshot`` returns None): a study keeps what it needs from the diagnostics.
     """
 
-    history_names: ClassVar[tuple[str, ...]] = ("loss", "prediction", "state", "particles",
-                                                "weights")
+    quantities: tuple[str, ...] = eqx.field(static=True, default=ALL_QUANTITIES)
+
+    @property
+    def history_names(self) -> tuple[str, ...]:
+        return self.quantities
 
     @property
     def monotone(self) -> None:
@@ -160,7 +169,7 @@ class BatchFlow(Flow):
         """vmap ``fn(member, *args)`` over the members (args batched on their leading axis)."""
         axes = Batch(1, None if batch.weights is None else 1,
                      None if batch.embedding is None else 0, None if batch.readout is None else 0,
-                     twins=batch.twins)
+                     twins=batch.twins, quantities=batch.quantities)
         in_axes = (axes,) + (0,) * len(args)
         if batch.theta.shape[1] == 1:
             # One member (a study's reference of one seed, the floor's tight rerun): call it
@@ -200,7 +209,11 @@ class BatchFlow(Flow):
         return eqx.tree_at(lambda e: e.theta, batch, theta), jnp.any(ok)
 
     def diagnostics(self, batch, s):
-        return self._vmap(lambda m: forward_values(self.member(m), m.theta), batch)
+        def one(m):
+            values = forward_values(self.member(m), m.theta)
+            return {q: values[q] for q in self.quantities}
+
+        return self._vmap(one, batch)
 
     def weighted(self, batch):
         return batch.theta, batch.weights
@@ -222,6 +235,8 @@ class Batch(Measure):
     theta (L, B, M, k) (member axis second); weights (L, B, M) or None (every
     particle weighs 1/M);
     embedding (B, d, d_in) and readout (B, d_out, d), or None (pad / coordinates).
+    ``quantities``: the diagnostics its flow computes at every record (``BatchFlow``; "loss"
+    first, the time loop reads it).
     """
 
     theta: jax.Array
@@ -229,5 +244,10 @@ class Batch(Measure):
     embedding: jax.Array | None = None
     readout: jax.Array | None = None
     twins: bool = eqx.field(static=True, default=False)  # zero-weight points move (twins)
+    # the diagnostics its flow records (``BatchFlow.quantities``)
+    quantities: tuple[str, ...] = eqx.field(static=True, default=ALL_QUANTITIES)
 
     flow_type: ClassVar[type[Flow]] = BatchFlow
+
+    def make_flow(self, problem, depth, regularization) -> BatchFlow:
+        return BatchFlow(problem, depth, regularization, quantities=self.quantities)

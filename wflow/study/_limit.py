@@ -67,6 +67,7 @@ from .._init_particles import per_coord
 from .._integrate import Schedule, integrate
 from .._model import feature_from_config
 from .._problem import Problem
+from .._preflight import release_free_memory
 from .._schema import ConfigError
 from ._batch import Batch, forward_values
 from ._keys import time_steps
@@ -418,7 +419,7 @@ def make_batch(setup: LimitSetup, block: Block) -> tuple[Problem, Batch]:
     problem = Problem(setup.feature(Dp), jnp.asarray(setup.x, dt), jnp.asarray(setup.y, dt),
                       embedding=None if A0 is None else jnp.asarray(A0, dt),
                       readout_matrix=None if C0 is None else jnp.asarray(C0, dt))
-    return problem, Batch(theta, W, A, C, twins=twins)
+    return problem, Batch(theta, W, A, C, twins=twins, quantities=kept_quantities(setup))
 
 
 def _with_twins(setup: LimitSetup, rep: int, theta: np.ndarray, w: np.ndarray):
@@ -450,13 +451,18 @@ class BlockResult(NamedTuple):
     weights: np.ndarray | None = None  # (b, n_t, L, M_pad)
 
 
+def kept_quantities(setup: LimitSetup) -> tuple[str, ...]:
+    """What a block keeps of every run at the study times ("loss" first): the selected
+    metrics' quantities, and the weights with the particles."""
+    return setup.quantities + (("weights",) if "particles" in setup.quantities else ())
+
+
 def _empty(setup: LimitSetup, b: int, D: int, L: int, M: int, k: int) -> dict[str, np.ndarray]:
     """NaN arrays of the kept quantities of b runs of state dimension D, L slices of M points
     with k parameters, at the study times."""
     per_run = {"loss": (), "prediction": (setup.x.shape[0], setup.y.shape[1]),
                "state": (setup.x.shape[0], D), "particles": (L, M, k), "weights": (L, M)}
-    kept = setup.quantities + (("weights",) if "particles" in setup.quantities else ())
-    return {q: np.full((b, len(setup.steps)) + per_run[q], np.nan) for q in kept}
+    return {q: np.full((b, len(setup.steps)) + per_run[q], np.nan) for q in kept_quantities(setup)}
 
 
 _forward = eqx.filter_jit(lambda flow, batch: flow.diagnostics(batch, 0.0))
@@ -493,15 +499,19 @@ def run_block(setup: LimitSetup, block: Block, depth, key, on_progress=None,
         if on_progress:
             on_progress(1.0)
         return result
-    watch = _Watch(on_progress, should_stop, setup.schedule.n_steps)
+    # between the chunks' calls, keep at most one block's estimated memory free (``_Watch``)
+    watch = _Watch(on_progress, should_stop, setup.schedule.n_steps,
+                   keep=member_bytes(setup, block.L, block.M, block.D) * block.size)
 
     def callback(rec):
         if rec.history:
             keep(rec.step, rec.values)
         return watch(rec.step)
 
+    # donate: the batch is updated in place (its initial buffers are not read again here)
     run = integrate(problem, depth, setup.schedule, theta0=batch,
-                    regularization=setup.regularization, key=key, callback=callback, poll=watch)
+                    regularization=setup.regularization, key=key, callback=callback, poll=watch,
+                    donate=True)
     if run.status == "interrupted" and watch.stopped:
         return None
     return result
@@ -509,13 +519,25 @@ def run_block(setup: LimitSetup, block: Block, depth, key, on_progress=None,
 
 class _Watch:
     """Progress and stop requests of a block's training: ``integrate``'s callback (at records)
-    and poll (between them, so that a long chunk moves the bar and stops within seconds)."""
+    and poll (between them, so that a long chunk moves the bar and stops within seconds).
 
-    def __init__(self, on_progress, should_stop, total: int):
+    With ``keep`` (bytes) it also gives free memory back to the system between the calls when
+    the allocator holds more than ``keep`` free (``_preflight.release_free_memory``). Every
+    call of the compiled chunk allocates its temporaries (2x theta) anew; XLA asks for them
+    64-byte aligned, and glibc serves an aligned request of a freed buffer's own size only
+    from a larger hole, so under the ``wflow`` allocator policy (no mmap, no trim) the heap
+    grew by a few hundred MB per call: a reference block of theta = 1.6 GB reached 23.7 GB
+    resident and was OOM-killed. A block's estimate (``member_bytes``) bounds what it keeps.
+    """
+
+    def __init__(self, on_progress, should_stop, total: int, keep: float | None = None):
         self.on_progress, self.should_stop, self.total = on_progress, should_stop, total
+        self.keep = keep
         self.stopped = False
 
     def __call__(self, step: int) -> bool:
+        if self.keep is not None:
+            release_free_memory(keep=self.keep)
         if self.on_progress and self.total:
             self.on_progress(step / self.total)
         self.stopped = bool(self.should_stop and self.should_stop())
