@@ -543,6 +543,42 @@ def test_generic_measure_path_matches_the_batch(tmp_path):
     np.testing.assert_allclose(one.prediction[0], res.prediction[j], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("metrics", [["loss", "output", "hidden"], ["loss", "coupling"]])
+def test_a_block_holds_one_copy_of_its_particles_while_it_trains(tmp_path, monkeypatch, metrics):
+    """Between the calls of a block's compiled chunk the batch being trained is the only array
+    of its size alive: the initial particles are updated in place (``integrate(donate=True)``)
+    and the diagnostics copy the particles only at a record and only for a metric that reads
+    them (``coupling``); the block keeps that copy on the host, and the time loop does not
+    hold it through the next chunk. Before, three copies lived between records (the initial
+    batch, the trained one, the diagnostics' copy of the particles; one more per record with
+    ``coupling``), and the full CCM sweep's reference (theta = 1.6 GB) was OOM-killed at
+    23.7 GB resident."""
+    from wflow import _integrate
+    from wflow.study._keys import resolve_limit
+    from wflow.study._limit import build_limit, plan, run_block
+
+    monkeypatch.setattr(_integrate, "POLL_SECONDS", 1e-9)  # one step per call, a poll after each
+    text = STUDY.replace("times = [0.5, 1.0]", "times = [2.0]").replace(
+        "bootstrap = 10", "bootstrap = 10\nmetrics = [" + ", ".join(f'"{m}"' for m in metrics) + "]")
+    config = wflow.load_config(write(tmp_path, text))
+    setup = build_limit(config, resolve_limit(config))
+    records = {0.0, 1.0}  # steps 0 and 4 of 4 (dt = 0.5): the chunk's boundaries
+    at_record = 2 if "coupling" in metrics else 1  # the record's own copy, while it is kept
+    for block in (plan(setup)[0], plan(setup)[-1]):  # the reference, the sweep's largest block
+        size = block.L * block.size * (block.M + block.reference * setup.n_twins) * setup.k(block.D)
+        alive = {}
+
+        def progress(fraction, size=size, alive=alive):
+            alive.setdefault(fraction, []).append(sum(a.size >= size for a in jax.live_arrays()))
+
+        res = run_block(setup, block, setup.depth, jax.random.PRNGKey(0), on_progress=progress)
+        assert np.all(np.isfinite(res.loss))
+        polls = {f: n for f, n in alive.items() if f not in records}
+        assert set(polls) == {0.25, 0.5, 0.75}, alive  # steps 1, 2, 3: inside the chunk
+        assert all(max(n) == 1 for n in polls.values()), (block, alive)
+        assert all(max(alive[f]) <= at_record for f in records), (block, alive)
+
+
 @pytest.mark.parametrize("edit, message", [
     ("[study.grid]\ncells = 64\nbounds = [-3.0, 3.0]\n", 'needs a [study.grid] section'),
     ("cells = 64", "study.grid.cells = [64, 64]: give one integer or a list of k = 1"),

@@ -270,6 +270,7 @@ def integrate(
     callback: Callable[[Record], bool | None] | None = None,
     poll: Callable[[int], bool | None] | None = None,
     donate: bool = False,
+    keep_history: bool = True,
 ) -> FlowResult:
     """Run the gradient flow from ``theta0`` (or resume from ``state``) to s = S.
 
@@ -299,6 +300,9 @@ def integrate(
             then one copy of the measure instead of two (the caller must not read ``theta0``,
             ``state`` or a callback's ``Record.measure`` after the next chunk began; for a
             flow whose rise is watched, the measure before the rise is kept and not given).
+        keep_history: False: the records go to ``callback`` only and the result's history is
+            empty (a caller that keeps what it needs from large per-record values, such as a
+            batch's particles, does not hold every record's copy until the end).
 
     Warns:
         StabilityWarning: once, at the first rise of ``flow.monotone`` beyond
@@ -336,7 +340,7 @@ def integrate(
         wall = wall_offset + time.perf_counter() - t_start
         is_hist = diverged or step in rec_steps
         snap = flow.snapshot(measure) if step in snap_steps and not diverged else None  # may be None
-        if is_hist:
+        if is_hist and keep_history:
             for name, val in {"s": step * h, **values, "wall_time": wall}.items():
                 history[name].append(val)
         if snap is not None:
@@ -375,7 +379,8 @@ def integrate(
     fixed = schedule.method in STEPPERS  # else the adaptive solver
     watched = flow.monotone if fixed else None
     y_max = float(jnp.max(jnp.abs(problem.y))) if watched else 0.0
-    previous = (step, values, measure if watched else None)
+    previous = (step, values, measure) if watched else None
+    values = None  # as after every record below
     warned = False
     pacer = _Pacer(poll, donate=donate and watched is None)
 
@@ -411,12 +416,13 @@ def integrate(
                 warning = _rise_message(flow, schedule, watched, before[watched], after[watched],
                                         step0 * h, step * h, measure0)
                 warnings.warn(warning, StabilityWarning, stacklevel=2)
-        previous = (step, values, measure if watched else None)
+        previous = (step, values, measure) if watched else None
         if warning is not None and schedule.on_increase == "stop":
             emit(step, measure, key, values, warning=warning)
             return result("unstable")
         if emit(step, measure, key, values, warning=warning):
             return result("interrupted")
+        values = None  # the callback has this record's values; do not hold them through a chunk
     return result("complete")
 
 

@@ -508,10 +508,11 @@ def run_block(setup: LimitSetup, block: Block, depth, key, on_progress=None,
             keep(rec.step, rec.values)
         return watch(rec.step)
 
-    # donate: the batch is updated in place (its initial buffers are not read again here)
+    # donate: the batch is updated in place (its initial buffers are not read again here);
+    # the records' values are kept by the callback, not also in the run's history
     run = integrate(problem, depth, setup.schedule, theta0=batch,
                     regularization=setup.regularization, key=key, callback=callback, poll=watch,
-                    donate=True)
+                    donate=True, keep_history=False)
     if run.status == "interrupted" and watch.stopped:
         return None
     return result
