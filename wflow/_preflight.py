@@ -113,14 +113,17 @@ def release_free_memory(keep: float = 0.0) -> bool:
 
     The ``wflow`` command keeps freed memory in the process (``_wflow_entry.tune_allocator``:
     no mmap, no trim), so that a compiled program that runs again and again reuses its
-    buffers without page faults. Between programs of different shapes (a study's blocks)
-    the freed holes need not fit the next program's buffers, and the heap grows: the full
-    Chaintron-Chizat-Maass sweep reached 24 GB resident (OOM-killed) with a 7 GiB block
-    budget. ``malloc_trim(0)`` returns every free page, at the heap's top and inside it. A
-    study calls this after each block whose successor has another shape, and after its
-    last block. The price is that the next block faults its buffers in again: 12% of the
-    quick sweep's time (66 s against 59 s). Keeping one block's budget free instead
-    (``keep``) still let the full sweep peak at 24.3 GB on a 24 GB machine."""
+    buffers without page faults. But freed holes need not fit the next buffers, and the heap
+    grows: between programs of different shapes (a study's blocks), and between calls of
+    one program too, since XLA asks for its buffers 64-byte aligned and glibc serves an
+    aligned request of a freed buffer's own size only from a larger hole (a small allocation
+    beside the hole keeps it from merging). The full Chaintron-Chizat-Maass sweep reached
+    24 GB resident (OOM-killed) with a 7 GiB block budget. ``malloc_trim(0)`` returns every
+    free page, at the heap's top and inside it. A study calls this after each block whose
+    successor has another shape and after its last block (``keep = 0``), and between the
+    calls of a block's chunk with ``keep`` = the block's estimate (``_limit._Watch``). The
+    price is that the next call faults in again what it reuses.
+    """
     try:
         libc = ctypes.CDLL(None)
         trim = libc.malloc_trim
