@@ -543,6 +543,40 @@ def test_generic_measure_path_matches_the_batch(tmp_path):
     np.testing.assert_allclose(one.prediction[0], res.prediction[j], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("method", ["euler", "heun", "ssprk3"])
+def test_the_block_estimate_bounds_what_xla_allocates(tmp_path, method):
+    """``study.memory`` splits the runs into blocks by ``member_bytes``; it must bound what the
+    block's compiled chunk really holds (XLA's memory analysis: arguments, temporaries and
+    outputs not written in place) for every fixed-step method. A flat 4x theta fell short of
+    heun (4.28x) and ssprk3 (5.3x), and of euler on a reference with twins and (N, M) kernel
+    blocks larger than theta (4.15x)."""
+    import equinox as eqx
+
+    from wflow import _integrate
+    from wflow._flow import make_flow
+    from wflow.study._keys import resolve_limit
+    from wflow.study._limit import build_limit, make_batch, member_bytes, plan
+
+    text = STUDY.replace("[train]\ndt = 0.5", f'[train]\ndt = 0.05\nmethod = "{method}"')
+    text = text.replace("reference_M = 16", "reference_M = 8192")  # theta 1.3 MB: it dominates
+    config = wflow.load_config(write(tmp_path, text))
+    setup = build_limit(config, resolve_limit(config))
+    block = plan(setup)[0]  # the reference's block
+    problem, batch = make_batch(setup, block)
+    flow = make_flow(problem, setup.depth, batch, setup.regularization)
+    flow = eqx.tree_at(lambda f: f.problem, flow, problem.astype(batch.theta.dtype))
+    args = (flow, method, jnp.asarray(0.05, batch.theta.dtype), jax.random.PRNGKey(0),
+            jnp.int32(0), jnp.int32(3))
+    stats = _integrate._advance_fixed_donating.lower(args, batch).compile().compiled.memory_analysis()
+    if stats is None:
+        pytest.skip("memory_analysis is not available on this backend")
+    held = (stats.argument_size_in_bytes + stats.temp_size_in_bytes
+            + stats.output_size_in_bytes - stats.alias_size_in_bytes)
+    estimate = member_bytes(setup, block.L, block.M, block.D) * block.size
+    assert stats.alias_size_in_bytes >= batch.theta.nbytes  # trained in place
+    assert held <= estimate, (held / batch.theta.nbytes, estimate / batch.theta.nbytes)
+
+
 @pytest.mark.parametrize("metrics", [["loss", "output", "hidden"], ["loss", "coupling"]])
 def test_a_block_holds_one_copy_of_its_particles_while_it_trains(tmp_path, monkeypatch, metrics):
     """Between the calls of a block's compiled chunk the batch being trained is the only array

@@ -69,6 +69,7 @@ from .._model import feature_from_config
 from .._problem import Problem
 from .._preflight import release_free_memory
 from .._schema import ConfigError
+from .._steppers import STEPPERS, get_method
 from ._batch import Batch, forward_values
 from ._keys import time_steps
 from ._metrics import QUANTITIES, STUDY_METRICS, Runs
@@ -81,9 +82,15 @@ __all__ = ["Block", "BlockResult", "LimitSetup", "Member", "block_errors", "buil
 # block shape (training chunk + forward).
 SECONDS_PER_UNIT = 7e-10
 SECONDS_PER_COMPILE = 2.5
-# Bytes one member needs, in units of its particle array: the loop's input and
-# output, the gradient and temporaries (XLA's memory analysis: 3.25x), plus slack.
-MEMORY_FACTOR = 4.0
+# Bytes one member needs, in units of its particle array: the theta-sized arrays one step
+# of the method holds (``step_copies``, the run preflight's count), less the copy a study
+# saves by training a fixed-step method in place (``integrate(donate=True)``). XLA's memory
+# analysis of a block's chunk, member's theta = 1, donated: euler 1 + 1.25 (temporaries),
+# heun 1 + 3.28, ssprk3 1 + 4.3; counted: 4, 6, 8.
+def memory_factor(method: str) -> float:
+    return float(get_method(method).step_copies - (method in STEPPERS))
+
+
 _REFERENCE_TAG = 0x5EF
 
 
@@ -269,12 +276,19 @@ def _top(ladder: list[int], v: int) -> int:
     return min(t for t in ladder if t >= v)
 
 
-def member_bytes(setup: LimitSetup, L: int, M: int, D: int) -> float:
-    """Estimated bytes of one member at (padded) shape (L, M, D)."""
+def member_bytes(setup: LimitSetup, L: int, M: int, D: int, reference: bool = False) -> float:
+    """Estimated bytes of one member at (padded) shape (L, M, D): its particles and their
+    copies in a step (``memory_factor``; a reference's twins are particles too), the layer
+    states, and the kernel's (N, M) blocks (at most 8 of ``solver.tile`` elements, as in the
+    run preflight)."""
+    from .._preflight import _block
+
     item = np.dtype(setup.dtype).itemsize
     N = setup.x.shape[0]
-    return (MEMORY_FACTOR * L * M * setup.k(D) * item
-            + 4.0 * L * N * D * (setup.tokens or 1) * item)
+    M = M + (setup.n_twins if reference else 0)
+    return (memory_factor(setup.config["train"]["method"]) * L * M * setup.k(D) * item
+            + 4.0 * L * N * D * (setup.tokens or 1) * item
+            + 8.0 * _block(N * (setup.tokens or 1), M, setup.config["solver"]) * item)
 
 
 def plan(setup: LimitSetup) -> list[Block]:
@@ -321,7 +335,7 @@ def plan(setup: LimitSetup) -> list[Block]:
 
 
 def _split(setup, members, L, M, D, budget, reference=False) -> list[Block]:
-    need = member_bytes(setup, L, M, D)
+    need = member_bytes(setup, L, M, D, reference)
     if need > budget:
         raise ConfigError(
             f"study.memory = {setup.study['memory']!r}: one run of shape (L, M, D) = ({L}, {M}, {D}) "
@@ -501,7 +515,8 @@ def run_block(setup: LimitSetup, block: Block, depth, key, on_progress=None,
         return result
     # between the chunks' calls, keep at most one block's estimated memory free (``_Watch``)
     watch = _Watch(on_progress, should_stop, setup.schedule.n_steps,
-                   keep=member_bytes(setup, block.L, block.M, block.D) * block.size)
+                   keep=member_bytes(setup, block.L, block.M, block.D, block.reference)
+                   * block.size)
 
     def callback(rec):
         if rec.history:
