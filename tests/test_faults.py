@@ -534,11 +534,11 @@ print(json.dumps({"set": set_, "mmapped": info.hblkhd, "heap_after_free": libc.m
 """
 
 
-_RELEASE = r"""
+# the command's allocator policy, libc's malloc / free / memset and the resident size
+_LIBC = r"""
 import ctypes, json
 import _wflow_entry
 assert _wflow_entry.tune_allocator()
-from wflow._preflight import release_free_memory
 libc = ctypes.CDLL(None)
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
 libc.free.argtypes, libc.memset.argtypes = [ctypes.c_void_p], [ctypes.c_void_p, ctypes.c_int,
@@ -546,6 +546,11 @@ libc.free.argtypes, libc.memset.argtypes = [ctypes.c_void_p], [ctypes.c_void_p, 
 def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096
+"""
+
+
+_RELEASE = _LIBC + r"""
+from wflow._preflight import release_free_memory
 size = 256 * 2**20
 hole = libc.malloc(size); libc.memset(hole, 1, size)
 live = libc.malloc(1 << 20); libc.memset(live, 1, 1 << 20)  # keeps the hole off the heap's top
@@ -573,20 +578,10 @@ def test_release_free_memory_gives_back_a_hole_inside_the_heap():
     assert got["released"] is True and got["after"] < got["held"] - 200 * 2**20, got
 
 
-_ALIGNED = r"""
-import ctypes, json
-import _wflow_entry
-assert _wflow_entry.tune_allocator()
+_ALIGNED = _LIBC + r"""
 from wflow.study._limit import _Watch
-libc = ctypes.CDLL(None)
-libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-libc.free.argtypes, libc.memset.argtypes = [ctypes.c_void_p], [ctypes.c_void_p, ctypes.c_int,
-                                                                ctypes.c_size_t]
 libc.posix_memalign.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t,
                                 ctypes.c_size_t]
-def rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
 size, calls, small = 64 * 2**20, 8, []
 start = rss()
 for _ in range(calls):  # a compiled call: its temporaries, 64-byte aligned as XLA asks

@@ -601,9 +601,11 @@ def test_a_block_holds_one_copy_of_its_particles_while_it_trains(tmp_path, monke
     for block in (plan(setup)[0], plan(setup)[-1]):  # the reference, the sweep's largest block
         size = block.L * block.size * (block.M + block.reference * setup.n_twins) * setup.k(block.D)
         alive = {}
+        before = {id(a) for a in jax.live_arrays()}  # other tests' arrays (a shared worker)
 
-        def progress(fraction, size=size, alive=alive):
-            alive.setdefault(fraction, []).append(sum(a.size >= size for a in jax.live_arrays()))
+        def progress(fraction, size=size, alive=alive, before=before):
+            alive.setdefault(fraction, []).append(
+                sum(a.size >= size and id(a) not in before for a in jax.live_arrays()))
 
         res = run_block(setup, block, setup.depth, jax.random.PRNGKey(0), on_progress=progress)
         assert np.all(np.isfinite(res.loss))
