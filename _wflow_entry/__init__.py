@@ -50,6 +50,12 @@ def tune_allocator() -> bool:
         (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1), (_M_ARENA_MAX, 1)))
 
 
+
+def allocator_policy() -> str:
+    """Set ``tune_allocator``'s policy and name what is in force, for a benchmark's log:
+    "wflow (no mmap, no trim, one arena)", or "default" (glibc's, or not glibc)."""
+    return "wflow (no mmap, no trim, one arena)" if tune_allocator() else "default"
+
 def _startup_handler(signum, frame):
     try:
         name = signal.Signals(signum).name

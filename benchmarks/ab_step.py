@@ -26,10 +26,10 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from _wflow_entry import tune_allocator
+from _wflow_entry import allocator_policy
 
 # the allocator policy of the ``wflow`` command, before JAX starts (WFLOW_MALLOC=default: glibc's)
-ALLOCATOR = "wflow (no mmap, no trim, one arena)" if tune_allocator() else "default"
+ALLOCATOR = allocator_policy()
 
 
 def old_package(rev: str) -> str:
@@ -53,7 +53,6 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=9)
     args = ap.parse_args()
     sys.path.insert(0, old_package(args.rev))
-    sys.path.insert(0, ROOT)
     import jax
     import jax.numpy as jnp
     import wflow_old

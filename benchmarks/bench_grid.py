@@ -38,10 +38,10 @@ import time
 
 import numpy as np
 
-from _wflow_entry import tune_allocator
+from _wflow_entry import allocator_policy
 
 # the allocator policy of the ``wflow`` command, before JAX starts (WFLOW_MALLOC=default: glibc's)
-ALLOCATOR = "wflow (no mmap, no trim, one arena)" if tune_allocator() else "default"
+ALLOCATOR = allocator_policy()
 
 # scaling: (k, cells per axis, slices n_t); the goal's largest grids are 256^2 x 16 and 96^3 x 4
 FULL = {"sizes": [(2, 256, 16), (3, 64, 8)],

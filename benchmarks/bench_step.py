@@ -45,10 +45,10 @@ import time
 
 import _baselines as B
 
-from _wflow_entry import tune_allocator
+from _wflow_entry import allocator_policy
 
 # the allocator policy of the ``wflow`` command, before JAX starts (WFLOW_MALLOC=default: glibc's)
-ALLOCATOR = "wflow (no mmap, no trim, one arena)" if tune_allocator() else "default"
+ALLOCATOR = allocator_policy()
 import numpy as np
 
 DEFAULT_SIZES = [(256, 2, 32, 512), (1024, 2, 64, 2048)]  # N*L*M: 4.2e6 and 16x that

@@ -35,10 +35,10 @@ import time
 
 import numpy as np
 
-from _wflow_entry import tune_allocator
+from _wflow_entry import allocator_policy
 
 # the allocator policy of the ``wflow`` command, before JAX starts (WFLOW_MALLOC=default: glibc's)
-ALLOCATOR = "wflow (no mmap, no trim, one arena)" if tune_allocator() else "default"
+ALLOCATOR = allocator_policy()
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
