@@ -10,7 +10,7 @@ rounds so that load from other processes affects both alike. Prints the medians,
 and max |theta_old - theta_new| after one step (0 when the refactor changed no arithmetic).
 The process runs under the ``wflow`` command's allocator policy (``WFLOW_MALLOC=default``:
 glibc's), as a user's run does: without it a step at theta = 1.6 GB spent a third of its time
-faulting in its fresh output (1499 against 953 ms at N, d, L, M = 10, 2000, 50, 2000).
+faulting in its fresh buffers (1499 against 953 ms at N, d, L, M = 10, 2000, 50, 2000).
 """
 
 from __future__ import annotations
