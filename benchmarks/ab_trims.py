@@ -5,14 +5,16 @@
 Runs ``wflow study limit configs/shapes_tanh.toml`` at one shape, M = D = ``--size`` (L = 50,
 one seed, 14 gradient steps), with a reference of the same size: two blocks of one run each,
 the largest block of the Chaintron-Chizat-Maass sweep at the default size. Each factor runs in
-its own process under the ``wflow`` command's allocator policy. A block gives free memory back
-between its calls when the allocator holds more than its estimate free
-(``wflow.study._limit._Watch``, ``wflow._preflight.release_free_memory``); here that threshold
-is multiplied by the factor (1: the shipped behaviour, inf: never between calls; the trims
-between blocks of different shapes stay). Printed per factor, from ``resource.getrusage``: wall
-time, user and system CPU time, the kernel's share, minor page faults, peak resident memory,
-and how many of the between-call checks gave memory back. The study files are compared: the
-trims change no number.
+its own process under the ``wflow`` command's allocator policy (``WFLOW_MALLOC=no-preload``:
+without the aligned-reuse shim). Between its calls a block gives free memory back by the rules
+of ``wflow.study._limit._Watch`` (``wflow._preflight.release_free_memory``): without the shim
+when its heap grew and more than its estimate is free; with the shim when its heap grew by
+more than its estimate since its first check. Here the estimate is multiplied by the factor
+(1: the shipped behaviour, inf: never between calls; the trims between blocks of different
+shapes stay). Printed per factor, from ``resource.getrusage``: wall time, user and system CPU
+time, the kernel's share, minor page faults, peak resident memory, how often memory was given
+back, the allocator policy and, with the shim, how many large aligned requests it served from
+a freed hole. The study files are compared: none of this changes a number.
 """
 
 from __future__ import annotations
@@ -31,10 +33,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def child(factor: float, argv: list[str]) -> None:
     """One study in this process, the between-call threshold scaled by ``factor``."""
     sys.path.insert(0, ROOT)
-    from _wflow_entry import guard, tune_allocator
+    from _wflow_entry import aligned_reuse_counts, allocator_policy, guard
 
     guard()
-    policy = tune_allocator()
+    policy = allocator_policy()  # the command's: may restart this process with the shim
     import wflow.study._limit as limit
 
     release, counts = limit.release_free_memory, [0, 0]
@@ -55,8 +57,9 @@ def child(factor: float, argv: list[str]) -> None:
     print(f"factor {factor:g}: exit {rc}, wall {time.perf_counter() - t0:.1f} s, user "
           f"{r.ru_utime:.1f} s, system {r.ru_stime:.1f} s, kernel {100 * r.ru_stime / cpu:.1f}%, "
           f"{r.ru_minflt / 1e6:.2f} million minor faults, peak {r.ru_maxrss * 1024 / 1e9:.2f} GB, "
-          f"gave memory back at {counts[1]} of {counts[0]} checks "
-          f"(allocator policy {'on' if policy else 'off'})", flush=True)
+          f"gave memory back {counts[1]} times (of {counts[0]} tries); allocator {policy}"
+          + ("" if (reuse := aligned_reuse_counts()) is None else
+             f", {reuse[0]} aligned requests reused a hole, {reuse[1]} passed on"), flush=True)
 
 
 def float_datasets(path: str) -> dict:

@@ -591,7 +591,7 @@ for _ in range(calls):  # a compiled call: its temporaries, 64-byte aligned as X
     small.append(libc.malloc(48))  # an allocation made meanwhile, kept (a small result)
     libc.free(p)
 grown = rss() - start
-watch = _Watch(None, None, 1, keep=2 * size)  # a block whose estimate is 2 such buffers
+watch = _Watch(None, None, 1, keep=2 * size, reuse=False)  # estimate: 2 such buffers
 watch(0)
 print(json.dumps({"grown": grown, "after": rss() - start}))
 """
@@ -599,18 +599,49 @@ print(json.dumps({"grown": grown, "after": rss() - start}))
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's posix_memalign")
 def test_a_block_gives_back_the_holes_its_aligned_temporaries_leave():
-    """Under the command's policy a compiled call's aligned temporaries do not reuse the
-    previous call's freed holes (a freed 64 MiB block does not serve the next 64-byte-aligned
-    request of its own size when a small allocation sits next to it), so the heap grows by
-    the temporaries at most calls (8 calls held 6 x 64 MiB). Between the calls a study block
-    (``_Watch`` with its estimate as ``keep``) gives back what is free beyond that estimate;
-    without it the full CCM sweep's reference was OOM-killed at 23.7 GB."""
+    """Under the command's policy without the aligned-reuse shim (glibc < 2.38 alone), a
+    compiled call's aligned temporaries do not reuse the previous call's freed holes (a freed
+    64 MiB block does not serve the next 64-byte-aligned request of its own size when a
+    small allocation sits next to it), so the heap grows by the temporaries at most calls (8
+    calls held 6 x 64 MiB). Between the calls a study block (``_Watch`` with its estimate as
+    ``keep``) then gives back what is free beyond that estimate; without it the full CCM
+    sweep's reference was OOM-killed at 23.7 GB."""
     res = subprocess.run([sys.executable, "-c", _ALIGNED], env=ENV, capture_output=True,
                          text=True, timeout=120, check=True)
     got = json.loads(res.stdout.strip().splitlines()[-1])
     # reused holes would hold one buffer (64 MiB); measured: 6 of the 8 calls took fresh memory
     assert got["grown"] > 4 * 64 * 2**20, got
     assert got["after"] < 2 * 64 * 2**20, got  # given back: at most the block's estimate kept
+
+
+_WARM = _LIBC + r"""
+from wflow.study._limit import _Watch
+MiB, held = 2**20, []
+def call(size):  # a call's temporaries (fresh or reused), a small result kept, then freed
+    p = libc.malloc(size); libc.memset(p, 1, size)
+    held.append(libc.malloc(48))
+    libc.free(p)
+watch = _Watch(None, None, 1, keep=256 * MiB, reuse=True)
+watch(0)  # the block's first check: the heap's size is the reference
+call(200 * MiB)
+before = rss(); watch(1); warm = rss() - before  # grown by less than keep: kept
+call(400 * MiB)
+before = rss(); watch(2); beyond = rss() - before  # grown by more than keep: given back
+print(json.dumps({"warm": warm, "beyond": beyond}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallinfo2")
+def test_with_aligned_reuse_a_block_keeps_what_its_warm_up_took():
+    """With the shim a block's heap stops growing after its first calls, so a block gives
+    memory back only when its heap has grown by more than its estimate (``keep``) since its
+    first check: 200 MiB of growth under a 256 MiB estimate stays resident (the next call
+    reuses it without faulting it in again); 600 MiB is given back."""
+    res = subprocess.run([sys.executable, "-c", _WARM], env=ENV, capture_output=True,
+                         text=True, timeout=120, check=True)
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert abs(got["warm"]) < 16 * 2**20, got
+    assert got["beyond"] < -300 * 2**20, got
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
@@ -631,3 +662,113 @@ def test_the_command_keeps_large_buffers_out_of_mmap(policy):
     else:
         assert got["set"] is False and got["mmapped"] >= 64 * 2**20, got
         assert got["heap_after_free"] < 2**30, got
+
+
+# ----------------------------------------------------------------------------- aligned reuse
+
+def _cc_available() -> bool:
+    import shutil
+
+    return bool(shutil.which("cc") or shutil.which("gcc"))
+
+
+_REUSE = _LIBC.replace("assert _wflow_entry.tune_allocator()\n",
+                       "policy = _wflow_entry.allocator_policy()\n") + r"""
+import os, signal
+libc.posix_memalign.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t,
+                                ctypes.c_size_t]
+size, calls, small = 64 * 2**20, 8, []
+layout = [libc.malloc(16 * (j % 7 + 1)) for j in range(int(os.environ["LAYOUT"]))]
+start = rss()
+for _ in range(calls):  # a compiled call: its temporaries, 64-byte aligned as XLA asks
+    p = ctypes.c_void_p()
+    assert libc.posix_memalign(ctypes.byref(p), 64, size) == 0 and p.value % 64 == 0
+    libc.memset(p, 1, size)
+    small.append(libc.malloc(48))  # an allocation made meanwhile, kept (a small result)
+    libc.free(p)
+print(json.dumps({"policy": policy, "grown": rss() - start,
+                  "counts": _wflow_entry.aligned_reuse_counts(),
+                  "blocked": sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])),
+                  "preload": os.environ.get("LD_PRELOAD", "")}))
+"""
+
+
+def _reuse_run(tmp_path, layout=0, **env):
+    env = dict(ENV, WFLOW_CACHE_DIR=str(tmp_path / "cache"), LAYOUT=str(layout), **env)
+    res = subprocess.run([sys.executable, "-c", _REUSE], env=env, capture_output=True,
+                         text=True, timeout=120, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1]), res.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not _cc_available(),
+                    reason="glibc and a C compiler")
+def test_the_aligned_reuse_shim_lets_aligned_temporaries_reuse_their_hole(tmp_path):
+    """``allocator_policy`` (the command's: ``preload_aligned_reuse`` then ``tune_allocator``)
+    compiles the shim into the cache once and restarts the process with it preloaded. Then
+    the same eight aligned 64 MiB calls as above reuse one hole: the heap grows by one buffer,
+    not six (the test above), and every request after the first is served from the freed
+    hole, in every layout of the heap (a few small allocations first: without the shim's
+    keeping of the piece glibc frees below each fresh aligned buffer, one of these layouts
+    reused nothing). SIGINT / SIGTERM, blocked across the restart, are unblocked after it."""
+    for layout in range(4):
+        got, err = _reuse_run(tmp_path, layout)
+        assert got["policy"] == "wflow (no mmap, no trim, one arena, aligned reuse)", (got, err)
+        assert got["counts"][0] >= 7, got  # the first call takes fresh memory, the others reuse
+        assert got["grown"] < 2 * 64 * 2**20, got
+        assert got["blocked"] == [] and "aligned_reuse-" in got["preload"], got
+    # compiled once: the cached library is used again, and no temporary file is left
+    assert len(list((tmp_path / "cache").glob("aligned_reuse-*.so"))) == 1
+    assert not list((tmp_path / "cache").glob("*.tmp"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc")
+@pytest.mark.parametrize("env, policy", [
+    ({"WFLOW_MALLOC": "no-preload"}, "wflow (no mmap, no trim, one arena)"),
+    ({"CC": os.path.join(os.sep, "nonexistent", "cc")}, "wflow (no mmap, no trim, one arena)"),
+    ({"WFLOW_MALLOC": "default"}, "default")], ids=["no-preload", "no-compiler", "default"])
+def test_without_the_shim_the_command_runs_on_silently(tmp_path, env, policy):
+    """WFLOW_MALLOC=no-preload, a compiler that does not exist (``CC``), WFLOW_MALLOC=default:
+    no restart, no shim, nothing on stderr, and the rest of the policy as named."""
+    got, err = _reuse_run(tmp_path, **env)
+    assert got["policy"] == policy and got["counts"] is None and got["preload"] == "", got
+    assert err == "" and got["blocked"] == [], (got, err)
+
+
+def test_the_command_refuses_an_unknown_allocator_mode():
+    res = subprocess.run([sys.executable, "-m", "_wflow_entry", "info"],
+                         env=dict(ENV, WFLOW_MALLOC="jemalloc"), capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 2 and res.stdout == "", res
+    assert res.stderr.strip() == ("wflow: WFLOW_MALLOC = 'jemalloc' is not one of: wflow, "
+                                  "no-preload, default"), res.stderr
+
+
+_SIGNAL_ACROSS_RESTART = r"""
+import os, signal, sys
+import _wflow_entry
+_wflow_entry.guard()
+if not os.environ.get("WFLOW_PRELOADED"):  # the first process: SIGTERM while the exec is near
+    block = signal.pthread_sigmask
+    def block_then_signal(how, sigs):
+        old = block(how, sigs)
+        if how == signal.SIG_BLOCK and signal.SIGTERM in sigs:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return old
+    signal.pthread_sigmask = block_then_signal
+_wflow_entry.preload_aligned_reuse()
+print("restarted and not interrupted", os.environ.get("WFLOW_PRELOADED") is not None)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not _cc_available(),
+                    reason="glibc and a C compiler")
+def test_a_signal_during_the_restart_is_delivered_after_it(tmp_path):
+    """A SIGTERM that arrives while the process restarts with the shim waits (blocked across
+    the exec) until the new process's start-up guard is in: exit 130 and its one line, never
+    a death by the signal in the new interpreter's first milliseconds."""
+    res = subprocess.run([sys.executable, "-c", _SIGNAL_ACROSS_RESTART],
+                         env=dict(ENV, WFLOW_CACHE_DIR=str(tmp_path / "cache")),
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 130 and res.stdout == "", res
+    assert res.stderr.strip() == ("wflow: interrupted by SIGTERM during start-up; nothing was "
+                                  "written"), res.stderr

@@ -65,7 +65,8 @@ from ._schema import ConfigError
 from ._steppers import METHODS, get_method
 
 __all__ = ["Estimate", "Part", "available_memory", "check_resources", "estimate", "format_bytes",
-           "host_limit", "memory_limits", "parse_size", "release_free_memory"]
+           "heap_size", "host_limit", "memory_limits", "parse_size",
+           "release_free_memory"]
 
 MIB = 2**20
 RUNTIME_BYTES = 256 * MIB  # XLA runtime, compiled programs, Python objects
@@ -107,6 +108,19 @@ class _Mallinfo2(ctypes.Structure):
         "fordblks", "keepcost")]
 
 
+def heap_size() -> int | None:
+    """Bytes of the allocator's main heap (glibc's ``mallinfo2().arena``: in use and free), or
+    None where that is not known (not glibc, glibc < 2.33)."""
+    try:
+        info = getattr(ctypes.CDLL(None), "mallinfo2", None)
+    except OSError:
+        return None
+    if info is None:
+        return None
+    info.restype = _Mallinfo2
+    return int(info().arena)
+
+
 def release_free_memory(keep: float = 0.0) -> bool:
     """Give the memory the allocator holds free back to the system (glibc's ``malloc_trim``)
     when there is more of it than ``keep`` bytes; True if it did.
@@ -121,8 +135,9 @@ def release_free_memory(keep: float = 0.0) -> bool:
     24 GB resident (OOM-killed) with a 7 GiB block budget. ``malloc_trim(0)`` returns every
     free page, at the heap's top and inside it. A study calls this after each block whose
     successor has another shape and after its last block (``keep = 0``), and between the
-    calls of a block's chunk with ``keep`` = the block's estimate (``_limit._Watch``). The
-    price is that the next call faults in again what it reuses.
+    calls of a block's chunk with ``keep`` = the block's estimate when its heap grows
+    (``_limit._Watch``; with the command's aligned-reuse shim the heap stops growing and
+    this is rare). The price is that the next call faults in again what it reuses.
     """
     try:
         libc = ctypes.CDLL(None)

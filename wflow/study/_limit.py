@@ -67,7 +67,7 @@ from .._init_particles import per_coord
 from .._integrate import Schedule, integrate
 from .._model import feature_from_config
 from .._problem import Problem
-from .._preflight import release_free_memory
+from .._preflight import heap_size, release_free_memory
 from .._schema import ConfigError
 from .._steppers import STEPPERS, get_method
 from ._batch import Batch, forward_values
@@ -537,27 +537,57 @@ class _Watch:
     """Progress and stop requests of a block's training: ``integrate``'s callback (at records)
     and poll (between them, so that a long chunk moves the bar and stops within seconds).
 
-    With ``keep`` (bytes) it also gives free memory back to the system between the calls when
-    the allocator holds more than ``keep`` free (``_preflight.release_free_memory``). Every
-    call of the compiled chunk allocates its temporaries (2x theta) anew; XLA asks for them
-    64-byte aligned, and glibc serves an aligned request of a freed buffer's own size only
-    from a larger hole, so under the ``wflow`` allocator policy (no mmap, no trim) the heap
-    grew by a few hundred MB per call: a reference block of theta = 1.6 GB reached 23.7 GB
-    resident and was OOM-killed. A block's estimate (``member_bytes``) bounds what it keeps.
+    With ``keep`` (bytes) it also bounds the heap between the calls. Every call of the
+    compiled chunk allocates its temporaries (2x theta) anew, 64-byte aligned, and glibc
+    (before 2.38) serves an aligned request of a freed buffer's own size only from a larger
+    hole: without the ``wflow`` command's aligned-reuse shim
+    (``_wflow_entry.preload_aligned_reuse``) the heap grew by a few hundred MB per call (a
+    reference block of theta = 1.6 GB reached 23.7 GB resident and was OOM-killed). So:
+
+    * without the shim, when the heap has grown since the last check
+      (``_preflight.heap_size``) and the allocator holds more than ``keep`` free, that
+      memory is given back (``_preflight.release_free_memory``);
+    * with it, the temporaries reuse their holes and the heap stops growing after the first
+      calls (at M = D = 2000: 3.3, 6.5, 9.7 GB, then 6.5 GB at every later call); memory is
+      given back only when the heap exceeds its size at the block's first check by more
+      than ``keep``, so that warming up costs no second faulting-in of the same memory.
+
+    A block's estimate (``member_bytes``) is its ``keep``.
     """
 
-    def __init__(self, on_progress, should_stop, total: int, keep: float | None = None):
+    def __init__(self, on_progress, should_stop, total: int, keep: float | None = None,
+                 reuse: bool | None = None):
         self.on_progress, self.should_stop, self.total = on_progress, should_stop, total
         self.keep = keep
+        if reuse is None:
+            from _wflow_entry import aligned_reuse_counts
+
+            reuse = aligned_reuse_counts() is not None
+        self.reuse = reuse
+        self.heap = None  # the heap's size after the last check (reuse: at the first check)
         self.stopped = False
 
     def __call__(self, step: int) -> bool:
         if self.keep is not None:
-            release_free_memory(keep=self.keep)
+            self._bound_heap()
         if self.on_progress and self.total:
             self.on_progress(step / self.total)
         self.stopped = bool(self.should_stop and self.should_stop())
         return self.stopped
+
+    def _bound_heap(self) -> None:
+        heap = heap_size()
+        if heap is None:  # not glibc >= 2.33: give back whatever is free beyond keep
+            release_free_memory(keep=self.keep)
+        elif self.reuse:
+            if self.heap is None:
+                self.heap = heap
+            elif heap > self.heap + self.keep:
+                release_free_memory(keep=self.keep)
+                self.heap = heap_size()
+        elif self.heap is None or heap > self.heap:
+            release_free_memory(keep=self.keep)
+            self.heap = heap_size()
 
 
 def measure_values(setup: LimitSetup, problem: Problem, depth, measure0, key, *,
