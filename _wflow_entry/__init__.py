@@ -60,7 +60,6 @@ def tune_allocator() -> bool:
 _TUNED = False  # tune_allocator set the policy in this process
 
 
-
 def malloc_mode() -> str:
     """``WFLOW_MALLOC`` ("wflow" when unset or empty; ``MALLOC_MODES``); an unknown value
     counts as "wflow" here and is refused by the command (``main``)."""
@@ -223,6 +222,7 @@ def allocator_in_force() -> str:
     reuse = ", aligned reuse" if aligned_reuse_counts() is not None else ""
     return f"wflow (no mmap, no trim, one arena{reuse})"
 
+
 def _startup_handler(signum, frame):
     try:
         name = signal.Signals(signum).name
@@ -252,8 +252,7 @@ def main() -> int:
         print(f"wflow: WFLOW_MALLOC = {mode!r} is not one of: {', '.join(MALLOC_MODES)}",
               file=sys.stderr)
         return EXIT_USAGE
-    preload_aligned_reuse()  # may restart the process with the shim preloaded
-    tune_allocator()
+    allocator_policy()  # may restart the process with the shim preloaded
     from wflow._supervise import supervise_if_needed
 
     supervise_if_needed()  # one process of a multi-process ``wflow run``: a watched child

@@ -108,9 +108,8 @@ class _Mallinfo2(ctypes.Structure):
         "fordblks", "keepcost")]
 
 
-def heap_size() -> int | None:
-    """Bytes of the allocator's main heap (glibc's ``mallinfo2().arena``: in use and free), or
-    None where that is not known (not glibc, glibc < 2.33)."""
+def _mallinfo() -> _Mallinfo2 | None:
+    """glibc's ``mallinfo2()`` now, or None where it is missing (not glibc, glibc < 2.33)."""
     try:
         info = getattr(ctypes.CDLL(None), "mallinfo2", None)
     except OSError:
@@ -118,7 +117,14 @@ def heap_size() -> int | None:
     if info is None:
         return None
     info.restype = _Mallinfo2
-    return int(info().arena)
+    return info()
+
+
+def heap_size() -> int | None:
+    """Bytes of the allocator's main heap (``mallinfo2().arena``: in use and free), or None
+    where that is not known (not glibc, glibc < 2.33)."""
+    info = _mallinfo()
+    return None if info is None else int(info.arena)
 
 
 def release_free_memory(keep: float = 0.0) -> bool:
@@ -144,11 +150,9 @@ def release_free_memory(keep: float = 0.0) -> bool:
         trim = libc.malloc_trim
     except (OSError, AttributeError):  # not glibc: its allocator returns memory itself
         return False
-    info = getattr(libc, "mallinfo2", None)  # glibc >= 2.33; older: always trim
-    if info is not None:
-        info.restype = _Mallinfo2
-        if info().fordblks <= keep:
-            return False
+    info = _mallinfo()  # glibc >= 2.33; older: always trim
+    if info is not None and info.fordblks <= keep:
+        return False
     trim.argtypes = [ctypes.c_size_t]
     trim(0)
     return True

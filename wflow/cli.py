@@ -621,9 +621,9 @@ def _cmd_info(args) -> int:
     print(f"{'devices':<12} {', '.join(str(d) for d in jax.devices())}")
     print(f"{'precision':<12} float32 by default (solver.precision = \"float64\" to change)")
     print(f"{'x64 enabled':<12} {bool(jax.config.jax_enable_x64)}")
-    from _wflow_entry import allocator_in_force
+    from _wflow_entry import MALLOC_MODES, allocator_in_force
 
-    print(f"{'allocator':<12} {allocator_in_force()} (WFLOW_MALLOC = wflow | no-preload | default)")
+    print(f"{'allocator':<12} {allocator_in_force()} (WFLOW_MALLOC = {' | '.join(MALLOC_MODES)})")
     return EXIT_OK
 
 
