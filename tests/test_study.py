@@ -641,3 +641,54 @@ def test_bad_grid_reference_exits_2_with_one_line(tmp_path, capsys, edit, messag
     assert rc == 2, err
     assert err.count("\n") == 1 and err.startswith("wflow: error: ") and message in err, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("extra", ["", 'metrics = ["loss", "coupling"]\n',
+                                   'dims = [2, 3]\nsampling = "shared"\n'],
+                         ids=["padded-M", "twins", "padded-D-shared"])
+def test_a_batch_holds_each_members_own_draws(tmp_path, extra):
+    """``make_batch`` draws the members in parallel threads; every member's slot must hold
+    the particles its own generator gives when drawn alone (``_particles``), lifted and padded
+    to the block's shape, with the reference's twins appended, and the slots past the real
+    members repeat the last one: the numbers cannot depend on the threads' order."""
+    from wflow.study._keys import resolve_limit
+    from wflow.study._limit import (
+        _pad_particles,
+        _particles,
+        _with_twins,
+        build_limit,
+        make_batch,
+        plan,
+    )
+
+    text = STUDY.replace("M = [3, 4]\nseeds = 2", "M = [3, 4, 5]\nseeds = 3") + extra
+    if "dims" in extra:  # D is swept on data not made by a network of one state dimension
+        text = text.replace('kind = "teacher"', 'kind = "gaussian"\nout_dim = 2')
+    config = wflow.load_config(write(tmp_path, text))
+    setup = build_limit(config, resolve_limit(config))
+    checked = 0
+    for block in plan(setup):
+        _, batch = make_batch(setup, block)
+        theta = np.asarray(batch.theta)
+        assert theta.shape[:2] == (block.L, block.size)
+        for j in range(block.size):
+            m = block.members[min(j, len(block.members) - 1)]
+            want = _particles(setup, m, block.reference)
+            if (m.M, m.D) != (block.M, block.D):
+                want = _pad_particles(setup, want, m.D, block.M, block.D)
+            if batch.twins:
+                want = _with_twins(setup, m.rep, want)
+            np.testing.assert_array_equal(theta[:, j], want)
+            checked += 1
+        if batch.weights is not None:
+            w = np.asarray(batch.weights)
+            for j in range(block.size):
+                m = block.members[min(j, len(block.members) - 1)]
+                np.testing.assert_array_equal(w[:, j, :m.M], w.dtype.type(1.0 / m.M))
+                assert np.all(w[:, j, m.M:] == 0)
+    assert checked > len(plan(setup))  # blocks of several members, drawn in parallel
+    padded = [(m.M, m.D) != (b.M, b.D) for b in plan(setup) for m in b.members]
+    assert any(padded) or "coupling" in extra
+    if "coupling" in extra:
+        assert any(b.reference and make_batch(setup, b)[1].twins for b in plan(setup))
+
