@@ -127,9 +127,10 @@ def heap_size() -> int | None:
     return None if info is None else int(info.arena)
 
 
-def release_free_memory(keep: float = 0.0) -> bool:
+def release_free_memory(keep: float = 0.0, retain: bool = False) -> bool:
     """Give the memory the allocator holds free back to the system (glibc's ``malloc_trim``)
-    when there is more of it than ``keep`` bytes; True if it did.
+    when there is more of it than ``keep`` bytes; True if it did. With ``retain`` about
+    ``keep`` bytes of it stay resident (``_hold_resident``) and only the rest goes back.
 
     The ``wflow`` command keeps freed memory in the process (``_wflow_entry.tune_allocator``:
     no mmap, no trim), so that a compiled program that runs again and again reuses its
@@ -140,10 +141,11 @@ def release_free_memory(keep: float = 0.0) -> bool:
     beside the hole keeps it from merging). The full Chaintron-Chizat-Maass sweep reached
     24 GB resident (OOM-killed) with a 7 GiB block budget. ``malloc_trim(0)`` returns every
     free page, at the heap's top and inside it. A study calls this after each block whose
-    successor has another shape and after its last block (``keep = 0``), and between the
-    calls of a block's chunk with ``keep`` = the block's estimate when its heap grows
-    (``_limit._Watch``; with the command's aligned-reuse shim the heap stops growing and
-    this is rare). The price is that the next call faults in again what it reuses.
+    successor has another shape, retaining the successor's estimate (after its last block,
+    nothing), and between the calls of a block's chunk with ``keep`` = the block's estimate
+    when its heap grows (``_limit._Watch``; with the command's aligned-reuse shim the heap
+    stops growing and this is rare). The price is that the next call faults in again what
+    it reuses beyond what was retained.
     """
     try:
         libc = ctypes.CDLL(None)
@@ -153,9 +155,39 @@ def release_free_memory(keep: float = 0.0) -> bool:
     info = _mallinfo()  # glibc >= 2.33; older: always trim
     if info is not None and info.fordblks <= keep:
         return False
+    held = _hold_resident(libc, keep) if retain and info is not None else []
     trim.argtypes = [ctypes.c_size_t]
     trim(0)
+    for p in held:
+        libc.free(p)
     return True
+
+
+_HOLD_MIN = 64 * 2**20  # smaller free pieces are not worth holding through a trim
+
+
+def _hold_resident(libc, keep: float) -> list[int]:
+    """Allocate up to ``keep`` bytes out of the free memory the heap already has, never from
+    beyond its end, and return the pointers: ``malloc_trim`` leaves the pages of allocated
+    chunks in place, and once they are freed again the next program's buffers reuse them
+    without faulting them in (about 1 s of system time per GiB in a VM)."""
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    held, want, size = [], float(keep), float(keep)
+    while want >= _HOLD_MIN and size >= _HOLD_MIN:
+        ask = int(min(size, want))
+        before = _mallinfo()
+        p = libc.malloc(ask)
+        now = _mallinfo()
+        if p and (now.arena, now.hblkhd) == (before.arena, before.hblkhd):  # from free memory
+            held.append(p)
+            want -= ask
+        else:  # no free piece that large (the heap grew): try a smaller one
+            if p:
+                libc.free(p)
+            size /= 2
+    return held
 
 
 def format_bytes(n: float) -> str:

@@ -76,7 +76,7 @@ from ._batch import Batch, forward_values
 from ._keys import time_steps
 from ._metrics import QUANTITIES, STUDY_METRICS, Runs
 
-__all__ = ["Block", "BlockResult", "LimitSetup", "Member", "block_errors", "build_limit",
+__all__ = ["Block", "BlockResult", "LimitSetup", "Member", "block_bytes", "block_errors", "build_limit",
            "grid_reference", "grid_values", "make_batch", "measure_values", "plan", "run_block"]
 
 # Cost model of the planner, measured on a 2-core CPU (benchmarks/README.md):
@@ -291,6 +291,11 @@ def member_bytes(setup: LimitSetup, L: int, M: int, D: int, reference: bool = Fa
     return (memory_factor(setup.config["train"]["method"]) * L * M * setup.k(D) * item
             + 4.0 * L * N * D * (setup.tokens or 1) * item
             + 8.0 * _block(N * (setup.tokens or 1), M, setup.config["solver"]) * item)
+
+
+def block_bytes(setup: LimitSetup, block: Block) -> float:
+    """Estimated bytes of a block: ``member_bytes`` of its padded shape times its size."""
+    return member_bytes(setup, block.L, block.M, block.D, block.reference) * block.size
 
 
 def plan(setup: LimitSetup) -> list[Block]:
@@ -536,8 +541,7 @@ def run_block(setup: LimitSetup, block: Block, depth, key, on_progress=None,
         return result
     # between the chunks' calls, keep at most one block's estimated memory free (``_Watch``)
     watch = _Watch(on_progress, should_stop, setup.schedule.n_steps,
-                   keep=member_bytes(setup, block.L, block.M, block.D, block.reference)
-                   * block.size)
+                   keep=block_bytes(setup, block))
 
     def callback(rec):
         if rec.history:

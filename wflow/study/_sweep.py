@@ -35,7 +35,16 @@ from ._fit import (
     model_terms,
     slope,
 )
-from ._limit import BlockResult, LimitSetup, block_errors, build_limit, grid_values, plan, run_block
+from ._limit import (
+    BlockResult,
+    LimitSetup,
+    block_bytes,
+    block_errors,
+    build_limit,
+    grid_values,
+    plan,
+    run_block,
+)
 
 __all__ = ["LimitState", "fit_limit", "run_limit"]
 
@@ -229,8 +238,11 @@ def _run_blocks(state: LimitState, blocks, checkpoint, should_stop, progress, st
             if n_blocks == len(todo) or _shape(blocks[todo[n_blocks]]) != _shape(block):
                 # the next program (or the floor phase) need not fit this one's freed holes:
                 # give them back, else the heap grows with every shape (the docstring of
-                # _preflight.release_free_memory)
-                release_free_memory()
+                # _preflight.release_free_memory), all but the next block's estimate, which
+                # it then reuses without faulting it in again
+                nxt = None if n_blocks == len(todo) else blocks[todo[n_blocks]]
+                release_free_memory(keep=0.0 if nxt is None else block_bytes(setup, nxt),
+                                    retain=True)
             checkpoint("running")
             if ((should_stop and should_stop())
                     or (stop_after is not None and n_blocks >= stop_after)):
