@@ -31,6 +31,7 @@ import platform
 import resource
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -127,6 +128,22 @@ def main() -> int:
             io["writes"] += 1
 
     _sweep.write_study = timed_write
+    # the initial particles (NumPy draws): in a block when it starts, or built ahead in a
+    # background thread while the previous block trains (``_sweep._Ahead``)
+    from wflow.study import _limit
+
+    draws = {"inline": 0.0, "ahead": 0.0}
+    make = _limit.make_batch
+
+    def timed_make(setup, block):
+        t = time.perf_counter()
+        try:
+            return make(setup, block)
+        finally:
+            where = "ahead" if threading.current_thread() is not threading.main_thread() else "inline"
+            draws[where] += time.perf_counter() - t
+
+    _limit.make_batch = _sweep.make_batch = timed_make
     bw = stream_bandwidth()
     for key in compile_s:  # the bandwidth loop's own compile is not the sweep's
         compile_s[key] = 0.0
@@ -166,6 +183,8 @@ def main() -> int:
           f"{io['seconds']:.1f} s ({io['writes']} checkpoints), compute in the blocks "
           f"{in_blocks - comp:.0f} s, "
           f"the rest (floor, fits, figures' data) {total - in_blocks - io['seconds']:.0f} s")
+    print(f"initial particles (make_batch): {draws['inline']:.0f} s inside the blocks, "
+          f"{draws['ahead']:.0f} s built ahead beside the previous block's training")
     big = [b for b in blocks if not b["reference"] and b["M"] == top and b["D"] == top]
     if big:
         b = big[0]
@@ -187,6 +206,7 @@ def main() -> int:
             json.dump({"total_seconds": total, "status": status, "bandwidth_GBs": bw,
                        "minor_faults": faults, "kernel_share": kernel, "peak_rss_GB": peak_gb,
                        "compile_seconds": compile_s, "io_seconds": io["seconds"],
+                       "make_batch_seconds": draws,
                        "checkpoints": io["writes"],
                        "blocks": blocks, "values": values,
                        "hidden_slope_M_at_Dmax": float(hidden[0])}, f, indent=1)

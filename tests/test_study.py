@@ -692,3 +692,34 @@ def test_a_batch_holds_each_members_own_draws(tmp_path, extra):
     if "coupling" in extra:
         assert any(b.reference and make_batch(setup, b)[1].twins for b in plan(setup))
 
+
+def test_blocks_built_ahead_give_the_same_study(tmp_path, capsys, monkeypatch):
+    """While a block trains, the next block's particles are drawn in a background thread
+    (``_sweep._Ahead``); every block but the first is then taken from it, and the study file
+    holds the same numbers as when each block draws its own when it starts."""
+    import threading
+
+    from wflow.study import _limit, _sweep
+    from wflow.study._keys import resolve_limit
+
+    cfg = write(tmp_path, STUDY.replace("M = [3, 4]\nseeds = 2", "M = [3, 9, 27]\nseeds = 3"))
+    built, make = [], _limit.make_batch
+
+    def recorded(setup, block):
+        built.append(threading.current_thread().name.startswith("wflow-next-batch"))
+        return make(setup, block)
+
+    monkeypatch.setattr(_sweep, "make_batch", recorded)
+    monkeypatch.setattr(_limit, "make_batch", recorded)
+    rc, _, err = cli(capsys, "study", "limit", cfg, "-o", tmp_path / "ahead.h5", "-q", "--no-plot")
+    assert rc == 0, err
+    ahead = list(built)
+    config = wflow.load_config(cfg)
+    n_blocks = len(_limit.plan(_limit.build_limit(config, resolve_limit(config))))
+    assert sum(ahead) == n_blocks - 1 >= 2, ahead  # all but the first (the floor's: inline)
+    built.clear()
+    monkeypatch.setattr(_sweep._Ahead, "start", lambda self, block: None)
+    rc, _, err = cli(capsys, "study", "limit", cfg, "-o", tmp_path / "inline.h5", "-q", "--no-plot")
+    assert rc == 0, err
+    assert not any(built) and len(built) == len(ahead)
+    _same_files(str(tmp_path / "ahead.h5"), str(tmp_path / "inline.h5"))

@@ -510,14 +510,16 @@ _forward_one = eqx.filter_jit(forward_values)
 
 
 def run_block(setup: LimitSetup, block: Block, depth, key, on_progress=None,
-              should_stop=None) -> BlockResult | None:
+              should_stop=None, prepared: tuple[Problem, Batch] | None = None
+              ) -> BlockResult | None:
     """Train the block's members by the flow and record them at the study times.
 
     Returns None when ``should_stop()`` became true (the block is dropped).
     ``on_progress(fraction)`` is called with the fraction of the block's steps
-    done so far.
+    done so far. ``prepared``: the block's ``make_batch``, when it was built ahead.
     """
-    problem, batch = make_batch(setup, block)
+    problem, batch = make_batch(setup, block) if prepared is None else prepared
+    del prepared  # the batch is trained in place: no other reference may hold it
     b = len(block.members)
     L, _, Mc, k = batch.theta.shape  # Mc: the block's M, and the twins a reference carries
     kept = _empty(setup, b, block.D, L, Mc, k)
