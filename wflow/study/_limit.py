@@ -76,8 +76,9 @@ from ._batch import Batch, forward_values
 from ._keys import time_steps
 from ._metrics import QUANTITIES, STUDY_METRICS, Runs
 
-__all__ = ["Block", "BlockResult", "LimitSetup", "Member", "block_bytes", "block_errors", "build_limit",
-           "grid_reference", "grid_values", "make_batch", "measure_values", "plan", "run_block"]
+__all__ = ["Block", "BlockResult", "LimitSetup", "Member", "block_bytes", "block_errors",
+           "build_limit", "grid_reference", "grid_values", "make_batch", "measure_values", "plan",
+           "run_block"]
 
 # Cost model of the planner, measured on a 2-core CPU (benchmarks/README.md):
 # seconds per unit L * M * D * N of one member-step, and seconds to compile one

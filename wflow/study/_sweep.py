@@ -264,7 +264,7 @@ def _run_blocks(state: LimitState, blocks, checkpoint, should_stop, progress, st
 class _Ahead:
     """The next block's initial batch, built in a background thread while the current block
     trains: ``make_batch`` draws the members' particles with NumPy (about 4 s per 4e8
-    coordinates on one core, 0.3 of the full CCM sweep's time when it ran between blocks)
+    coordinates on one core; 338 s of the full CCM sweep's 1726 s, benchmarks/README.md)
     and NumPy releases the GIL while it draws. A block built ahead holds its particles (one
     copy, three while they are drawn and stacked) beside the running block's memory. Grid
     references draw nothing and are not built ahead."""
