@@ -520,7 +520,6 @@ def run_block(setup: LimitSetup, block: Block, depth, key, on_progress=None,
     done so far. ``prepared``: the block's ``make_batch``, when it was built ahead.
     """
     problem, batch = make_batch(setup, block) if prepared is None else prepared
-    del prepared  # the batch is trained in place: no other reference may hold it
     b = len(block.members)
     L, _, Mc, k = batch.theta.shape  # Mc: the block's M, and the twins a reference carries
     kept = _empty(setup, b, block.D, L, Mc, k)

@@ -240,7 +240,6 @@ def _run_blocks(state: LimitState, blocks, checkpoint, should_stop, progress, st
             if not run(state, block, jax.random.fold_in(root, i), progress_of, should_stop,
                        prepared):
                 return "interrupted"
-            del prepared
             done_frac += weights[i] / total
             state.wall += time.perf_counter() - t0
             if n_blocks == len(todo) or _shape(blocks[todo[n_blocks]]) != _shape(block):
