@@ -323,7 +323,12 @@ def test_a_lost_process_ends_the_other_with_exit_4(tmp_path, victim):
         assert all(p.poll() is None for p in procs), _finish(procs)
         time.sleep(0.1)
     time.sleep(1.0)
-    os.kill(_child_of(procs[victim]), signal.SIGKILL)
+    # Stopped first, so that the survivor waits for it (in a collective, or for its answer
+    # at a record) when it dies; the latter is noticed through the heartbeat only.
+    child = _child_of(procs[victim])
+    os.kill(child, signal.SIGSTOP)
+    time.sleep(2.0)
+    os.kill(child, signal.SIGKILL)
     t1 = time.monotonic()
     codes, outs = _finish(procs, timeout=120)
     assert time.monotonic() - t1 < 60
@@ -370,6 +375,66 @@ except ProcessLost as e:
 sys.stdout.flush()
 os._exit(0)
 """
+
+
+_DIES_AT_A_RECORD = r"""
+import os, signal, sys, time, jax
+from wflow._sharding import any_process, initialize_distributed, sync_processes
+initialize_distributed()
+sync_processes("start", timeout=60.0)
+if jax.process_index() == 1:
+    os.kill(os.getpid(), signal.SIGKILL)
+t0 = time.monotonic()
+print("WAITING", flush=True)
+any_process("record", (False,), timeout=600.0)  # process 1 never answers
+print(f"ANSWERED after {time.monotonic() - t0:.1f} s", flush=True)
+os._exit(0)
+"""
+
+
+def test_a_process_lost_at_a_record_ends_the_others_within_the_heartbeat():
+    """A process dies while the other waits for its answer at a record (a key-value read
+    with a 600 s deadline, no connection of its own to close): JAX's coordination service
+    declares it lost after WFLOW_HEARTBEAT_TIMEOUT seconds without a heartbeat and ends the
+    other, well before the read's deadline or JAX's own 100 s default."""
+    import time
+
+    port, procs = _free_port(), []
+    for rank in range(2):
+        env = _env(devices=1)
+        env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+                   JAX_PROCESS_ID=str(rank), WFLOW_HEARTBEAT_TIMEOUT="4")
+        procs.append(subprocess.Popen([sys.executable, "-c", _DIES_AT_A_RECORD], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    line = procs[0].stdout.readline()
+    t0 = time.monotonic()
+    codes, outs = _finish(procs, timeout=120)
+    waited = time.monotonic() - t0
+    assert line.strip() == "WAITING", (line, outs)
+    assert codes[1] == -9 and codes[0] == -6, (codes, outs)  # killed; ended by JAX's abort
+    assert "ANSWERED" not in outs[0][0], outs
+    assert "Terminating process because the JAX distributed service" in outs[0][1], outs
+    # 4 s of missed heartbeats, then the service's check and the abort: 4.1-4.6 s on 2 idle
+    # cores (101 s with JAX's default); 30 s leaves room for a loaded machine.
+    assert waited < 30, waited
+
+
+@pytest.mark.parametrize("value", ["abc", "1", "2.5"])
+def test_a_bad_heartbeat_timeout_is_refused_in_one_line(tmp_path, value):
+    """WFLOW_HEARTBEAT_TIMEOUT that is not a whole number of seconds >= 2: exit 2, one line
+    naming the variable, the value and what is allowed, before any coordinator is sought."""
+    cfg = _tiny_config(tmp_path)
+    env = _env(devices=1)
+    env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{_free_port()}", JAX_NUM_PROCESSES="2",
+               JAX_PROCESS_ID="0", WFLOW_HEARTBEAT_TIMEOUT=value)
+    proc = subprocess.run([sys.executable, "-m", "_wflow_entry", "run", cfg, "-o",
+                           str(tmp_path / "x.h5")], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0] == (f"wflow: error: WFLOW_HEARTBEAT_TIMEOUT = {value!r}: allowed is a whole "
+                        "number of seconds, at least 2")
+    assert not (tmp_path / "x.h5").exists()
 
 
 def test_a_barrier_gives_up_on_a_late_process():

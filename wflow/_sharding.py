@@ -98,6 +98,7 @@ __all__ = [
     "choose_mode",
     "describe",
     "distributed_environment",
+    "heartbeat_timeout",
     "initialize_distributed",
     "is_main_process",
     "lost_message",
@@ -137,14 +138,43 @@ def initialize_distributed() -> bool:
     found = distributed_environment()
     if found is None:
         return False
+    beat = heartbeat_timeout()
     if found == "JAX_COORDINATOR_ADDRESS":
         env = os.environ
         jax.distributed.initialize(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
                                    num_processes=int(env["JAX_NUM_PROCESSES"]),
-                                   process_id=int(env["JAX_PROCESS_ID"]))
+                                   process_id=int(env["JAX_PROCESS_ID"]),
+                                   heartbeat_timeout_seconds=beat)
     else:
-        jax.distributed.initialize()
+        jax.distributed.initialize(heartbeat_timeout_seconds=beat)
     return True
+
+
+# Seconds without a heartbeat after which JAX's coordination service declares a process
+# lost and ends the others (JAX's own default is 100 s). A process that dies while the
+# others wait for it at a record (a key-value read) or a barrier is noticed only this way;
+# one that dies during a collective is noticed at once, through the closed connection.
+# Heartbeats come from a native thread of each process, so a long compile or a busy
+# Python thread does not delay them. WFLOW_HEARTBEAT_TIMEOUT overrides it.
+HEARTBEAT_TIMEOUT = 20
+
+
+def heartbeat_timeout() -> int:
+    """``WFLOW_HEARTBEAT_TIMEOUT`` (whole seconds, at least 2), else ``HEARTBEAT_TIMEOUT``.
+
+    Raises ``ShardingError`` with one line naming the variable, its value and what is allowed.
+    """
+    text = os.environ.get("WFLOW_HEARTBEAT_TIMEOUT", "").strip()
+    if not text:
+        return HEARTBEAT_TIMEOUT
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 2:
+        raise ShardingError(f"WFLOW_HEARTBEAT_TIMEOUT = {text!r}: allowed is a whole number of "
+                         "seconds, at least 2")
+    return value
 
 
 def is_main_process() -> bool:

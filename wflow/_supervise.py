@@ -1,9 +1,12 @@
 """One process of a multi-process run, watched by its own small parent: never a hang, one line.
 
 When one process of a multi-process run dies (killed, out of memory, a node
-lost), JAX's coordination service notices within about a second and ends every
-other process with ``abort()`` and a native stack trace (exit 134), or, if the
-lost process was alive but stuck, they wait in a collective. Neither can be
+lost), the others notice at once if they were in a collective with it (the
+connection closes: ``ProcessLost``, exit 4, in the process itself); otherwise
+JAX's coordination service notices when its heartbeats stop
+(``_sharding.heartbeat_timeout``, 20 s) and ends every other process with
+``abort()`` and a native stack trace (exit 134). If the lost process was alive
+but stuck, they wait in a collective. Neither can be
 caught inside the Python process. So in a multi-process environment
 (``distributed_environment``) the ``wflow run`` command runs in
 a child process (the same command line, ``WFLOW_SUPERVISED=1``) and stays as its

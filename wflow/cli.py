@@ -60,6 +60,7 @@ from ._paths import check_output_dir, check_output_file
 from ._preflight import check_resources, parse_size
 from ._sharding import (
     ProcessLost,
+    ShardingError,
     any_process,
     describe,
     initialize_distributed,
@@ -157,6 +158,8 @@ def _cmd_run(args) -> int:
         if initialize_distributed():  # multi-process environments (SLURM, Open MPI, coordinator)
             if current() is not None:  # JAX installed a SIGTERM handler of its own
                 current().reinstall()
+    except ShardingError as e:  # WFLOW_HEARTBEAT_TIMEOUT
+        return _fail(e)
     except (RuntimeError, ValueError, KeyError) as e:
         return _fail(f"jax.distributed.initialize failed: {e}")
     try:
