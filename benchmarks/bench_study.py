@@ -111,9 +111,13 @@ def main() -> int:
               "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower",
               "/jax/core/compile/backend_compile_duration": "xla"}
 
+    compile_where = {"inline": 0.0, "ahead": 0.0}  # the main thread's, the background's
+
     def on_duration(event, seconds, **_):
         if event in events:
             compile_s[events[event]] += seconds
+            main = threading.current_thread() is threading.main_thread()
+            compile_where["inline" if main else "ahead"] += seconds
 
     jax.monitoring.register_event_duration_secs_listener(on_duration)
     io = {"seconds": 0.0, "writes": 0}
@@ -145,8 +149,9 @@ def main() -> int:
 
     _limit.make_batch = _sweep.make_batch = timed_make
     bw = stream_bandwidth()
-    for key in compile_s:  # the bandwidth loop's own compile is not the sweep's
-        compile_s[key] = 0.0
+    for d in (compile_s, compile_where):  # the bandwidth loop's own compile is not the sweep's
+        for key in d:
+            d[key] = 0.0
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"jax {jax.__version__} ({jax.default_backend()}), load {os.getloadavg()[0]:.2f}")
     print(f"stream bandwidth (a <- a + 0.5 b, in place): {bw:.1f} GB/s; allocator {ALLOCATOR}")
@@ -179,9 +184,11 @@ def main() -> int:
     print(f"peak resident memory {peak_gb:.1f} GB (study.memory = {args.memory} GiB per block)")
     comp = sum(compile_s.values())
     print(f"breakdown of the {total:.0f} s: compile {comp:.0f} s (trace {compile_s['trace']:.0f}, "
-          f"lower {compile_s['lower']:.0f}, XLA {compile_s['xla']:.0f}), file writes "
+          f"lower {compile_s['lower']:.0f}, XLA {compile_s['xla']:.0f}; "
+          f"{compile_where['inline']:.0f} s in the main thread, {compile_where['ahead']:.0f} s "
+          f"ahead beside the training), file writes "
           f"{io['seconds']:.1f} s ({io['writes']} checkpoints), compute in the blocks "
-          f"{in_blocks - comp:.0f} s, "
+          f"{in_blocks - compile_where['inline']:.0f} s, "
           f"the rest (floor, fits, figures' data) {total - in_blocks - io['seconds']:.0f} s")
     print(f"initial particles (make_batch): {draws['inline']:.0f} s inside the blocks, "
           f"{draws['ahead']:.0f} s built ahead beside the previous block's training")
@@ -205,7 +212,8 @@ def main() -> int:
         with open(args.json, "w") as f:
             json.dump({"total_seconds": total, "status": status, "bandwidth_GBs": bw,
                        "minor_faults": faults, "kernel_share": kernel, "peak_rss_GB": peak_gb,
-                       "compile_seconds": compile_s, "io_seconds": io["seconds"],
+                       "compile_seconds": compile_s, "compile_where_seconds": compile_where,
+                       "io_seconds": io["seconds"],
                        "make_batch_seconds": draws,
                        "checkpoints": io["writes"],
                        "blocks": blocks, "values": values,

@@ -408,6 +408,56 @@ def test_second_integrate_call_does_not_recompile():
     assert compiles[first_compiles:] == []
 
 
+@pytest.mark.parametrize("method,donate", [("euler", True), ("heun", False),
+                                           ("adaptive", False)])
+def test_compile_ahead_leaves_integrate_nothing_to_compile(method, donate):
+    """``compile_ahead`` in another thread compiles what ``integrate`` with the same
+    arguments runs: the integrate call then compiles nothing, and its numbers are those of a
+    run that compiled for itself."""
+    import threading
+
+    from wflow._integrate import compile_ahead
+
+    class FreshDepth(wflow.LayeredDepth):  # a fresh class: fresh compilation cache keys
+        pass
+
+    compiles = []
+
+    class Catch(logging.Handler):
+        def emit(self, record):
+            if "Compiling" in record.getMessage():
+                compiles.append((threading.current_thread().name, record.getMessage()))
+
+    problem = _teacher_problem()
+    schedule = wflow.Schedule(time=0.4, dt=0.05, method=method, record_every=3)
+    key = jax.random.PRNGKey(3)
+    # the reference first: it also compiles the small eager operations on these shapes
+    ref = wflow.integrate(problem, wflow.LayeredDepth(), schedule, key=key,
+                          theta0=_gaussian(problem, seed=5))
+
+    def ahead():
+        with jax.log_compiles():  # a thread-local setting
+            compile_ahead(problem, FreshDepth(), schedule, theta0=_gaussian(problem, seed=5),
+                          key=key, donate=donate)
+
+    handler = Catch()
+    logging.getLogger("jax").addHandler(handler)
+    try:
+        thread = threading.Thread(target=ahead, name="ahead")
+        thread.start()
+        thread.join()
+        first = len(compiles)
+        with jax.log_compiles():
+            res = wflow.integrate(problem, FreshDepth(), schedule, key=key, donate=donate,
+                                  theta0=_gaussian(problem, seed=5))
+    finally:
+        logging.getLogger("jax").removeHandler(handler)
+    assert first >= 2 and all(name == "ahead" for name, _ in compiles[:first]), compiles
+    assert compiles[first:] == [], compiles[first:]
+    assert np.array_equal(np.asarray(res.state.measure), np.asarray(ref.state.measure))
+    assert np.array_equal(res.history["loss"], ref.history["loss"])
+
+
 # ---------------------------------------------------------------------------------------
 # divergence, records, interruption
 

@@ -693,6 +693,48 @@ def test_a_batch_holds_each_members_own_draws(tmp_path, extra):
         assert any(b.reference and make_batch(setup, b)[1].twins for b in plan(setup))
 
 
+def test_blocks_built_ahead_start_without_compiling(tmp_path, capsys, monkeypatch):
+    """The background thread also compiles the next block's programs (``_limit.compile_block``):
+    every block after the first trains without a compilation in the main thread, and the
+    compilations happen in the background thread instead."""
+    import threading
+
+    import jax
+
+    from wflow.study import _sweep
+
+    cfg = write(tmp_path, STUDY.replace("M = [3, 4]\nseeds = 2", "M = [3, 9, 27]\nseeds = 3"))
+    current, compiles = [None], []  # the block that runs; (block, thread) of each compilation
+
+    def on_duration(event, seconds, **_):
+        if event == "/jax/core/compile/backend_compile_duration" and current[0] is not None:
+            compiles.append((current[0], threading.current_thread().name))
+
+    jax.monitoring.register_event_duration_secs_listener(on_duration)
+    original, order = _sweep.run_block, []
+
+    def run_block(setup, block, *a, **k):
+        order.append(block)
+        current[0] = len(order)
+        try:
+            return original(setup, block, *a, **k)
+        finally:
+            current[0] = None
+
+    monkeypatch.setattr(_sweep, "run_block", run_block)
+    try:
+        rc, _, err = cli(capsys, "study", "limit", cfg, "-o", tmp_path / "s.h5", "-q",
+                         "--no-plot")
+    finally:
+        current[0] = None  # the listener stays registered: it counts nothing more
+    assert rc == 0, err
+    shapes = {(b.reference, b.L, b.M, b.D, b.size) for b in order}
+    assert len(order) >= 3 and len(shapes) >= 2, order
+    main = [n for n, thread in compiles if thread == "MainThread"]
+    assert all(n == 1 for n in main), compiles  # only the first block compiles where it runs
+    assert any(thread.startswith("wflow-next-batch") for _, thread in compiles), compiles
+
+
 def test_blocks_built_ahead_give_the_same_study(tmp_path, capsys, monkeypatch):
     """While a block trains, the next block's particles are drawn in a background thread
     (``_sweep._Ahead``); every block but the first is then taken from it, and the study file
@@ -718,7 +760,7 @@ def test_blocks_built_ahead_give_the_same_study(tmp_path, capsys, monkeypatch):
     n_blocks = len(_limit.plan(_limit.build_limit(config, resolve_limit(config))))
     assert sum(ahead) == n_blocks - 1 >= 2, ahead  # all but the first (the floor's: inline)
     built.clear()
-    monkeypatch.setattr(_sweep._Ahead, "start", lambda self, block: None)
+    monkeypatch.setattr(_sweep._Ahead, "start", lambda self, block, depth, key: None)
     rc, _, err = cli(capsys, "study", "limit", cfg, "-o", tmp_path / "inline.h5", "-q", "--no-plot")
     assert rc == 0, err
     assert not any(built) and len(built) == len(ahead)

@@ -314,16 +314,10 @@ def integrate(
     if state is None:
         if theta0 is None:
             raise ValueError("integrate needs theta0 or state")
-        if not isinstance(theta0, Measure):
-            theta0 = jnp.asarray(theta0)
         state = FlowState(theta0, 0, jax.random.PRNGKey(0) if key is None else key)
     measure, step, key = state
-    problem, measure = depth.place(problem, measure)  # one device: as is; many: split
-    flow = make_flow(problem, depth, measure, regularization or Regularization(),
-                     reordering or Reordering())
-    flow.check(measure, schedule.method)
-    dtype = jax.tree_util.tree_leaves(measure)[0].dtype
-    flow = eqx.tree_at(lambda f: f.problem, flow, problem.astype(dtype))
+    problem, measure, flow, dtype = _start(problem, depth, measure, regularization, reordering,
+                                           schedule.method)
     h = schedule.step
     names = ("s",) + flow.history_names + ("wall_time",)
     history = {name: [] for name in names}
@@ -377,7 +371,7 @@ def integrate(
         initial = np.asarray(initial_loss, np.float64)
         threshold = np.where(initial > 0, schedule.divergence_factor * initial, np.inf)
     fixed = schedule.method in STEPPERS  # else the adaptive solver
-    watched = flow.monotone if fixed else None
+    watched = flow.monotone if fixed else None  # (compile_ahead decides the same way)
     y_max = float(jnp.max(jnp.abs(problem.y))) if watched else 0.0
     previous = (step, values, measure) if watched else None
     values = None  # as after every record below
@@ -424,6 +418,56 @@ def integrate(
             return result("interrupted")
         values = None  # the callback has this record's values; do not hold them through a chunk
     return result("complete")
+
+
+def _start(problem: Problem, depth: DepthDiscretization, measure, regularization, reordering,
+           method: str):
+    """The flow ``integrate`` runs and the arguments its compiled programs get:
+    (problem, measure, flow, dtype), the measure placed on the depth's devices."""
+    if not isinstance(measure, Measure):
+        measure = jnp.asarray(measure)
+    problem, measure = depth.place(problem, measure)  # one device: as is; many: split
+    flow = make_flow(problem, depth, measure, regularization or Regularization(),
+                     reordering or Reordering())
+    flow.check(measure, method)
+    dtype = jax.tree_util.tree_leaves(measure)[0].dtype
+    return problem, measure, eqx.tree_at(lambda f: f.problem, flow, problem.astype(dtype)), dtype
+
+
+def compile_ahead(
+    problem: Problem,
+    depth: DepthDiscretization,
+    schedule: Schedule,
+    *,
+    theta0,
+    regularization: Regularization | None = None,
+    reordering: Reordering | None = None,
+    key: jax.Array | None = None,
+    donate: bool = False,
+) -> None:
+    """Compile the programs that ``integrate`` with these arguments runs, without running
+    them: its records' diagnostics and its chunk of fixed steps (or the adaptive solve).
+
+    A later ``integrate`` with arguments of the same shapes, dtypes and static settings finds
+    them compiled (JAX's cache) and starts at once. Safe to call from another thread while a
+    computation runs (a study compiles its next block this way while the current one
+    trains). Nothing is read from the arrays but their shapes and dtypes, and nothing is
+    donated: ``theta0`` may be given to ``integrate`` afterwards.
+    """
+    _, measure, flow, dtype = _start(problem, depth, theta0, regularization, reordering,
+                                     schedule.method)
+    key = jax.random.PRNGKey(0) if key is None else key
+    zero, h = jnp.asarray(0.0, dtype), jnp.asarray(schedule.step, dtype)
+    _diagnostics.lower(flow, measure, zero).compile()
+    if schedule.method not in STEPPERS:
+        _advance_adaptive.lower(flow, (schedule.rtol, schedule.atol), h, measure, zero,
+                                zero).compile()
+        return
+    args = (flow, schedule.method, h, key, jnp.int32(0), jnp.int32(1))
+    if donate and flow.monotone is None:  # as integrate's _Pacer
+        _advance_fixed_donating.lower(args, measure).compile()
+    else:
+        _advance_fixed.lower(flow, schedule.method, h, measure, *args[3:]).compile()
 
 
 def increase_tolerance(value: float, dtype, y_max: float) -> float:

@@ -66,7 +66,7 @@ from .._data import DataError, make_dataset
 from .._depth import ContinuousDepth, LayeredDepth
 from .._flow import Regularization
 from .._init_particles import per_coord
-from .._integrate import Schedule, integrate
+from .._integrate import Schedule, compile_ahead, integrate
 from .._model import feature_from_config
 from .._problem import Problem
 from .._preflight import heap_size, release_free_memory
@@ -77,8 +77,8 @@ from ._keys import time_steps
 from ._metrics import QUANTITIES, STUDY_METRICS, Runs
 
 __all__ = ["Block", "BlockResult", "LimitSetup", "Member", "block_bytes", "block_errors",
-           "build_limit", "grid_reference", "grid_values", "make_batch", "measure_values", "plan",
-           "run_block"]
+           "build_limit", "compile_block", "grid_reference", "grid_values", "make_batch",
+           "measure_values", "plan", "run_block"]
 
 # Cost model of the planner, measured on a 2-core CPU (benchmarks/README.md):
 # seconds per unit L * M * D * N of one member-step, and seconds to compile one
@@ -558,6 +558,16 @@ def run_block(setup: LimitSetup, block: Block, depth, key, on_progress=None,
     if run.status == "interrupted" and watch.stopped:
         return None
     return result
+
+
+def compile_block(setup: LimitSetup, block: Block, depth, key,
+                  prepared: tuple[Problem, Batch]) -> None:
+    """Compile the programs ``run_block(setup, block, depth, key, prepared=prepared)`` runs,
+    without running them (``integrate``'s ``compile_ahead``; the batch is not donated)."""
+    if setup.schedule is not None:
+        problem, batch = prepared
+        compile_ahead(problem, depth, setup.schedule, theta0=batch,
+                      regularization=setup.regularization, key=key, donate=True)
 
 
 class _Watch:

@@ -9,6 +9,7 @@ holds the same numbers.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 import warnings
@@ -43,6 +44,7 @@ from ._limit import (
     block_errors,
     build_limit,
     grid_values,
+    compile_block,
     make_batch,
     plan,
     run_block,
@@ -232,7 +234,8 @@ def _run_blocks(state: LimitState, blocks, checkpoint, should_stop, progress, st
             t0 = time.perf_counter()
             prepared = ahead.take(block)
             if n_blocks < len(todo):
-                ahead.start(blocks[todo[n_blocks]])
+                j = todo[n_blocks]
+                ahead.start(blocks[j], _depth_of(setup, blocks[j]), jax.random.fold_in(root, j))
             desc = (f"{'reference ' if block.reference else ''}L={block.L} M<={block.M} "
                     f"D<={block.D} x{len(block.members)}")
             progress_of = _Progress(bar, desc, done_frac, weights[i] / total)
@@ -262,20 +265,35 @@ def _run_blocks(state: LimitState, blocks, checkpoint, should_stop, progress, st
 
 class _Ahead:
     """The next block's initial batch, built in a background thread while the current block
-    trains: ``make_batch`` draws the members' particles with NumPy (about 4 s per 4e8
-    coordinates on one core; 338 s of the full CCM sweep's 1726 s, benchmarks/README.md)
-    and NumPy releases the GIL while it draws. A block built ahead holds its particles (one
-    copy, three while they are drawn and stacked) beside the running block's memory. Grid
-    references draw nothing and are not built ahead."""
+    trains, and its programs compiled there:
+
+    * ``make_batch`` draws the members' particles with NumPy (about 4 s per 4e8 coordinates
+      on one core; 338 s of the full CCM sweep's 1726 s, benchmarks/README.md), and NumPy
+      releases the GIL while it draws;
+    * ``compile_block`` then compiles the block's training chunk and records (XLA compiles
+      without the GIL; 116 s of that sweep), so that the block starts at once.
+
+    A block built ahead holds its particles (one copy, three while they are drawn and
+    stacked) beside the running block's memory. Grid references draw nothing and are not
+    built ahead. An error of the compilation ahead is dropped: the block compiles again
+    when it runs, and raises it there.
+    """
 
     def __init__(self, setup: LimitSetup):
         self.setup = setup
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="wflow-next-batch")
         self.pending = None  # (block, future of its make_batch)
 
-    def start(self, block) -> None:
+    def start(self, block, depth, key) -> None:
+        """Build ``block`` ahead, to run with ``depth`` and ``key`` (``run_block``'s)."""
         if not (block.reference and self.setup.study["reference"] == "grid"):
-            self.pending = (block, self.pool.submit(make_batch, self.setup, block))
+            self.pending = (block, self.pool.submit(self._build, block, depth, key))
+
+    def _build(self, block, depth, key):
+        prepared = make_batch(self.setup, block)
+        with contextlib.suppress(Exception):
+            compile_block(self.setup, block, depth, key, prepared)
+        return prepared
 
     def take(self, block):
         """``make_batch(block)`` if it was started ahead (its errors are raised here), else None."""
@@ -286,6 +304,11 @@ class _Ahead:
         """Drop a batch not taken (a stopped study): a draw under way ends within seconds."""
         self.pending = None
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _depth_of(setup: LimitSetup, block):
+    """The depth discretization a block trains with first (``run_block``'s)."""
+    return setup.reference_depth() if block.reference else setup.depth
 
 
 def _shape(block) -> tuple:
@@ -308,7 +331,7 @@ def _reference_block(state: LimitState, block, key, progress_of, should_stop,
         res, wall = out
         _note_wall_mass(state, block, wall, st["times"])
     else:
-        res = run_block(setup, block, setup.reference_depth(), key, progress_of(0.0, 1.0),
+        res = run_block(setup, block, _depth_of(setup, block), key, progress_of(0.0, 1.0),
                         should_stop, prepared)
         if res is None:
             return False
@@ -322,7 +345,8 @@ def _sweep_block(state: LimitState, block, key, progress_of, should_stop, prepar
     setup = state.setup
     continuous = setup.study["reference"] == "continuous"
     half = 1.0 / (1.0 + _CONTINUOUS_COST) if continuous else 1.0
-    res = run_block(setup, block, setup.depth, key, progress_of(0.0, half), should_stop, prepared)
+    res = run_block(setup, block, _depth_of(setup, block), key, progress_of(0.0, half),
+                    should_stop, prepared)
     if res is None:
         return False
     if continuous:
