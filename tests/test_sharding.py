@@ -377,6 +377,19 @@ os._exit(0)
 """
 
 
+def _launch_script(script: str, **env_vars) -> list[subprocess.Popen]:
+    """``python -c script`` as two processes of one run (explicit coordinator, 1 CPU device
+    each), with ``env_vars`` added to their environment."""
+    port, procs = _free_port(), []
+    for rank in range(2):
+        env = _env(devices=1)
+        env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+                   JAX_PROCESS_ID=str(rank), **env_vars)
+        procs.append(subprocess.Popen([sys.executable, "-c", script], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
 _DIES_AT_A_RECORD = r"""
 import os, signal, sys, time, jax
 from wflow._sharding import any_process, initialize_distributed, sync_processes
@@ -399,13 +412,7 @@ def test_a_process_lost_at_a_record_ends_the_others_within_the_heartbeat():
     other, well before the read's deadline or JAX's own 100 s default."""
     import time
 
-    port, procs = _free_port(), []
-    for rank in range(2):
-        env = _env(devices=1)
-        env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
-                   JAX_PROCESS_ID=str(rank), WFLOW_HEARTBEAT_TIMEOUT="4")
-        procs.append(subprocess.Popen([sys.executable, "-c", _DIES_AT_A_RECORD], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    procs = _launch_script(_DIES_AT_A_RECORD, WFLOW_HEARTBEAT_TIMEOUT="4")
     line = procs[0].stdout.readline()
     t0 = time.monotonic()
     codes, outs = _finish(procs, timeout=120)
@@ -440,14 +447,7 @@ def test_a_bad_heartbeat_timeout_is_refused_in_one_line(tmp_path, value):
 def test_a_barrier_gives_up_on_a_late_process():
     """A process alive but not at the barrier in time: ``ProcessLost`` naming it (the CLI:
     exit 4, one line), not a wait without end."""
-    port = _free_port()
-    procs = []
-    for rank in range(2):
-        env = _env(devices=1)
-        env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
-                   JAX_PROCESS_ID=str(rank), JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
-        procs.append(subprocess.Popen([sys.executable, "-c", _BARRIER], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    procs = _launch_script(_BARRIER, JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
     codes, outs = _finish(procs, timeout=120)
     line = [ln for ln in outs[0][0].splitlines() if ln.startswith(("LOST", "PASSED"))]
     assert line and line[0].startswith("LOST process 1 of the 2-process run was lost"), outs

@@ -173,7 +173,7 @@ def heartbeat_timeout() -> int:
         value = 0
     if value < 2:
         raise ShardingError(f"WFLOW_HEARTBEAT_TIMEOUT = {text!r}: allowed is a whole number of "
-                         "seconds, at least 2")
+                            "seconds, at least 2")
     return value
 
 
