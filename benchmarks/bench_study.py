@@ -113,11 +113,14 @@ def main() -> int:
 
     compile_where = {"inline": 0.0, "ahead": 0.0}  # the main thread's, the background's
 
+    def where() -> str:
+        """"inline" in the main thread, "ahead" in the study's background thread."""
+        return "inline" if threading.current_thread() is threading.main_thread() else "ahead"
+
     def on_duration(event, seconds, **_):
         if event in events:
             compile_s[events[event]] += seconds
-            main = threading.current_thread() is threading.main_thread()
-            compile_where["inline" if main else "ahead"] += seconds
+            compile_where[where()] += seconds
 
     jax.monitoring.register_event_duration_secs_listener(on_duration)
     io = {"seconds": 0.0, "writes": 0}
@@ -144,8 +147,7 @@ def main() -> int:
         try:
             return make(setup, block)
         finally:
-            where = "ahead" if threading.current_thread() is not threading.main_thread() else "inline"
-            draws[where] += time.perf_counter() - t
+            draws[where()] += time.perf_counter() - t
 
     _limit.make_batch = _sweep.make_batch = timed_make
     bw = stream_bandwidth()

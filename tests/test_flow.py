@@ -6,8 +6,10 @@ symmetries, convergence orders of the time steppers, regularization, seeding,
 dtype, compilation and divergence handling. Float64 unless a test says otherwise.
 """
 
+import contextlib
 import logging
 import math
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -375,6 +377,25 @@ def test_float32_particles_stay_float32_continuous(adjoint):
     assert res.state.measure.dtype == jnp.float32
 
 
+@contextlib.contextmanager
+def _compile_log():
+    """The "Compiling ..." lines JAX logs while the block runs, as (thread name, line).
+    JAX logs them only where ``jax.log_compiles()`` is in force, a per-thread setting."""
+    compiles = []
+
+    class Catch(logging.Handler):
+        def emit(self, record):
+            if "Compiling" in record.getMessage():
+                compiles.append((threading.current_thread().name, record.getMessage()))
+
+    handler = Catch()
+    logging.getLogger("jax").addHandler(handler)
+    try:
+        yield compiles
+    finally:
+        logging.getLogger("jax").removeHandler(handler)
+
+
 def test_second_integrate_call_does_not_recompile():
     """Same shapes, different values: no new trace of the step or the diagnostics, and no
     XLA compilation at all on the second call."""
@@ -385,24 +406,12 @@ def test_second_integrate_call_does_not_recompile():
             traces.append(None)  # Python side effect: runs once per trace
             return super().evaluate(problem, Theta)
 
-    compiles = []
-
-    class Catch(logging.Handler):
-        def emit(self, record):
-            if "Compiling" in record.getMessage():
-                compiles.append(record.getMessage())
-
-    handler = Catch()
-    logging.getLogger("jax").addHandler(handler)
-    try:
-        problem = _teacher_problem()
-        schedule = wflow.Schedule(time=1.0, dt=0.05, method="heun", record_every=3)
-        with jax.log_compiles():
-            wflow.integrate(problem, CountingDepth(), schedule, theta0=_gaussian(problem, seed=5))
-            first_traces, first_compiles = len(traces), len(compiles)
-            wflow.integrate(problem, CountingDepth(), schedule, theta0=_gaussian(problem, seed=6))
-    finally:
-        logging.getLogger("jax").removeHandler(handler)
+    problem = _teacher_problem()
+    schedule = wflow.Schedule(time=1.0, dt=0.05, method="heun", record_every=3)
+    with _compile_log() as compiles, jax.log_compiles():
+        wflow.integrate(problem, CountingDepth(), schedule, theta0=_gaussian(problem, seed=5))
+        first_traces, first_compiles = len(traces), len(compiles)
+        wflow.integrate(problem, CountingDepth(), schedule, theta0=_gaussian(problem, seed=6))
     assert first_traces >= 2 and first_compiles >= 2  # the counters do see the first call
     assert len(traces) == first_traces
     assert compiles[first_compiles:] == []
@@ -414,19 +423,10 @@ def test_compile_ahead_leaves_integrate_nothing_to_compile(method, donate):
     """``compile_ahead`` in another thread compiles what ``integrate`` with the same
     arguments runs: the integrate call then compiles nothing, and its numbers are those of a
     run that compiled for itself."""
-    import threading
-
     from wflow._integrate import compile_ahead
 
     class FreshDepth(wflow.LayeredDepth):  # a fresh class: fresh compilation cache keys
         pass
-
-    compiles = []
-
-    class Catch(logging.Handler):
-        def emit(self, record):
-            if "Compiling" in record.getMessage():
-                compiles.append((threading.current_thread().name, record.getMessage()))
 
     problem = _teacher_problem()
     schedule = wflow.Schedule(time=0.4, dt=0.05, method=method, record_every=3)
@@ -436,13 +436,11 @@ def test_compile_ahead_leaves_integrate_nothing_to_compile(method, donate):
                           theta0=_gaussian(problem, seed=5))
 
     def ahead():
-        with jax.log_compiles():  # a thread-local setting
+        with jax.log_compiles():  # a per-thread setting
             compile_ahead(problem, FreshDepth(), schedule, theta0=_gaussian(problem, seed=5),
                           key=key, donate=donate)
 
-    handler = Catch()
-    logging.getLogger("jax").addHandler(handler)
-    try:
+    with _compile_log() as compiles:
         thread = threading.Thread(target=ahead, name="ahead")
         thread.start()
         thread.join()
@@ -450,8 +448,6 @@ def test_compile_ahead_leaves_integrate_nothing_to_compile(method, donate):
         with jax.log_compiles():
             res = wflow.integrate(problem, FreshDepth(), schedule, key=key, donate=donate,
                                   theta0=_gaussian(problem, seed=5))
-    finally:
-        logging.getLogger("jax").removeHandler(handler)
     assert first >= 2 and all(name == "ahead" for name, _ in compiles[:first]), compiles
     assert compiles[first:] == [], compiles[first:]
     assert np.array_equal(np.asarray(res.state.measure), np.asarray(ref.state.measure))

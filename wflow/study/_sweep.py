@@ -284,7 +284,7 @@ class _Ahead:
     def __init__(self, setup: LimitSetup):
         self.setup = setup
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="wflow-next-batch")
-        self.pending = None  # (block, future of its make_batch)
+        self.pending = None  # (block, future of _build: its make_batch, compiled)
 
     def start(self, block, depth, key) -> None:
         """Build ``block`` ahead, to run with ``depth`` and ``key`` (``run_block``'s)."""
