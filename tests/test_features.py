@@ -260,9 +260,17 @@ def test_blocked_field_adjoint_and_probe_equal_the_unblocked_ones(d, N, M, tile,
 def test_blocks_respect_the_tile():
     from wflow._features import default_tile
 
+    from wflow._features.neuron import cpu_tile
+
     assert default_tile("cpu") == 2**18 and default_tile("gpu") == 2**24
-    assert wflow.Neuron(d=2).blocks(1024, 1024) == wflow.Neuron(d=2, tile=default_tile()).blocks(
-        1024, 1024)
+    # Neuron's default on CPU follows d: 2^22 / d elements within [2^18, 2^21]
+    assert [cpu_tile(d) for d in (1, 2, 4, 8, 16, 64)] == [2**21, 2**21, 2**20, 2**19, 2**18,
+                                                           2**18]
+    for d in (2, 16):
+        tile = cpu_tile(d) if jax.default_backend() == "cpu" else default_tile()
+        assert wflow.Neuron(d=d).auto_tile() == tile
+        assert wflow.Neuron(d=d).blocks(2048, 2048) == wflow.Neuron(d=d, tile=tile).blocks(
+            2048, 2048)
     feat = wflow.Neuron(d=2, tile=2**24)
     assert feat.blocks(4096, 4096) == (1, 4096, 1, 4096)  # exactly one tile: not split
     assert feat.blocks(8192, 16384) == (8, 1024, 1, 16384)
@@ -271,6 +279,9 @@ def test_blocks_respect_the_tile():
     assert wflow.Neuron(d=2, tile=1000).blocks(10, 4000) == (1, 10, 40, 100)
     assert wflow.Neuron(d=1, tile=2**18).blocks(64, 2**18) == (1, 64, 64, 4096)
     assert wflow.Neuron(d=1, tile=2**18).blocks(1024, 2048) == (8, 128, 1, 2048)
+    # the particle chunks are balanced: 5000 in two chunks of 2500, not 4096 + 904 (padded
+    # to 8192)
+    assert wflow.Neuron(d=1, tile=2**18).blocks(64, 5000) == (1, 64, 2, 2500)
     with pytest.raises(ValueError, match="tile = 0"):
         wflow.Neuron(d=2, tile=0)
 

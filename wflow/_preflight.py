@@ -279,12 +279,12 @@ def _record_parts(config: dict, snapshot_bytes: int, n_columns: int) -> list[Par
     ]
 
 
-def _block(N: int, M: int, solver: dict) -> int:
+def _block(N: int, M: int, solver: dict, d: int) -> int:
     """Elements of the largest (N, M) block the neuron kernel holds: it works in blocks of at
-    most ``solver.tile`` elements (default ``_features.default_tile()``)."""
-    from ._features import default_tile
+    most ``solver.tile`` elements (default ``Neuron(d=d).auto_tile()``)."""
+    from ._features import Neuron
 
-    tile = solver.get("tile") or default_tile()
+    tile = solver.get("tile") or Neuron(d=d).auto_tile()
     return min(N * M, tile)
 
 
@@ -302,14 +302,14 @@ def _particle_parts(config: dict, b: int) -> list[Part]:
                           ("solver.L", "data.n", "model.dim"), (L + 4) * N * d * b))
         if neuron:
             parts.append(Part("per-layer (N, M) temporaries", ("data.n", "solver.M", "solver.tile"),
-                              4 * _block(N, M, solver) * b))
+                              4 * _block(N, M, solver, model["dim"]) * b))
     else:
         extra = 12 * theta if solver["adjoint"] == "backsolve" else 0
         parts.append(Part("ODE solver states and checkpoints (N, d)",
                           ("data.n", "model.dim", "solver.adjoint"), 64 * N * d * b + extra))
         if neuron:
             parts.append(Part("per-stage (N, M) temporaries", ("data.n", "solver.M", "solver.tile"),
-                              8 * _block(N, M, solver) * b))
+                              8 * _block(N, M, solver, model["dim"]) * b))
     n_columns = 4 if train["l2"] > 0 else 2
     return parts + _data_parts(config, b) + _record_parts(config, theta, n_columns)
 

@@ -63,7 +63,7 @@ class AbstractSequenceBlock(AbstractFeatureMap):
         return self.token_map(z.reshape(self.tokens, self.token_dim), theta).reshape(-1)
 
     def blocks(self, N: int, M: int) -> tuple[int, int, int, int]:
-        tile = default_tile() if self.tile is None else self.tile
+        tile = self.auto_tile() if self.tile is None else self.tile
         n = self.tokens
         return grid_of_blocks(N, M, max(1, tile // (n * (n + self.token_dim))))
 

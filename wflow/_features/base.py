@@ -32,7 +32,9 @@ The shipped blocks (``Neuron``, ``Linear``) override ``field`` with fast
 kernels; ``generic_field`` is the generic path they are tested against.
 
 Memory: the default tile is 2^18 elements on CPUs (a block's intermediates stay
-in cache; benchmarks/README.md) and 2^24 on accelerators (fewer launches).
+in cache; benchmarks/README.md) and 2^24 on accelerators (fewer launches); a block
+whose cost per (z_i, theta_m) pair calls for other blocks overrides ``auto_tile``
+(``Neuron`` at small d on CPUs).
 """
 
 from __future__ import annotations
@@ -81,8 +83,8 @@ def grid_of_blocks(N: int, M: int, tile: int) -> tuple[int, int, int, int]:
     (``AbstractFeatureMap.blocks``). The particles are split into chunks of at most
     tile / min(N, BLOCK_ROWS) so that a block never shrinks to a few rows (with M >= tile,
     blocks of one row made a grid kernel 3-4x slower per pair: benchmarks/README.md)."""
-    Mc = min(M, max(1, tile // min(N, BLOCK_ROWS)))
-    nM = -(-M // Mc)
+    nM = -(-M // min(M, max(1, tile // min(N, BLOCK_ROWS))))
+    Mc = -(-M // nM)  # balanced: the last chunk's padding is under nM particles
     rows = max(1, tile // Mc)
     nN = -(-N // rows)
     return nN, -(-N // nN), nM, Mc
@@ -171,13 +173,17 @@ class AbstractFeatureMap(eqx.Module):
                                   "d), the embedding of its particles in a larger state "
                                   "dimension")
 
+    def auto_tile(self) -> int:
+        """The tile used when ``tile`` is None: ``default_tile()`` of the backend in use."""
+        return default_tile()
+
     def blocks(self, N: int, M: int) -> tuple[int, int, int, int]:
         """(n_N, N_c, n_M, M_c): the block grid of an (N, M) field call.
 
         M_c = min(M, tile // min(N, BLOCK_ROWS)) particles and N_c = ceil(N / n_N) rows
         with n_N the fewest chunks such that N_c M_c <= tile; (1, N, 1, M) when N M <= tile.
         """
-        return grid_of_blocks(N, M, default_tile() if self.tile is None else self.tile)
+        return grid_of_blocks(N, M, self.auto_tile() if self.tile is None else self.tile)
 
     def field_value(self, Z: jax.Array, Theta: jax.Array,
                     weights: jax.Array | None = None) -> jax.Array:

@@ -21,7 +21,9 @@ adjoint:
   poorly, while its GEMV runs at memory bandwidth. On other platforms JAX's VJP
   of the forward was measured 15-35% faster (H200), so each platform gets its best.
 
-Both run block by block (``tile``, ``AbstractFeatureMap.blocks``). Forward-mode
+Both run block by block (``tile``, ``AbstractFeatureMap.blocks``). On CPU the default
+block is larger at small d (``cpu_tile``): there the (M, N) passes run at memory
+bandwidth and the one-block path keeps the matrix-vector forward. Forward-mode
 (``jax.jvp``) is not available through ``field`` (it has a custom reverse
 rule); use ``field_value`` for that.
 """
@@ -36,9 +38,30 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._activations import Activation, get_activation
-from .base import AbstractFeatureMap, autodiff_block_vjp, blocked_value, blocked_vjp, mm
+from .base import (
+    TILE_CPU,
+    AbstractFeatureMap,
+    autodiff_block_vjp,
+    blocked_value,
+    blocked_vjp,
+    default_tile,
+    mm,
+)
 
 _SMALL_D = 8
+
+
+def cpu_tile(d: int) -> int:
+    """Neuron's default tile on CPU: 2^22 / d elements, at least 2^18 and at most 2^21.
+
+    Measured per training step (AMD EPYC, 2 cores, tanh; tiles 2^18 .. 2^21 in one process,
+    benchmarks/README.md, "A block's size follows d"): at d = 2 the step took 0.63 of its
+    2^18-tile time at 1024 x 2048 pairs (2^21 elements: one block), 0.68 at 2048 x 2048 and
+    0.64 at 4096 x 4096; d = 4 was fastest at 2^20 (0.71), d = 8 at 2^19 - 2^20 (0.90),
+    while d = 16 was 1.25x slower at 2^20 than at 2^18, its products being GEMMs that
+    want their output in cache.
+    """
+    return min(2**21, max(TILE_CPU, 2**22 // d))
 
 
 class Neuron(AbstractFeatureMap):
@@ -50,6 +73,10 @@ class Neuron(AbstractFeatureMap):
 
     def __check_init__(self):
         get_activation(self.activation, self.sharpness)  # raises on unknown names
+
+    def auto_tile(self) -> int:
+        """``cpu_tile(d)`` on CPU, the backend's ``default_tile()`` elsewhere."""
+        return cpu_tile(self.d) if jax.default_backend() == "cpu" else default_tile()
 
     @property
     def sigma(self) -> Activation:

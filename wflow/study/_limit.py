@@ -291,7 +291,7 @@ def member_bytes(setup: LimitSetup, L: int, M: int, D: int, reference: bool = Fa
     M = M + (setup.n_twins if reference else 0)
     return (memory_factor(setup.config["train"]["method"]) * L * M * setup.k(D) * item
             + 4.0 * L * N * D * (setup.tokens or 1) * item
-            + 8.0 * _block(N * (setup.tokens or 1), M, setup.config["solver"]) * item)
+            + 8.0 * _block(N * (setup.tokens or 1), M, setup.config["solver"], D) * item)
 
 
 def block_bytes(setup: LimitSetup, block: Block) -> float:
