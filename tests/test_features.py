@@ -259,7 +259,6 @@ def test_blocked_field_adjoint_and_probe_equal_the_unblocked_ones(d, N, M, tile,
 
 def test_blocks_respect_the_tile():
     from wflow._features import default_tile
-
     from wflow._features.neuron import cpu_tile
 
     assert default_tile("cpu") == 2**18 and default_tile("gpu") == 2**24

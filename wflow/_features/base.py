@@ -180,9 +180,9 @@ class AbstractFeatureMap(eqx.Module):
     def blocks(self, N: int, M: int) -> tuple[int, int, int, int]:
         """(n_N, N_c, n_M, M_c): the block grid of an (N, M) field call.
 
-        M_c = min(M, tile // min(N, BLOCK_ROWS)) particles and N_c = ceil(N / n_N) rows
-        with n_N the fewest chunks such that N_c M_c <= tile; (1, N, 1, M) when N M <= tile.
-        """
+        n_M = ceil(M / min(M, tile // min(N, BLOCK_ROWS))) balanced chunks of M_c = ceil(M / n_M)
+        particles and N_c = ceil(N / n_N) rows with n_N the fewest chunks such that
+        N_c M_c <= tile; (1, N, 1, M) when N M <= tile."""
         return grid_of_blocks(N, M, self.auto_tile() if self.tile is None else self.tile)
 
     def field_value(self, Z: jax.Array, Theta: jax.Array,

@@ -55,11 +55,11 @@ def cpu_tile(d: int) -> int:
     """Neuron's default tile on CPU: 2^22 / d elements, at least 2^18 and at most 2^21.
 
     Measured per training step (AMD EPYC, 2 cores, tanh; tiles 2^18 .. 2^21 in one process;
-    benchmarks/README.md, "A block's size follows d (2026-12-07)"): at d = 2 the step took 0.63 of its
-    2^18-tile time at 1024 x 2048 pairs (2^21 elements: one block), 0.68 at 2048 x 2048 and
-    0.64 at 4096 x 4096; d = 4 was fastest at 2^20 (0.71), d = 8 at 2^19 - 2^20 (0.90),
-    while d = 16 was 1.25x slower at 2^20 than at 2^18, its products being GEMMs that
-    want their output in cache.
+    benchmarks/README.md, "A block's size follows d (2026-12-07)"): at d = 2 the step took
+    0.63 of its 2^18-tile time at 1024 x 2048 pairs (2^21 elements: one block), 0.68 at
+    2048 x 2048 and 0.64 at 4096 x 4096; d = 4 was fastest at 2^20 (0.71), d = 8 at
+    2^19 - 2^20 (0.90), while d = 16 was 1.25x slower at 2^20 than at 2^18, its products
+    being GEMMs that want their output in cache.
     """
     return min(2**21, max(TILE_CPU, 2**22 // d))
 
