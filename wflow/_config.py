@@ -192,7 +192,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "split the N samples (`data`), the M particles of every slice (`particles`), or "
             "choose (`auto`)"),
         "tile": int_key(None, 1).describe("largest (N, M) block of one field call, in elements",
-                                          "2^18 on CPUs, 2^24 on GPUs"),
+                                          "on CPUs 2^22 / d within [2^18, 2^21] for `neuron` "
+                                          "(2^18 for other blocks), 2^24 on GPUs"),
     },
     "train": {
         "time": float_key(10.0, 0.0).describe(
