@@ -279,12 +279,13 @@ def _record_parts(config: dict, snapshot_bytes: int, n_columns: int) -> list[Par
     ]
 
 
-def _block(N: int, M: int, solver: dict, d: int) -> int:
-    """Elements of the largest (N, M) block the neuron kernel holds: it works in blocks of at
-    most ``solver.tile`` elements (default ``Neuron(d=d).auto_tile()``)."""
-    from ._features import Neuron
+def _block(N: int, M: int, solver: dict, d: int | None) -> int:
+    """Elements of the largest (N, M) block of a field call: the kernels work in blocks of at
+    most ``solver.tile`` elements (default: ``Neuron(d=d).auto_tile()`` for the neuron block
+    at state dimension d, ``default_tile()`` for other blocks, ``d = None``)."""
+    from ._features import Neuron, default_tile
 
-    tile = solver.get("tile") or Neuron(d=d).auto_tile()
+    tile = solver.get("tile") or (default_tile() if d is None else Neuron(d=d).auto_tile())
     return min(N * M, tile)
 
 

@@ -289,9 +289,11 @@ def member_bytes(setup: LimitSetup, L: int, M: int, D: int, reference: bool = Fa
     item = np.dtype(setup.dtype).itemsize
     N = setup.x.shape[0]
     M = M + (setup.n_twins if reference else 0)
+    neuron = setup.config["model"]["feature"] == "neuron" and not setup.tokens
     return (memory_factor(setup.config["train"]["method"]) * L * M * setup.k(D) * item
             + 4.0 * L * N * D * (setup.tokens or 1) * item
-            + 8.0 * _block(N * (setup.tokens or 1), M, setup.config["solver"], D) * item)
+            + 8.0 * _block(N * (setup.tokens or 1), M, setup.config["solver"],
+                           D if neuron else None) * item)
 
 
 def block_bytes(setup: LimitSetup, block: Block) -> float:
