@@ -162,6 +162,37 @@ def test_padded_batch_members_equal_separate_runs():
     assert np.all(theta[:, 0, 4:] == 0)
 
 
+def test_continuous_depth_batch_members_equal_separate_runs(monkeypatch):
+    """A continuous-depth batch runs its members one after another
+    (``ContinuousDepth.members_in_a_loop``): each member's history and particles equal its own
+    run's, and the vmapped batch's (float64, to round-off)."""
+    from wflow._depth import ContinuousDepth
+
+    rng = np.random.default_rng(3)
+    N, d, L, M, B = 6, 3, 3, 4, 3
+    x, y = rng.normal(size=(N, d)), rng.normal(size=(N, 1))
+    schedule = wflow.Schedule(time=0.3, dt=0.1, record_every=3, snapshots=2)
+    problem = wflow.Problem(wflow.Neuron(d=d), jnp.asarray(x), jnp.asarray(y))
+    depth = wflow.ContinuousDepth()
+    assert depth.members_in_a_loop and not wflow.LayeredDepth().members_in_a_loop
+    thetas = rng.normal(size=(L, B, M, problem.feature.k))
+    runs = [wflow.integrate(problem, depth, schedule, theta0=jnp.asarray(thetas[:, b]))
+            for b in range(B)]
+    batched = {}
+    for loop in (True, False):
+        monkeypatch.setattr(ContinuousDepth, "members_in_a_loop", property(lambda self: loop))
+        batched[loop] = wflow.integrate(problem, depth, schedule,
+                                        theta0=Batch(jnp.asarray(thetas), None, None))
+    for res in batched.values():
+        assert res.status == "complete" and res.history["loss"].shape == (2, B)
+        theta = np.asarray(res.state.measure.theta)
+        for b, run in enumerate(runs):
+            np.testing.assert_allclose(res.history["loss"][:, b], run.history["loss"],
+                                       rtol=1e-11)
+            np.testing.assert_allclose(theta[:, b], np.asarray(run.state.measure), rtol=1e-11,
+                                       atol=1e-13)
+
+
 # ----------------------------------------------------------------------------- fits
 
 

@@ -538,6 +538,10 @@ class ShardedDepth(DepthDiscretization):
     def n(self) -> int:
         return self.mesh.shape[AXIS]
 
+    @property
+    def members_in_a_loop(self) -> bool:
+        return self.inner.members_in_a_loop
+
     # --- the same discretization
     def weights(self, L, dtype=jnp.float32):
         return self.inner.weights(L, dtype)

@@ -48,6 +48,7 @@ from typing import ClassVar
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from .._flow import Flow, Measure, ParticleFlow
 
@@ -55,6 +56,30 @@ from .._flow import Flow, Measure, ParticleFlow
 ALL_QUANTITIES = ("loss", "prediction", "state", "particles", "weights")
 
 __all__ = ["Batch", "BatchFlow", "TwinParticleFlow", "WeightedParticleFlow", "forward_values"]
+
+
+def _in_a_loop(fn, in_axes, out_axes, args: tuple, B: int):
+    """``jax.vmap(fn, in_axes, out_axes)(*args)`` computed member after member: a
+    ``fori_loop`` writes member b's outputs into slice b of arrays allocated once (in place,
+    no stacked copy). Used where the discretization asks for it
+    (``DepthDiscretization.members_in_a_loop``)."""
+    none = lambda a: a is None
+
+    def member(b):
+        take = lambda ax, a: (a if ax is None or a is None
+                              else lax.dynamic_index_in_dim(a, b, ax, keepdims=False))
+        return jax.tree.map(take, in_axes, args, is_leaf=none)
+
+    shapes = jax.eval_shape(lambda: fn(*member(0)))
+    outs = out_axes if isinstance(out_axes, tuple) else jax.tree.map(lambda _: out_axes, shapes)
+    init = jax.tree.map(lambda ax, s: jnp.zeros(s.shape[:ax] + (B,) + s.shape[ax:], s.dtype),
+                        outs, shapes)
+
+    def body(b, acc):
+        return jax.tree.map(lambda ax, a, v: lax.dynamic_update_index_in_dim(a, v, b, ax),
+                            outs, acc, fn(*member(b)))
+
+    return lax.fori_loop(0, B, body, init)
 
 
 def forward_values(flow: Flow, measure) -> dict[str, jax.Array]:
@@ -183,6 +208,8 @@ class BatchFlow(Flow):
             outs = out_axes if isinstance(out_axes, tuple) else jax.tree.map(
                 lambda _: out_axes, out)
             return jax.tree.map(lambda ax, a: jnp.expand_dims(a, ax), outs, out)
+        if self.depth.members_in_a_loop:
+            return _in_a_loop(fn, in_axes, out_axes, (batch,) + args, batch.theta.shape[1])
         return jax.vmap(fn, in_axes=in_axes, out_axes=out_axes)(batch, *args)
 
     def step(self, method, batch, key, n, h):
