@@ -3,8 +3,11 @@
 A study trains many finite networks (shapes x repetitions). Runs of one
 compiled shape are stacked along a leading *member* axis and moved by
 ``BatchFlow``, which ``jax.vmap``s the ordinary particle step
-(``ParticleFlow.step``: the same kernel, the same methods) over the members;
-``integrate`` drives it like any other flow, so there is one time loop.
+(``ParticleFlow.step``: the same kernel, the same methods) over the members, or
+loops over them where the depth discretization asks for it
+(``members_in_a_loop``: continuous depth, whose adaptive solver vmap would run
+as one loop over the whole batch); ``integrate`` drives it like any other flow,
+so there is one time loop.
 
 Members may be *padded* so that different shapes share one compiled program:
 

@@ -41,7 +41,8 @@ measure, ``_particles``) and its random maps from stream r
 (``_problem.random_embedding``); the data are the config's, the same for all.
 
 Speed: runs of equal compiled shape are trained together as one ``Batch``
-(vmap over its members, ``integrate`` as the time loop), and shapes are padded
+(vmap over its members, or a loop over them in continuous depth; ``integrate``
+as the time loop), and shapes are padded
 onto a few compiled shapes (``plan``): zero-weight particles pad M, zero
 coordinates pad D (exact, see ``_batch``). The padding ladder minimizes an
 estimate of run time plus compile time; the batch size of a block is limited
