@@ -46,6 +46,26 @@ def old_package(rev: str) -> str:
     return folder
 
 
+def step_program(pkg, N: int, d: int, L: int, M: int):
+    """(step, theta): the jitted Euler step theta + 0.1 v (and the loss) of the package
+    ``pkg`` (``wflow`` or an old copy) at (N, d, L, M), and its particles (float32, seeded)."""
+    import jax
+    import jax.numpy as jnp
+
+    feat = pkg.Neuron(d=d)
+    x = jax.random.normal(jax.random.PRNGKey(0), (N, d), jnp.float32)
+    problem = pkg.Problem(feat, x, jnp.tanh(x[:, :1]))
+    theta = 0.5 * jax.random.normal(jax.random.PRNGKey(1), (L, M, feat.k), jnp.float32)
+    depth = pkg.LayeredDepth()
+
+    @jax.jit
+    def step(theta):
+        ev = depth.evaluate(problem, theta)
+        return theta + 0.1 * ev.velocity, ev.loss
+
+    return step, theta
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("rev", help="git revision of the old version (e.g. HEAD~10)")
@@ -59,25 +79,11 @@ def main() -> None:
 
     import wflow
 
-    def stepper(pkg, N, d, L, M):
-        feat = pkg.Neuron(d=d)
-        x = jax.random.normal(jax.random.PRNGKey(0), (N, d), jnp.float32)
-        problem = pkg.Problem(feat, x, jnp.tanh(x[:, :1]))
-        theta = 0.5 * jax.random.normal(jax.random.PRNGKey(1), (L, M, feat.k), jnp.float32)
-        depth = pkg.LayeredDepth()
-
-        @jax.jit
-        def step(theta):
-            ev = depth.evaluate(problem, theta)
-            return theta + 0.1 * ev.velocity, ev.loss
-
-        return step, theta
-
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, old = {args.rev}, "
           f"allocator: {ALLOCATOR}")
     for text in args.sizes:
         size = tuple(int(v) for v in text.split(","))
-        fns = {name: stepper(pkg, *size) for name, pkg in (("old", wflow_old), ("new", wflow))}
+        fns = {name: step_program(pkg, *size) for name, pkg in (("old", wflow_old), ("new", wflow))}
         outs = {n: jax.block_until_ready(f(t)) for n, (f, t) in fns.items()}
         diff = float(jnp.max(jnp.abs(outs["old"][0] - outs["new"][0])))
         times = {n: [] for n in fns}

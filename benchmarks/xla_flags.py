@@ -40,9 +40,8 @@ def child(sizes: list[str]) -> None:
     import time
 
     sys.path.insert(0, ROOT)
-    from _wflow_entry import allocator_policy
+    from ab_step import step_program  # sets the wflow command's allocator policy
 
-    allocator_policy()
     import jax
     import jax.numpy as jnp
 
@@ -51,17 +50,7 @@ def child(sizes: list[str]) -> None:
     out = {}
     for text in sizes:
         N, d, L, M = (int(v) for v in text.split(","))
-        feat = wflow.Neuron(d=d)
-        x = jax.random.normal(jax.random.PRNGKey(0), (N, d), jnp.float32)
-        problem = wflow.Problem(feat, x, jnp.tanh(x[:, :1]))
-        theta = 0.5 * jax.random.normal(jax.random.PRNGKey(1), (L, M, feat.k), jnp.float32)
-        depth = wflow.LayeredDepth()
-
-        @jax.jit
-        def step(theta, depth=depth, problem=problem):
-            ev = depth.evaluate(problem, theta)
-            return theta + 0.1 * ev.velocity, ev.loss
-
+        step, theta = step_program(wflow, N, d, L, M)
         first = jax.block_until_ready(step(theta))
         times = []
         r0 = resource.getrusage(resource.RUSAGE_SELF)
