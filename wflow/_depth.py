@@ -83,7 +83,8 @@ class DepthDiscretization(eqx.Module):
         """Whether independent runs trained side by side (a study's ``BatchFlow``) go through
         this discretization one member after another instead of under ``vmap``. False: a
         layered step is a few large kernels, which vmap batches well (a study's block of 32
-        runs at L = 8, M = 1024: 0.019 s a step vmapped, 0.032 s in a loop)."""
+        runs at L = 8, M = 1024: 0.023 s a step vmapped, 0.031 s in a loop;
+        benchmarks/README.md, "A continuous-depth batch in a loop (2026-12-07)")."""
         return False
 
     def weights(self, L: int, dtype=jnp.float32) -> jax.Array:
@@ -268,8 +269,8 @@ class ContinuousDepth(DepthDiscretization):
         """True: under vmap diffrax's adaptive while loop becomes one loop over the whole batch,
         stepping every member until the last one is done and selecting every carry at every
         step. A study's continuous-depth reference block (8 runs of M = 16384, N = 48, d = 2,
-        L = 8) took 3.71 s an Euler step vmapped and 2.14 s member by member, with identical
-        results (benchmarks/README.md, "Continuous-depth references")."""
+        L = 8) took 3.62 s an Euler step vmapped and 1.84 s member by member, with identical
+        results (benchmarks/README.md, "A continuous-depth batch in a loop (2026-12-07)")."""
         return True
 
     def times(self, L: int) -> jax.Array:
