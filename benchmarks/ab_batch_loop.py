@@ -1,11 +1,13 @@
 """A/B: a study block's training step with its members vmapped against one after another.
 
-    python benchmarks/ab_batch_loop.py [CONFIG] [--block reference|sweep] [--repeats 5]
+    python benchmarks/ab_batch_loop.py [CONFIG] [--block reference|sweep] [--method euler|adaptive]
+        [--repeats 5]
 
 Builds the first block of the study CONFIG (default ``study_continuous_reference.toml``,
 beside this script) as ``wflow study limit`` does (``plan``, ``make_batch``, the block's own
-depth discretization) and times, in one process and interleaved, one Euler step and the
-diagnostics of a record with ``members_in_a_loop`` forced off (vmap) and on (the loop). Prints
+depth discretization) and times, in one process and interleaved, one Euler step (or, with
+``--method adaptive``, the adaptive solve over ten steps' time, ``train.rtol``/``atol``) and
+the diagnostics of a record with ``members_in_a_loop`` forced off (vmap) and on (the loop). Prints
 the medians, their ratio, XLA's temporaries of each step program and the largest difference
 of their results (0 when the two orders of work give the same numbers).
 """
@@ -30,6 +32,7 @@ def main() -> None:
     ap.add_argument("config", nargs="?",
                     default=os.path.join(HERE, "study_continuous_reference.toml"))
     ap.add_argument("--block", choices=("reference", "sweep"), default="reference")
+    ap.add_argument("--method", choices=("euler", "adaptive"), default="euler")
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
 
@@ -61,7 +64,12 @@ def main() -> None:
     for name, loop in (("vmap", False), ("loop", True)):
         cls.members_in_a_loop = property(lambda self, v=loop: v)
         try:
-            step = jax.jit(lambda b: flow.step("euler", b, key, jnp.int32(0), h)[0].theta)
+            if args.method == "euler":
+                step = jax.jit(lambda b: flow.step("euler", b, key, jnp.int32(0), h)[0].theta)
+            else:
+                step = jax.jit(lambda b: flow.adaptive(b, 0.0 * h, 10 * h, h,
+                                                       config["train"]["rtol"],
+                                                       config["train"]["atol"])[0].theta)
             diag = jax.jit(lambda b: flow.diagnostics(b, 0.0))
             programs[name] = (step.lower(batch).compile(), diag.lower(batch).compile())
         finally:
@@ -81,7 +89,7 @@ def main() -> None:
                 times[n, part].append(time.perf_counter() - t0)
     for part in ("step", "diagnostics"):
         med = {n: statistics.median(times[n, part]) for n in programs}
-        print(f"{part}: vmap {med['vmap']:.3f} s, loop {med['loop']:.3f} s, loop/vmap "
+        print(f"{args.method if part == 'step' else part}: vmap {med['vmap']:.3f} s, loop {med['loop']:.3f} s, loop/vmap "
               f"{med['loop'] / med['vmap']:.2f}")
     for n, (s, _) in programs.items():
         stats = s.memory_analysis()
