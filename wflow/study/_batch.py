@@ -199,7 +199,9 @@ class BatchFlow(Flow):
             raise ValueError(f"a batch needs theta of shape (L, B, M, k) with k = {k}")
 
     def _vmap(self, fn, batch, *args, out_axes=0):
-        """vmap ``fn(member, *args)`` over the members (args batched on their leading axis)."""
+        """``fn(member, *args)`` over the members (args batched on their leading axis): one
+        unbatched call for a batch of one, a loop where ``depth.members_in_a_loop``, else
+        vmap."""
         axes = Batch(1, None if batch.weights is None else 1,
                      None if batch.embedding is None else 0, None if batch.readout is None else 0,
                      twins=batch.twins, quantities=batch.quantities)
@@ -208,7 +210,9 @@ class BatchFlow(Flow):
             # One member (a study's reference of one seed, the floor's tight rerun): call it
             # unbatched. vmap of a batch of one costs twice the unbatched call on a
             # continuous-depth solve (diffrax's while loop batched: 0.86 s against 0.44 s per
-            # evaluate at M = 16384, N = 48, L = 8 on 2 CPU cores).
+            # evaluate at M = 16384, N = 48, L = 8 on 2 CPU cores), and the loop below would
+            # allocate its outputs beside the donated input (the full sweep's layered
+            # reference is one member of 1.6 GB).
             out = fn(*_member(in_axes, (batch,) + args, 0))
             return jax.tree.map(lambda ax, a: jnp.expand_dims(a, ax), _axes_of(out_axes, out), out)
         if self.depth.members_in_a_loop:
