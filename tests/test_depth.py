@@ -488,3 +488,93 @@ def test_layered_backward_does_not_store_every_layers_activations():
     assert t64 - t16 <= 48 * per_layer_allowed, (t16, t64)
     # The peak is a fixed handful of one-layer (N, M) buffers (CPU: ~2, GPU: ~4), whatever L is.
     assert t64 <= 8 * N * M * 4, t64
+
+
+# --- the continuous-depth gradient from recorded steps (wflow/_rk_adjoint.py)
+
+_RECORDED_CASES = {
+    # name: (ContinuousDepth options, L, problem scale, weights and probes)
+    "tsit5-nodes": ({}, 8, 1.0, False),
+    "dopri5-tight": ({"solver": "dopri5", **TIGHT}, 3, 1.0, False),
+    "heun": ({"solver": "heun", "rtol": 1e-3, "atol": 1e-3}, 4, 1.0, False),
+    "bosh3-subdivide": ({"solver": "bosh3", "subdivide": 2}, 3, 2.0, True),
+    "dopri8-weights": ({"solver": "dopri8"}, 2, 1.0, True),  # slow: 14 stages to compile
+    "tsit5-one-slice": ({}, 1, 0.5, True),
+}
+
+
+def _recorded_steps(depth, problem, theta, x):
+    """(accepted steps, record capacity) of the recorded solve of ``final_state``."""
+    from wflow import _depth, _rk_adjoint
+
+    dyn, static = eqx.partition(problem.feature, eqx.is_inexact_array)
+    L = theta.shape[0]
+    solver, controller, t0, t1, vf = _depth._recorded_setup(depth, (static, problem.scale), x, L)
+    cap = _rk_adjoint.capacity(len(depth.step_ts(L, x.dtype)) if L > 1 else 0, depth.max_steps,
+                               (solver.tableau.num_stages + 1) * x.nbytes)
+    n = _rk_adjoint.recorded_solve(vf, solver, controller, t0, t1, x, (dyn, theta, None, None),
+                                   depth.max_steps, cap)[3]
+    return int(n), cap
+
+
+def _recorded_and_diffrax(depth, L, scale, weighted, seed=0):
+    """Value and gradient of <c, z(1)> in (Theta, x, weights, probes) through the recorded
+    reverse pass (``final_state``) and through diffrax's RecursiveCheckpointAdjoint."""
+    p0 = _random_problem("neuron", "tanh", True, seed=seed)
+    problem = wflow.Problem(p0.feature, p0.x, p0.y, scale=scale)
+    theta = _random_theta(problem, L=L, M=5, seed=seed + 1)
+    x = problem.embed(problem.x)
+    keys = jax.random.split(jax.random.PRNGKey(seed + 2), 3)
+    c = jax.random.normal(keys[0], x.shape)
+    weights = jax.nn.softmax(jax.random.normal(keys[1], (L, 5)), axis=1) if weighted else None
+    probes = 0.5 * jax.random.normal(keys[2], (L, 2, problem.feature.k)) if weighted else None
+    n, cap = _recorded_steps(depth, problem, theta, x)
+    out = {"steps": n, "capacity": cap}
+    for name, solve in (("recorded", depth.final_state), ("diffrax", depth._diffrax_final_state)):
+        def f(th, x, w, p, solve=solve):
+            return jnp.sum(c * solve(problem, th, x, w, p))
+        out[name] = jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2, 3)))(theta, x, weights, probes)
+    return out["recorded"], out["diffrax"], (out["steps"], out["capacity"])
+
+
+@pytest.mark.parametrize("case", [
+    pytest.param(c, marks=pytest.mark.slow) if c.startswith("dopri8") else c
+    for c in sorted(_RECORDED_CASES)])
+def test_recorded_gradient_is_diffrax_backprop(case):
+    """The reverse pass from recorded steps is the gradient diffrax's RecursiveCheckpointAdjoint
+    computes, to round-off (float64), and the forward value is diffrax's to the bit: explicit
+    solvers with and without FSAL, several steps per depth interval, a subdivided grid,
+    weights and probes, alpha != 1 and a single slice."""
+    options, L, scale, weighted = _RECORDED_CASES[case]
+    (v_rec, g_rec), (v_dfx, g_dfx), (steps, cap) = _recorded_and_diffrax(
+        wflow.ContinuousDepth(**options), L, scale, weighted)
+    assert steps <= cap  # the recorded reverse pass, not the fallback
+    assert float(v_rec) == float(v_dfx)
+    for a, b in zip(g_rec, g_dfx):
+        if b is None:
+            assert a is None
+            continue
+        assert float(jnp.max(jnp.abs(b))) > 0
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-14 * float(jnp.max(jnp.abs(b))))
+
+
+def test_recorded_steps_overflow_falls_back_to_diffrax(monkeypatch):
+    """A solve that accepts more steps than its record holds is differentiated by diffrax
+    (the same gradient); a failed solve (max_steps) gives NaN and a zero gradient, as
+    diffrax's does."""
+    from wflow import _rk_adjoint
+
+    depth = wflow.ContinuousDepth(solver="dopri5", **TIGHT)
+    (_, g_full), _, (steps, cap) = _recorded_and_diffrax(depth, 3, 1.0, False)
+    assert 2 < steps <= cap
+    monkeypatch.setattr(_rk_adjoint, "capacity", lambda *a: 2)
+    (v_rec, g_rec), (v_dfx, g_dfx), _ = _recorded_and_diffrax(depth, 3, 1.0, False)
+    assert float(v_rec) == float(v_dfx)
+    np.testing.assert_allclose(g_rec[0], g_dfx[0], rtol=1e-13)
+    np.testing.assert_allclose(g_rec[0], g_full[0], rtol=1e-11)
+    monkeypatch.undo()
+    (v_rec, g_rec), (v_dfx, g_dfx), _ = _recorded_and_diffrax(
+        wflow.ContinuousDepth(max_steps=3, **TIGHT), 3, 1.0, False)
+    assert np.isnan(float(v_rec)) and np.isnan(float(v_dfx))
+    for a, b in zip(g_rec[:2], g_dfx[:2]):
+        np.testing.assert_array_equal(a, b)

@@ -44,16 +44,26 @@ backwards; cheaper in memory, accurate to the solver tolerance).
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import diffrax
 import equinox as eqx
+import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 import optimistix as optx
 from jax import lax
 
+from . import _rk_adjoint
 from ._problem import Problem
+
+
+class _FieldView(NamedTuple):
+    """What ``slice_field`` reads of a ``Problem``: its feature map and residual scale."""
+
+    feature: object
+    scale: float
 
 
 class Evaluation(NamedTuple):
@@ -287,7 +297,14 @@ class ContinuousDepth(DepthDiscretization):
         return nodes.astype(dtype)
 
     def field(self, problem: Problem, Theta: jax.Array, t, z, weights=None, probes=None):
-        """F(z, t) = (1 - a) F_j(z) + a F_{j+1}(z), the piecewise-linear interpolant."""
+        """F(z, t) = (1 - a) F_j(z) + a F_{j+1}(z), the piecewise-linear interpolant.
+
+        Where a is exactly 0 or 1 (at a node, before t_0, after t_{L-1}) only the slice of
+        weight 1 is evaluated, through ``lax.cond``: the blend would add 0 x the other slice's
+        field, so the value is the same to the bit, and so is its gradient (diffrax stops
+        gradients through the step size, so t carries none). A step clipped to a node has
+        its last stages there: 33 of a forward solve's 61 evaluations at L = 8 (section
+        benchmarks/README.md, "The continuous-depth gradient from recorded steps (2026-12-07)")."""
         L = Theta.shape[0]
 
         def node(j):
@@ -299,7 +316,10 @@ class ContinuousDepth(DepthDiscretization):
         s = t * L - 0.5
         j = jnp.clip(jnp.floor(s), 0, L - 2).astype(jnp.int32)
         a = jnp.clip(s - j, 0.0, 1.0).astype(z.dtype)
-        return (1 - a) * node(j) + a * node(j + 1)
+        # under vmap: one slice only when every member's a is 0 or 1 (``_unbatched``)
+        return lax.cond(_unbatched_all((a == 0) | (a == 1)),
+                        lambda: node(j + (a == 1).astype(jnp.int32)),
+                        lambda: (1 - a) * node(j) + a * node(j + 1))
 
     def norm(self, y) -> jax.Array:
         """The step-size controller's error norm: diffrax's default RMS norm over all of ``y``.
@@ -311,16 +331,34 @@ class ContinuousDepth(DepthDiscretization):
         """
         return optx.rms_norm(y)
 
+    def _controller(self, L: int, dtype):
+        controller = diffrax.PIDController(rtol=self.rtol, atol=self.atol, norm=self.norm)
+        if L > 1:
+            controller = diffrax.ClipStepSizeController(controller,
+                                                        step_ts=self.step_ts(L, dtype))
+        return controller
+
     def final_state(self, problem, Theta, x, weights=None, probes=None):
+        """z(1) for z(0) = x. With ``adjoint = "checkpoint"`` and an explicit Runge-Kutta
+        solver its gradient comes from the recorded steps (``_rk_adjoint``), otherwise from
+        diffrax's adjoint."""
+        feature_dyn, feature_static = eqx.partition(problem.feature, eqx.is_inexact_array)
+        if (self.adjoint == "checkpoint"
+                and _rk_adjoint.explicit_tableau(ODE_SOLVERS[self.solver]()) is not None
+                and not any(eqx.is_array(leaf)
+                            for leaf in jax.tree_util.tree_leaves(feature_static))):
+            return _recorded_final_state(self, (feature_static, problem.scale), feature_dyn,
+                                         Theta, x, weights, probes)
+        return self._diffrax_final_state(problem, Theta, x, weights, probes)
+
+    def _diffrax_final_state(self, problem, Theta, x, weights=None, probes=None):
+        """z(1) by ``diffrax.diffeqsolve``, differentiated by diffrax's own adjoint."""
         L = Theta.shape[0]
         term = diffrax.ODETerm(lambda t, z, args: self.field(problem, args[0], t, z, *args[1:]))
-        controller = diffrax.PIDController(rtol=self.rtol, atol=self.atol, norm=self.norm)
+        controller = self._controller(L, x.dtype)
         # Depth times in the state's dtype: Python floats would make diffrax promote a
         # float32 state to float64 whenever jax_enable_x64 is on.
         t0, t1 = jnp.zeros((), x.dtype), jnp.ones((), x.dtype)
-        if L > 1:
-            controller = diffrax.ClipStepSizeController(controller,
-                                                        step_ts=self.step_ts(L, x.dtype))
         adjoint = (diffrax.RecursiveCheckpointAdjoint() if self.adjoint == "checkpoint"
                    else diffrax.BacksolveAdjoint(stepsize_controller=controller))
         sol = diffrax.diffeqsolve(
@@ -340,16 +378,124 @@ class ContinuousDepth(DepthDiscretization):
         L = Theta.shape[0]
         ts = jnp.linspace(0.0, 1.0, 65 if n is None else n, dtype=z0.dtype)
         term = diffrax.ODETerm(lambda t, z, args: self.field(problem, args[0], t, z, args[1]))
-        controller = diffrax.PIDController(rtol=self.rtol, atol=self.atol, norm=self.norm)
-        if L > 1:
-            controller = diffrax.ClipStepSizeController(controller,
-                                                        step_ts=self.step_ts(L, z0.dtype))
+        controller = self._controller(L, z0.dtype)
         sol = diffrax.diffeqsolve(
             term, ODE_SOLVERS[self.solver](), t0=ts[0], t1=ts[-1], dt0=None, y0=z0,
             args=(Theta, weights), stepsize_controller=controller, max_steps=self.max_steps,
             saveat=diffrax.SaveAt(ts=ts), adjoint=diffrax.ForwardMode(), throw=False)
         ok = sol.result == diffrax.RESULTS.successful
         return ts, jnp.where(ok, sol.ys, jnp.nan)
+
+
+def _unbatched_all(pred):
+    """``pred`` of every member of a vmapped batch, as one unbatched bool (``pred`` itself
+    outside vmap), so that a ``lax.cond`` on it stays a branch under vmap instead of
+    becoming a select that computes both sides."""
+    return eqxi.unvmap_all(pred)
+
+
+def _recorded_setup(depth: ContinuousDepth, static, x, L: int):
+    """The solver, its controller, t0 = 0, t1 = 1 and the vector field of (t, z, args) with
+    args = (feature_dyn, Theta, weights, probes), for a recorded solve."""
+    feature_static, scale = static
+
+    def vf(t, z, args):
+        fd, Th, w, p = args
+        return depth.field(_FieldView(eqx.combine(fd, feature_static), scale), Th, t, z, w, p)
+
+    t0, t1 = jnp.zeros((), x.dtype), jnp.ones((), x.dtype)
+    return ODE_SOLVERS[depth.solver](), depth._controller(L, x.dtype), t0, t1, vf
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _recorded_final_state(depth, static, feature_dyn, Theta, x, weights, probes):
+    """z(1) as ``ContinuousDepth._diffrax_final_state`` computes it, its reverse pass from the
+    recorded steps (``_rk_adjoint``); ``static`` = (the feature map's static part, alpha).
+    Undifferentiated it is diffeqsolve's solve; differentiated, the recording loop, which
+    takes the same steps to the same values to the bit (tests/test_depth.py)."""
+    feature_static, scale = static
+    view = _FieldView(eqx.combine(feature_dyn, feature_static), scale)
+    return depth._diffrax_final_state(view, Theta, x, weights, probes)
+
+
+def _recorded_fwd(depth, static, feature_dyn, Theta, x, weights, probes):
+    L = Theta.shape[0]
+    solver, controller, t0, t1, vf = _recorded_setup(depth, static, x, L)
+    S = solver.tableau.num_stages
+    cap = _rk_adjoint.capacity(len(depth.step_ts(L, x.dtype)) if L > 1 else 0,
+                               depth.max_steps, (S + 1) * x.size * x.dtype.itemsize)
+    args = (feature_dyn, Theta, weights, probes)
+    y1, ok, record, n, overflow = _rk_adjoint.recorded_solve(
+        vf, solver, controller, t0, t1, x, args, depth.max_steps, cap)
+    # A failed solve (max_steps hit) yields NaN, which the time loop reports as divergence.
+    return jnp.where(ok, y1, jnp.nan), (record, n, overflow, ok, args, x)
+
+
+def _recorded_bwd(depth, static, residuals, g):
+    record, n, overflow, ok, args, x = residuals
+    feature_dyn, Theta, weights, probes = args
+    feature_static, scale = static
+    L = Theta.shape[0]
+    lam = jnp.where(ok, g, 0)
+
+    def node(fd, z, th, w, p):
+        return slice_field(_FieldView(eqx.combine(fd, feature_static), scale), z, th, w, p)
+
+    def by_diffrax():  # more accepted steps than the record holds
+        def solve(fd, Th, x, w, p):
+            view = _FieldView(eqx.combine(fd, feature_static), scale)
+            return depth._diffrax_final_state(view, Th, x, w, p)
+        return jax.vjp(solve, feature_dyn, Theta, x, weights, probes)[1](lam)
+
+    def stage_vjp(t, Y, ct, acc):
+        """The VJP of F(t, .) at Y (``ContinuousDepth.field``), its parameter cotangents
+        added into the one or two slices it reads."""
+        if L == 1:
+            j, jB, a = jnp.int32(0), jnp.int32(0), jnp.zeros((), Y.dtype)
+        else:
+            s = t * L - 0.5
+            j = jnp.clip(jnp.floor(s), 0, L - 2).astype(jnp.int32)
+            a = jnp.clip(s - j, 0.0, 1.0).astype(Y.dtype)
+            jB = j + 1
+        at = lambda A, i: None if A is None else lax.dynamic_index_in_dim(A, i, keepdims=False)
+        pairs = [(at(A, j), at(A, jB)) for A in (Theta, weights, probes)]
+
+        def one():  # a = 0 or 1: the slice of weight 1 alone, as ``field`` computes it
+            pick = [None if A is None else jnp.where(a == 1, B, A) for A, B in pairs]
+            dfd, dz, *d = jax.vjp(node, feature_dyn, Y, *pick)[1](ct)
+            first = tuple(None if v is None else jnp.where(a == 1, 0, v) for v in d)
+            second = tuple(None if v is None else jnp.where(a == 1, v, 0) for v in d)
+            return dfd, dz, first, second
+
+        def blend():
+            def f(fd, z, thA, thB, wA, wB, pA, pB):
+                return (1 - a) * node(fd, z, thA, wA, pA) + a * node(fd, z, thB, wB, pB)
+            (thA, thB), (wA, wB), (pA, pB) = pairs
+            dfd, dz, dthA, dthB, dwA, dwB, dpA, dpB = jax.vjp(
+                f, feature_dyn, Y, thA, thB, wA, wB, pA, pB)[1](ct)
+            return dfd, dz, (dthA, dwA, dpA), (dthB, dwB, dpB)
+
+        dfd, dz, first, second = (one() if L == 1
+                                  else lax.cond(_unbatched_all((a == 0) | (a == 1)), one, blend))
+        fd_acc, *arrays = acc
+        fd_acc = jax.tree_util.tree_map(jnp.add, fd_acc, dfd)
+        arrays = [None if A is None else (A.at[j].add(dA) if L == 1
+                                          else A.at[j].add(dA).at[jB].add(dB))
+                  for A, dA, dB in zip(arrays, first, second)]
+        return dz, (fd_acc, *arrays)
+
+    def recorded():
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, (feature_dyn, Theta, weights, probes))
+        tableau = ODE_SOLVERS[depth.solver]().tableau
+        dx, (dfd, dTh, dw, dp) = _rk_adjoint.reverse_pass(stage_vjp, tableau, record, n, lam,
+                                                          zeros)
+        return dfd, dTh, dx, dw, dp
+
+    # under vmap: diffrax's reverse pass for all members only when one of them overflowed
+    return lax.cond(eqxi.unvmap_any(overflow), by_diffrax, recorded)
+
+
+_recorded_final_state.defvjp(_recorded_fwd, _recorded_bwd)
 
 
 DEPTHS = ("layers", "continuous")
