@@ -27,6 +27,22 @@ from _wflow_entry import allocator_policy
 ALLOCATOR = allocator_policy()
 
 
+def study_block(path: str, reference: bool = True):
+    """(config, setup, block, problem, batch, depth) of the study ``path``'s first reference
+    block (or first other block) as ``wflow study limit`` builds it: ``plan``, ``make_batch``
+    and the block's own depth discretization."""
+    import wflow
+    from wflow.study._keys import resolve_limit
+    from wflow.study._limit import build_limit, make_batch, plan
+
+    config = wflow.load_config(path)
+    setup = build_limit(config, resolve_limit(config))
+    block = next(b for b in plan(setup) if b.reference == reference)
+    problem, batch = make_batch(setup, block)
+    depth = setup.reference_depth() if block.reference else setup.depth
+    return config, setup, block, problem, batch, depth
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("config", nargs="?",
@@ -40,16 +56,10 @@ def main() -> None:
     import jax
     import jax.numpy as jnp
 
-    import wflow
     from wflow._flow import make_flow
-    from wflow.study._keys import resolve_limit
-    from wflow.study._limit import build_limit, make_batch, plan
 
-    config = wflow.load_config(args.config)
-    setup = build_limit(config, resolve_limit(config))
-    block = next(b for b in plan(setup) if b.reference == (args.block == "reference"))
-    problem, batch = make_batch(setup, block)
-    depth = setup.reference_depth() if block.reference else setup.depth
+    config, setup, block, problem, batch, depth = study_block(args.config,
+                                                              args.block == "reference")
     flow = make_flow(problem, depth, batch, setup.regularization)
     flow = eqx.tree_at(lambda f: f.problem, flow, problem.astype(batch.theta.dtype))
     h = jnp.asarray(config["train"]["dt"], batch.theta.dtype)

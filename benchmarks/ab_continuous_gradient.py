@@ -3,13 +3,13 @@
     python benchmarks/ab_continuous_gradient.py [CONFIG] [--repeats 15]
 
 Builds the reference block of the study CONFIG (default ``study_continuous_reference.toml``,
-beside this script) as ``wflow study limit`` does, takes its first member (one seed's
-reference measure in continuous depth) and times, in one process and interleaved, the forward
-solve z(1) and the value and gradient of the training loss, through
+beside this script) as ``wflow study limit`` does (``ab_batch_loop.study_block``), takes its
+first member (one seed's reference measure in continuous depth) and times, in one process and
+interleaved, the forward solve z(1) and the value and gradient of the training loss, through
 ``ContinuousDepth.final_state`` (the reverse pass from recorded steps, ``wflow/_rk_adjoint.py``)
 and through ``ContinuousDepth._diffrax_final_state`` (diffrax's RecursiveCheckpointAdjoint).
-Prints the medians, their ratios, the accepted steps and the largest differences (the forward
-values are the same to the bit; the gradients differ by round-off).
+Prints the medians, their ratios and the largest differences (the forward values are the same
+to the bit; the gradients differ by round-off).
 """
 
 from __future__ import annotations
@@ -37,15 +37,9 @@ def main() -> None:
     import jax
     import jax.numpy as jnp
 
-    import wflow
-    from wflow.study._keys import resolve_limit
-    from wflow.study._limit import build_limit, make_batch, plan
+    from ab_batch_loop import study_block
 
-    config = wflow.load_config(args.config)
-    setup = build_limit(config, resolve_limit(config))
-    block = next(b for b in plan(setup) if b.reference)
-    problem, batch = make_batch(setup, block)
-    depth = setup.reference_depth()
+    _, _, block, problem, batch, depth = study_block(args.config)
     problem = problem.astype(batch.theta.dtype)
     theta = batch.theta[:, 0]
     x = problem.embed(problem.x)
