@@ -42,8 +42,9 @@ import numpy as np
 from diffrax._term import WrapTerm  # what diffeqsolve wraps its terms in
 from jax import lax
 
-# Bytes the record of one solve may take before ``capacity`` stops growing with the depth grid.
-RECORD_BYTES = 2**25
+# Bytes the record of one solve may take: a larger state gets fewer steps, and a state whose
+# solve does not fit is differentiated by diffrax's adjoint (as before the record existed).
+RECORD_BYTES = 2**26
 
 
 def explicit_tableau(solver) -> diffrax.ButcherTableau | None:
@@ -57,10 +58,10 @@ def explicit_tableau(solver) -> diffrax.ButcherTableau | None:
 
 def capacity(n_step_ts: int, max_steps: int, step_bytes: int) -> int:
     """Steps a record holds: 4 per interval of the depth grid and 16 more (a solve whose
-    tolerances never bind takes one per interval), at most ``max_steps`` and, when that is
-    larger than 64 steps, at most ``RECORD_BYTES`` in all."""
+    tolerances never bind takes one per interval), at most ``max_steps`` and at most
+    ``RECORD_BYTES`` in all (at least one step)."""
     want = 4 * (n_step_ts + 1) + 16
-    fit = max(64, RECORD_BYTES // max(step_bytes, 1))
+    fit = RECORD_BYTES // max(step_bytes, 1)
     return int(max(1, min(want, fit, max_steps)))
 
 
