@@ -306,20 +306,18 @@ class ContinuousDepth(DepthDiscretization):
         its last stages there: 33 of a forward solve's 61 evaluations at L = 8 (section
         benchmarks/README.md, "The continuous-depth gradient from recorded steps (2026-12-07)")."""
         L = Theta.shape[0]
-
-        def node(j):
-            at = lambda a: None if a is None else lax.dynamic_index_in_dim(a, j, keepdims=False)
-            return slice_field(problem, z, at(Theta), at(weights), at(probes))
-
         if L == 1:
-            return node(0)
+            return slice_field(problem, z, Theta[0], *(None if a is None else a[0]
+                                                       for a in (weights, probes)))
+        j, a = self.interval(L, t, z.dtype)
+        return _blend(problem, z, a, _pair(j, Theta, weights, probes))
+
+    def interval(self, L: int, t, dtype):
+        """(j, a) with F(z, t) = (1 - a) F_j(z) + a F_{j+1}(z), for L >= 2: t between the
+        nodes t_j and t_{j+1}, a clipped to [0, 1] before t_0 and after t_{L-1}."""
         s = t * L - 0.5
         j = jnp.clip(jnp.floor(s), 0, L - 2).astype(jnp.int32)
-        a = jnp.clip(s - j, 0.0, 1.0).astype(z.dtype)
-        # under vmap: one slice only when every member's a is 0 or 1 (``_unbatched``)
-        return lax.cond(_unbatched_all((a == 0) | (a == 1)),
-                        lambda: node(j + (a == 1).astype(jnp.int32)),
-                        lambda: (1 - a) * node(j) + a * node(j + 1))
+        return j, jnp.clip(s - j, 0.0, 1.0).astype(dtype)
 
     def norm(self, y) -> jax.Array:
         """The step-size controller's error norm: diffrax's default RMS norm over all of ``y``.
@@ -387,21 +385,42 @@ class ContinuousDepth(DepthDiscretization):
         return ts, jnp.where(ok, sol.ys, jnp.nan)
 
 
-def _unbatched_all(pred):
-    """``pred`` of every member of a vmapped batch, as one unbatched bool (``pred`` itself
-    outside vmap), so that a ``lax.cond`` on it stays a branch under vmap instead of
-    becoming a select that computes both sides."""
-    return eqxi.unvmap_all(pred)
+def _pair(j, *arrays):
+    """Slices j and j + 1 of each (L, ...) array, stacked (2, ...); None stays None."""
+    return tuple(None if A is None else lax.dynamic_slice_in_dim(A, j, 2) for A in arrays)
+
+
+def _blend(problem, z, a, pair):
+    """(1 - a) F_A(z) + a F_B(z) for ``pair`` = (Theta, weights, probes), each (2, ...) or None.
+
+    Where a is 0 or 1 only the slice of weight 1 is evaluated (``ContinuousDepth.field``).
+    Under vmap the predicate is taken over every member (``eqxi.unvmap_all``), so that the
+    ``lax.cond`` stays a branch instead of a select that computes both sides.
+    """
+    def one():
+        i = (a == 1).astype(jnp.int32)
+        return slice_field(problem, z, *(None if A is None else A[i] for A in pair))
+
+    def both():
+        F = [slice_field(problem, z, *(None if A is None else A[i] for A in pair)) for i in (0, 1)]
+        return (1 - a) * F[0] + a * F[1]
+
+    return lax.cond(eqxi.unvmap_all((a == 0) | (a == 1)), one, both)
+
+
+def _view(static, feature_dyn) -> _FieldView:
+    """The feature map and alpha of a recorded solve, from ``static`` = (the feature map's
+    static part, alpha) and its arrays."""
+    feature_static, scale = static
+    return _FieldView(eqx.combine(feature_dyn, feature_static), scale)
 
 
 def _recorded_setup(depth: ContinuousDepth, static, x, L: int):
     """The solver, its controller, t0 = 0, t1 = 1 and the vector field of (t, z, args) with
     args = (feature_dyn, Theta, weights, probes), for a recorded solve."""
-    feature_static, scale = static
-
     def vf(t, z, args):
         fd, Th, w, p = args
-        return depth.field(_FieldView(eqx.combine(fd, feature_static), scale), Th, t, z, w, p)
+        return depth.field(_view(static, fd), Th, t, z, w, p)
 
     t0, t1 = jnp.zeros((), x.dtype), jnp.ones((), x.dtype)
     return ODE_SOLVERS[depth.solver](), depth._controller(L, x.dtype), t0, t1, vf
@@ -413,9 +432,7 @@ def _recorded_final_state(depth, static, feature_dyn, Theta, x, weights, probes)
     recorded steps (``_rk_adjoint``); ``static`` = (the feature map's static part, alpha).
     Undifferentiated it is diffeqsolve's solve; differentiated, the recording loop, which
     takes the same steps to the same values to the bit (tests/test_depth.py)."""
-    feature_static, scale = static
-    view = _FieldView(eqx.combine(feature_dyn, feature_static), scale)
-    return depth._diffrax_final_state(view, Theta, x, weights, probes)
+    return depth._diffrax_final_state(_view(static, feature_dyn), Theta, x, weights, probes)
 
 
 def _recorded_fwd(depth, static, feature_dyn, Theta, x, weights, probes):
@@ -434,55 +451,33 @@ def _recorded_fwd(depth, static, feature_dyn, Theta, x, weights, probes):
 def _recorded_bwd(depth, static, residuals, g):
     record, n, overflow, ok, args, x = residuals
     feature_dyn, Theta, weights, probes = args
-    feature_static, scale = static
     L = Theta.shape[0]
     lam = jnp.where(ok, g, 0)
 
-    def node(fd, z, th, w, p):
-        return slice_field(_FieldView(eqx.combine(fd, feature_static), scale), z, th, w, p)
-
     def by_diffrax():  # more accepted steps than the record holds
         def solve(fd, Th, x, w, p):
-            view = _FieldView(eqx.combine(fd, feature_static), scale)
-            return depth._diffrax_final_state(view, Th, x, w, p)
+            return depth._diffrax_final_state(_view(static, fd), Th, x, w, p)
         return jax.vjp(solve, feature_dyn, Theta, x, weights, probes)[1](lam)
 
     def stage_vjp(t, Y, ct, acc):
-        """The VJP of F(t, .) at Y (``ContinuousDepth.field``), its parameter cotangents
-        added into the one or two slices it reads."""
-        if L == 1:
-            j, jB, a = jnp.int32(0), jnp.int32(0), jnp.zeros((), Y.dtype)
-        else:
-            s = t * L - 0.5
-            j = jnp.clip(jnp.floor(s), 0, L - 2).astype(jnp.int32)
-            a = jnp.clip(s - j, 0.0, 1.0).astype(Y.dtype)
-            jB = j + 1
-        at = lambda A, i: None if A is None else lax.dynamic_index_in_dim(A, i, keepdims=False)
-        pairs = [(at(A, j), at(A, jB)) for A in (Theta, weights, probes)]
+        """The VJP of F(t, .) at Y (``ContinuousDepth.field``) with respect to the state and
+        the two slices it reads, their cotangents added into those slices."""
+        j, a = depth.interval(L, t, Y.dtype) if L > 1 else (0, jnp.zeros((), Y.dtype))
+        # for L = 1 the pair is slice 0 twice, of which a = 0 reads the first
+        arrays = (Theta, weights, probes)
+        pair = (_pair(j, *arrays) if L > 1
+                else tuple(None if A is None else jnp.concatenate([A, A]) for A in arrays))
+        dfd, dz, dpair = jax.vjp(lambda fd, z, pair: _blend(_view(static, fd), z, a, pair),
+                                 feature_dyn, Y, pair)[1](ct)
+        fd_acc, *accs = acc
 
-        def one():  # a = 0 or 1: the slice of weight 1 alone, as ``field`` computes it
-            pick = [None if A is None else jnp.where(a == 1, B, A) for A, B in pairs]
-            dfd, dz, *d = jax.vjp(node, feature_dyn, Y, *pick)[1](ct)
-            first = tuple(None if v is None else jnp.where(a == 1, 0, v) for v in d)
-            second = tuple(None if v is None else jnp.where(a == 1, v, 0) for v in d)
-            return dfd, dz, first, second
-
-        def blend():
-            def f(fd, z, thA, thB, wA, wB, pA, pB):
-                return (1 - a) * node(fd, z, thA, wA, pA) + a * node(fd, z, thB, wB, pB)
-            (thA, thB), (wA, wB), (pA, pB) = pairs
-            dfd, dz, dthA, dthB, dwA, dwB, dpA, dpB = jax.vjp(
-                f, feature_dyn, Y, thA, thB, wA, wB, pA, pB)[1](ct)
-            return dfd, dz, (dthA, dwA, dpA), (dthB, dwB, dpB)
-
-        dfd, dz, first, second = (one() if L == 1
-                                  else lax.cond(_unbatched_all((a == 0) | (a == 1)), one, blend))
-        fd_acc, *arrays = acc
-        fd_acc = jax.tree_util.tree_map(jnp.add, fd_acc, dfd)
-        arrays = [None if A is None else (A.at[j].add(dA) if L == 1
-                                          else A.at[j].add(dA).at[jB].add(dB))
-                  for A, dA, dB in zip(arrays, first, second)]
-        return dz, (fd_acc, *arrays)
+        def add(A, dA):
+            if L == 1:
+                return A + dA[:1] + dA[1:]
+            return lax.dynamic_update_slice_in_dim(A, lax.dynamic_slice_in_dim(A, j, 2) + dA,
+                                                   j, 0)
+        accs = [None if A is None else add(A, dA) for A, dA in zip(accs, dpair)]
+        return dz, (jax.tree_util.tree_map(jnp.add, fd_acc, dfd), *accs)
 
     def recorded():
         zeros = jax.tree_util.tree_map(jnp.zeros_like, (feature_dyn, Theta, weights, probes))
