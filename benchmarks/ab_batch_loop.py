@@ -15,6 +15,7 @@ of their results (0 when the two orders of work give the same numbers).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -41,6 +42,20 @@ def study_block(path: str, reference: bool = True):
     problem, batch = make_batch(setup, block)
     depth = setup.reference_depth() if block.reference else setup.depth
     return config, setup, block, problem, batch, depth
+
+
+def interleaved_medians(calls: dict, repeats: int) -> dict:
+    """The median seconds of each zero-argument call in ``calls``, all of them called once per
+    round, ``repeats`` rounds (interleaved: the VM's slow phases hit every call alike)."""
+    import jax
+
+    times = {key: [] for key in calls}
+    for _ in range(repeats):
+        for key, call in calls.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(call())
+            times[key].append(time.perf_counter() - t0)
+    return {key: statistics.median(ts) for key, ts in times.items()}
 
 
 def main() -> None:
@@ -90,15 +105,11 @@ def main() -> None:
     outs = {n: jax.block_until_ready((s(batch), d(batch))) for n, (s, d) in programs.items()}
     diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in
                zip(jax.tree.leaves(outs["vmap"]), jax.tree.leaves(outs["loop"]), strict=True))
-    times = {(n, part): [] for n in programs for part in ("step", "diagnostics")}
-    for _ in range(args.repeats):
-        for n, fns in programs.items():
-            for part, fn in zip(("step", "diagnostics"), fns, strict=True):
-                t0 = time.perf_counter()
-                jax.block_until_ready(fn(batch))
-                times[n, part].append(time.perf_counter() - t0)
+    medians = interleaved_medians(
+        {(n, part): functools.partial(fn, batch) for n, fns in programs.items()
+         for part, fn in zip(("step", "diagnostics"), fns, strict=True)}, args.repeats)
     for part in ("step", "diagnostics"):
-        med = {n: statistics.median(times[n, part]) for n in programs}
+        med = {n: medians[n, part] for n in programs}
         print(f"{args.method if part == 'step' else part}: vmap {med['vmap']:.3f} s, loop {med['loop']:.3f} s, loop/vmap "
               f"{med['loop'] / med['vmap']:.2f}")
     for n, (s, _) in programs.items():

@@ -15,10 +15,9 @@ to the bit; the gradients differ by round-off).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
-import statistics
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -37,7 +36,7 @@ def main() -> None:
     import jax
     import jax.numpy as jnp
 
-    from ab_batch_loop import study_block
+    from ab_batch_loop import interleaved_medians, study_block
 
     _, _, block, problem, batch, depth = study_block(args.config)
     problem = problem.astype(batch.theta.dtype)
@@ -56,15 +55,11 @@ def main() -> None:
         }
     outs = {n: {p: jax.block_until_ready(f(theta)) for p, f in fs.items()}
             for n, fs in programs.items()}
-    times = {(n, p): [] for n in programs for p in ("forward", "gradient")}
-    for _ in range(args.repeats):
-        for n, fs in programs.items():
-            for p, f in fs.items():
-                t0 = time.perf_counter()
-                jax.block_until_ready(f(theta))
-                times[n, p].append(time.perf_counter() - t0)
+    medians = interleaved_medians({(n, p): functools.partial(f, theta)
+                                   for n, fs in programs.items() for p, f in fs.items()},
+                                  args.repeats)
     for p in ("forward", "gradient"):
-        med = {n: statistics.median(times[n, p]) for n in programs}
+        med = {n: medians[n, p] for n in programs}
         print(f"{p}: diffrax {1e3 * med['diffrax']:.1f} ms, recorded {1e3 * med['recorded']:.1f} "
               f"ms, recorded/diffrax {med['recorded'] / med['diffrax']:.2f}")
     fwd = float(jnp.max(jnp.abs(outs["diffrax"]["forward"] - outs["recorded"]["forward"])))
