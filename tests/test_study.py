@@ -193,6 +193,25 @@ def test_continuous_depth_batch_members_equal_separate_runs(monkeypatch):
                                        atol=1e-13)
 
 
+def test_members_in_a_loop_trace_one_member_once():
+    """``_in_a_loop`` (the members of a batch one after another) traces the member's function
+    once: its output shapes and the loop's body share one trace (jit's cache); the loop
+    writes member b's outputs into slice b of the out axis."""
+    from wflow.study._batch import _in_a_loop
+
+    traces = []
+
+    def fn(a, c):
+        traces.append(1)
+        return jnp.sum(a * c), 2.0 * a
+
+    a = jnp.arange(12.0).reshape(2, 3, 2)  # members on axis 1
+    total, twice = jax.jit(lambda a: _in_a_loop(fn, (1, None), (0, 1), (a, 3.0), 3))(a)
+    assert len(traces) == 1
+    np.testing.assert_array_equal(twice, 2.0 * a)
+    np.testing.assert_array_equal(total, 3.0 * jnp.sum(a, axis=(0, 2)))
+
+
 # ----------------------------------------------------------------------------- fits
 
 

@@ -396,7 +396,29 @@ def _blend(problem, z, a, pair):
     Where a is 0 or 1 only the slice of weight 1 is evaluated (``ContinuousDepth.field``).
     Under vmap the predicate is taken over every member (``eqxi.unvmap_all``), so that the
     ``lax.cond`` stays a branch instead of a select that computes both sides.
+
+    Traced once per shape: a solve evaluates the field at every stage, diffrax's adjoint
+    and the recorded reverse pass again at every stage, each a trace of the feature map and
+    its VJP. Through one ``jax.jit`` (``_blend_once``) those calls reuse the first trace
+    (benchmarks/README.md, "Tracing a continuous-depth step (2026-12-07)"); XLA inlines the
+    call, so the values are the same to the bit. A feature map whose static part cannot be
+    hashed (a user's block holding a list, say) is traced at every call, as before.
     """
+    feature_dyn, feature_static = eqx.partition(problem.feature, eqx.is_inexact_array)
+    static = (feature_static, problem.scale)
+    try:
+        hash(static)
+    except TypeError:
+        return _blend_body(problem, z, a, pair)
+    return _blend_once(static, feature_dyn, z, a, pair)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _blend_once(static, feature_dyn, z, a, pair):
+    return _blend_body(_view(static, feature_dyn), z, a, pair)
+
+
+def _blend_body(problem, z, a, pair):
     def one():
         i = (a == 1).astype(jnp.int32)
         return slice_field(problem, z, *(None if A is None else A[i] for A in pair))

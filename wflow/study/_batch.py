@@ -78,14 +78,18 @@ def _in_a_loop(fn, in_axes, out_axes, args: tuple, B: int):
     ``fori_loop`` writes member b's outputs into slice b of arrays allocated once (in place,
     no stacked copy). Used where the discretization asks for it
     (``DepthDiscretization.members_in_a_loop``)."""
-    shapes = jax.eval_shape(lambda: fn(*_member(in_axes, args, 0)))
+    # traced once: the shapes below and the loop's body reuse jit's trace of one member (a
+    # continuous-depth gradient took 3.7 s to trace, benchmarks/README.md, "Tracing a
+    # continuous-depth step (2026-12-07)")
+    member = jax.jit(lambda b: fn(*_member(in_axes, args, b)))
+    shapes = jax.eval_shape(member, jnp.int32(0))
     outs = _axes_of(out_axes, shapes)
     init = jax.tree.map(lambda ax, s: jnp.zeros(s.shape[:ax] + (B,) + s.shape[ax:], s.dtype),
                         outs, shapes)
 
     def body(b, acc):
         return jax.tree.map(lambda ax, a, v: lax.dynamic_update_index_in_dim(a, v, b, ax),
-                            outs, acc, fn(*_member(in_axes, args, b)))
+                            outs, acc, member(b.astype(jnp.int32)))
 
     return lax.fori_loop(0, B, body, init)
 
