@@ -308,29 +308,3 @@ def test_blocked_step_holds_no_buffer_larger_than_the_tile():
     assert blocked < floor + 8 * 8 * tile
     assert whole > 8 * N * M > 10 * blocked
 
-
-def test_the_cpu_kernel_is_chosen_when_traced_where_the_cpu_is_the_only_backend(monkeypatch, key):
-    """``on_platform``: with the CPU as the only backend the neuron kernel's CPU branch is
-    traced alone (no ``platform_index`` in the program); with another backend present both
-    branches stay for XLA to choose at lowering. Either way the same numbers."""
-    import jax.extend.backend
-
-    from wflow._features import base
-
-    feature = wflow.Neuron(d=2, activation="tanh")
-    Z = jax.random.normal(key, (16, 2))
-    Theta = jax.random.normal(jax.random.fold_in(key, 1), (32, feature.k))
-    f = lambda Z, Theta: jnp.sum(feature.field(Z, Theta) ** 2)
-    g = jax.grad(f, argnums=(0, 1))
-
-    assert set(jax.extend.backend.backends()) == {"cpu"}  # this test's machine
-    alone = str(jax.make_jaxpr(g)(Z, Theta))
-    assert "platform_index" not in alone
-    values = jax.jit(g)(Z, Theta)
-    backends = {"cpu": None, "cuda": None}
-    monkeypatch.setattr(base.jax.extend.backend, "backends", lambda: backends)
-    jax.clear_caches()  # the traces above are cached by the arguments' shapes
-    assert "platform_index" in str(jax.make_jaxpr(g)(Z, Theta))
-    jax.clear_caches()
-    for a, b in zip(values, jax.jit(g)(Z, Theta), strict=True):
-        np.testing.assert_array_equal(a, b)

@@ -46,7 +46,6 @@ from typing import ClassVar
 
 import equinox as eqx
 import jax
-import jax.extend.backend
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -59,23 +58,6 @@ TILE = 2**24
 # 3e-4 away from a float64 reference on an H200; these products are tiny and
 # memory-bound, so the full precision costs nothing measurable.
 mm = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
-
-
-def on_platform(*args, cpu, default):
-    """``jax.lax.platform_dependent(*args, cpu=cpu, default=default)``, decided when traced
-    where this process has no backend but the CPU.
-
-    ``platform_dependent`` traces both branches at every call. In a continuous-depth
-    gradient the kernel is traced once per stage of the reverse pass and once per stage of
-    diffrax's fallback, so half of its tracing time was the branch a CPU never runs: the
-    study block of ``benchmarks/study_continuous_reference.toml`` traced its step in 8.5 s,
-    and in 3.9 s with one branch (benchmarks/README.md, "Tracing a continuous-depth step
-    (2026-12-07)"). Where another backend is present the program may be lowered for it, so
-    the choice stays with XLA. Both branches compute the same function.
-    """
-    if set(jax.extend.backend.backends()) == {"cpu"}:
-        return cpu(*args)
-    return jax.lax.platform_dependent(*args, cpu=cpu, default=default)
 
 
 def default_tile(backend: str | None = None) -> int:

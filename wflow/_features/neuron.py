@@ -46,7 +46,6 @@ from .base import (
     blocked_vjp,
     default_tile,
     mm,
-    on_platform,
 )
 
 _SMALL_D = 8
@@ -179,8 +178,8 @@ class Neuron(AbstractFeatureMap):
         value = self.field_value
         if self.d <= _SMALL_D and self.blocks(Z.shape[0], Theta.shape[0])[0] == 1:
             def value(Z, Theta, weights=None):
-                return on_platform(Z, Theta, weights, cpu=self._field_value_gemv,
-                                   default=self.field_value)
+                return jax.lax.platform_dependent(
+                    Z, Theta, weights, cpu=self._field_value_gemv, default=self.field_value)
         return blocked_value(self, value, Z, Theta, weights)
 
     def field_vjp(self, Z, Theta, P, weights=None):
@@ -231,8 +230,8 @@ def _neuron_field_fwd(feature, Z, Theta, weights):
 
 def _neuron_field_bwd(feature, residuals, P):
     Z, Theta, weights = residuals
-    return on_platform(Z, Theta, P, weights, cpu=feature.field_vjp,
-                       default=feature.autodiff_vjp)
+    return jax.lax.platform_dependent(
+        Z, Theta, P, weights, cpu=feature.field_vjp, default=feature.autodiff_vjp)
 
 
 _neuron_field.defvjp(_neuron_field_fwd, _neuron_field_bwd)

@@ -78,9 +78,9 @@ def _in_a_loop(fn, in_axes, out_axes, args: tuple, B: int):
     ``fori_loop`` writes member b's outputs into slice b of arrays allocated once (in place,
     no stacked copy). Used where the discretization asks for it
     (``DepthDiscretization.members_in_a_loop``)."""
-    # traced once: the shapes below and the loop's body reuse jit's trace of one member (a
-    # continuous-depth gradient took 3.7 s to trace, benchmarks/README.md, "Tracing a
-    # continuous-depth step (2026-12-07)")
+    # traced once: the shapes below and the loop's body share jit's trace of one member (the
+    # continuous study's reference step traced in 3.4 s, now 1.9 s; benchmarks/README.md,
+    # "Tracing a continuous-depth step (2026-12-07)")
     member = jax.jit(lambda b: fn(*_member(in_axes, args, b)))
     shapes = jax.eval_shape(member, jnp.int32(0))
     outs = _axes_of(out_axes, shapes)
