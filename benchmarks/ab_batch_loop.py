@@ -58,15 +58,20 @@ def interleaved_medians(calls: dict, repeats: int) -> dict:
     return {key: statistics.median(ts) for key, ts in times.items()}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def block_parser(doc: str) -> argparse.ArgumentParser:
+    """The command line of the scripts that time a study's block: CONFIG (default
+    ``study_continuous_reference.toml``, beside this script) and ``--block``."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("config", nargs="?",
                     default=os.path.join(HERE, "study_continuous_reference.toml"))
     ap.add_argument("--block", choices=("reference", "sweep"), default="reference")
-    ap.add_argument("--method", choices=("euler", "adaptive"), default="euler")
-    ap.add_argument("--repeats", type=int, default=5)
-    args = ap.parse_args()
+    return ap
 
+
+def block_flow(args):
+    """(config, block, batch, depth, flow, h, key) for ``block_parser``'s ``args``: the block of
+    ``study_block``, the flow ``integrate`` trains it with (its problem in the batch's dtype),
+    h = train.dt and a PRNG key. Prints the block."""
     import equinox as eqx
     import jax
     import jax.numpy as jnp
@@ -78,10 +83,22 @@ def main() -> None:
     flow = make_flow(problem, depth, batch, setup.regularization)
     flow = eqx.tree_at(lambda f: f.problem, flow, problem.astype(batch.theta.dtype))
     h = jnp.asarray(config["train"]["dt"], batch.theta.dtype)
-    key = jax.random.PRNGKey(0)
     print(f"jax {jax.__version__}, allocator: {ALLOCATOR}; {type(depth).__name__}, block "
           f"L = {block.L}, M = {block.M}, D = {block.D}, {batch.theta.shape[1]} members "
           f"(theta {batch.theta.nbytes / 1e6:.1f} MB)")
+    return config, block, batch, depth, flow, h, jax.random.PRNGKey(0)
+
+
+def main() -> None:
+    ap = block_parser(__doc__)
+    ap.add_argument("--method", choices=("euler", "adaptive"), default="euler")
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+
+    import jax
+    import jax.numpy as jnp
+
+    config, block, batch, depth, flow, h, key = block_flow(args)
 
     cls = type(depth.inner) if hasattr(depth, "inner") else type(depth)
     own = cls.__dict__.get("members_in_a_loop")  # None: inherited

@@ -15,46 +15,26 @@ block has no such field: both settings are the same program.
 
 from __future__ import annotations
 
-import argparse
-import os
 import statistics
-import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-from _wflow_entry import allocator_policy
-
-ALLOCATOR = allocator_policy()
+from ab_batch_loop import block_flow, block_parser  # first: sets the allocator policy
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("config", nargs="?",
-                    default=os.path.join(HERE, "study_continuous_reference.toml"))
-    ap.add_argument("--block", choices=("reference", "sweep"), default="reference")
+    ap = block_parser(__doc__)
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
 
-    import equinox as eqx
     import jax
     import jax.numpy as jnp
     import numpy as np
 
-    from ab_batch_loop import study_block
     from wflow import _depth
-    from wflow._flow import make_flow
 
-    config, setup, block, problem, batch, depth = study_block(args.config,
-                                                              args.block == "reference")
-    flow = make_flow(problem, depth, batch, setup.regularization)
-    flow = eqx.tree_at(lambda f: f.problem, flow, problem.astype(batch.theta.dtype))
-    h = jnp.asarray(config["train"]["dt"], batch.theta.dtype)
-    key = jax.random.PRNGKey(0)
+    _, _, batch, _, flow, h, key = block_flow(args)
     programs = {"step": lambda b: flow.step("euler", b, key, jnp.int32(0), h)[0].theta,
                 "diagnostics": lambda b: flow.diagnostics(b, 0.0)}
-    print(f"jax {jax.__version__}, allocator: {ALLOCATOR}; {type(depth).__name__}, block "
-          f"L = {block.L}, M = {block.M}, D = {block.D}, {batch.theta.shape[1]} members")
     once = _depth._blend_once
     settings = {"traced once": once,
                 "every call": lambda static, fd, z, a, pair: _depth._blend_body(
