@@ -505,16 +505,11 @@ _RECORDED_CASES = {
 
 def _recorded_steps(depth, problem, theta, x):
     """(accepted steps, record capacity) of the recorded solve of ``final_state``."""
-    from wflow import _depth, _rk_adjoint
+    from wflow import _depth
 
     dyn, static = eqx.partition(problem.feature, eqx.is_inexact_array)
-    L = theta.shape[0]
-    solver, controller, t0, t1, vf = _depth._recorded_setup(depth, (static, problem.scale), x, L)
-    cap = _rk_adjoint.capacity(len(depth.step_ts(L, x.dtype)) if L > 1 else 0, depth.max_steps,
-                               (solver.tableau.num_stages + 1) * x.nbytes)
-    n = _rk_adjoint.recorded_solve(vf, solver, controller, t0, t1, x, (dyn, theta, None, None),
-                                   depth.max_steps, cap)[3]
-    return int(n), cap
+    solve = _depth._recorded_solve(depth, (static, problem.scale), x, (dyn, theta, None, None))
+    return int(solve.forward()[2][1]), solve.cap
 
 
 def _recorded_and_diffrax(depth, L, scale, weighted, seed=0):
@@ -548,7 +543,7 @@ def test_recorded_gradient_is_diffrax_backprop(case):
     options, L, scale, weighted = _RECORDED_CASES[case]
     (v_rec, g_rec), (v_dfx, g_dfx), (steps, cap) = _recorded_and_diffrax(
         wflow.ContinuousDepth(**options), L, scale, weighted)
-    assert steps <= cap  # the recorded reverse pass, not the fallback
+    assert steps <= cap  # one segment: no step taken twice
     assert float(v_rec) == float(v_dfx)
     for a, b in zip(g_rec, g_dfx):
         if b is None:
@@ -558,25 +553,50 @@ def test_recorded_gradient_is_diffrax_backprop(case):
         np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-14 * float(jnp.max(jnp.abs(b))))
 
 
-def test_recorded_steps_overflow_falls_back_to_diffrax(monkeypatch):
-    """A solve that accepts more steps than its record holds is differentiated by diffrax
-    (the same gradient); a failed solve (max_steps) gives NaN and a zero gradient, as
-    diffrax's does."""
+def test_a_solve_longer_than_its_record_is_taken_in_segments(monkeypatch):
+    """A solve that accepts more steps than its record holds (here 2 steps, of 17 and 28) is
+    taken in segments: the reverse pass steps each earlier segment again from the state kept at
+    its start. Its gradient is diffrax's (RecursiveCheckpointAdjoint) to round-off with a start
+    kept for every segment (two members under vmap, whose solves take different numbers of
+    steps), and with the initial state kept only (every segment stepped again from t = 0).
+    A failed solve (max_steps) gives NaN and a zero gradient, as diffrax's does."""
     from wflow import _rk_adjoint
 
+    p0 = _random_problem("neuron", "tanh", True, seed=0)
+    thetas = jnp.stack([_random_theta(p0, L=3, M=5, seed=1),
+                        2 * _random_theta(p0, L=3, M=5, seed=7)])
+    x = p0.embed(p0.x)
+    c = jax.random.normal(jax.random.PRNGKey(2), x.shape)
+
+    def value_and_grad(solve, vmapped=False):
+        f = jax.value_and_grad(lambda th, x: jnp.sum(c * solve(p0, th, x)), argnums=(0, 1))
+        return jax.jit(jax.vmap(f, in_axes=(0, None)) if vmapped else f)
+
+    def assert_close(got, want):
+        assert float(got[0]) == float(want[0])  # the forward is diffrax's solve, to the bit
+        for a, b in zip(got[1], want[1]):
+            assert float(jnp.max(jnp.abs(b))) > 0
+            np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-14 * float(jnp.max(jnp.abs(b))))
+
     depth = wflow.ContinuousDepth(solver="dopri5", **TIGHT)
-    (_, g_full), _, (steps, cap) = _recorded_and_diffrax(depth, 3, 1.0, False)
-    assert 2 < steps <= cap
+    steps = [_recorded_steps(depth, p0, th, x) for th in thetas]
+    assert all(4 < n <= cap for n, cap in steps) and steps[0][0] != steps[1][0], steps
+    by_diffrax = value_and_grad(depth._diffrax_final_state)
+    want = [by_diffrax(th, x) for th in thetas]
+    assert_close(value_and_grad(depth.final_state)(thetas[0], x), want[0])
     monkeypatch.setattr(_rk_adjoint, "capacity", lambda *a: 2)
-    (v_rec, g_rec), (v_dfx, g_dfx), _ = _recorded_and_diffrax(depth, 3, 1.0, False)
-    assert float(v_rec) == float(v_dfx)
-    np.testing.assert_allclose(g_rec[0], g_dfx[0], rtol=1e-13)
-    np.testing.assert_allclose(g_rec[0], g_full[0], rtol=1e-11)
+    v, g = value_and_grad(depth.final_state, vmapped=True)(thetas, x)
+    for i in range(2):
+        assert_close((v[i], (g[0][i], g[1][i])), want[i])
+    monkeypatch.setattr(_rk_adjoint, "checkpoints", lambda *a: 1)
+    assert_close(value_and_grad(depth.final_state)(thetas[0], x), want[0])
     monkeypatch.undo()
-    (v_rec, g_rec), (v_dfx, g_dfx), _ = _recorded_and_diffrax(
-        wflow.ContinuousDepth(max_steps=3, **TIGHT), 3, 1.0, False)
+    failed = wflow.ContinuousDepth(max_steps=3, **TIGHT)
+    (v_rec, g_rec), (v_dfx, g_dfx) = (
+        value_and_grad(solve)(thetas[0], x)
+        for solve in (failed.final_state, failed._diffrax_final_state))
     assert np.isnan(float(v_rec)) and np.isnan(float(v_dfx))
-    for a, b in zip(g_rec[:2], g_dfx[:2]):
+    for a, b in zip(g_rec, g_dfx):
         np.testing.assert_array_equal(a, b)
 
 

@@ -457,29 +457,30 @@ def _recorded_final_state(depth, static, feature_dyn, Theta, x, weights, probes)
     return depth._diffrax_final_state(_view(static, feature_dyn), Theta, x, weights, probes)
 
 
-def _recorded_fwd(depth, static, feature_dyn, Theta, x, weights, probes):
-    L = Theta.shape[0]
+def _recorded_solve(depth, static, x, args) -> _rk_adjoint.RecordedSolve:
+    """The recording step loop of ``final_state``'s solve, built alike in its forward and its
+    reverse pass."""
+    L = args[1].shape[0]
     solver, controller, t0, t1, vf = _recorded_setup(depth, static, x, L)
     S = solver.tableau.num_stages
     cap = _rk_adjoint.capacity(len(depth.step_ts(L, x.dtype)) if L > 1 else 0,
                                depth.max_steps, (S + 1) * x.size * x.dtype.itemsize)
+    return _rk_adjoint.RecordedSolve(vf, solver, controller, t0, t1, x, args, depth.max_steps,
+                                     cap)
+
+
+def _recorded_fwd(depth, static, feature_dyn, Theta, x, weights, probes):
     args = (feature_dyn, Theta, weights, probes)
-    y1, ok, record, n, overflow = _rk_adjoint.recorded_solve(
-        vf, solver, controller, t0, t1, x, args, depth.max_steps, cap)
+    y1, ok, tape = _recorded_solve(depth, static, x, args).forward()
     # A failed solve (max_steps hit) yields NaN, which the time loop reports as divergence.
-    return jnp.where(ok, y1, jnp.nan), (record, n, overflow, ok, args, x)
+    return jnp.where(ok, y1, jnp.nan), (tape, ok, args, x)
 
 
 def _recorded_bwd(depth, static, residuals, g):
-    record, n, overflow, ok, args, x = residuals
+    tape, ok, args, x = residuals
     feature_dyn, Theta, weights, probes = args
     L = Theta.shape[0]
     lam = jnp.where(ok, g, 0)
-
-    def by_diffrax():  # more accepted steps than the record holds
-        def solve(fd, Th, x, w, p):
-            return depth._diffrax_final_state(_view(static, fd), Th, x, w, p)
-        return jax.vjp(solve, feature_dyn, Theta, x, weights, probes)[1](lam)
 
     def stage_vjp(t, Y, ct, acc):
         """The VJP of F(t, .) at Y (``ContinuousDepth.field``) with respect to the state and
@@ -501,15 +502,10 @@ def _recorded_bwd(depth, static, residuals, g):
         accs = [None if A is None else add(A, dA) for A, dA in zip(accs, dpair)]
         return dz, (jax.tree_util.tree_map(jnp.add, fd_acc, dfd), *accs)
 
-    def recorded():
-        zeros = jax.tree_util.tree_map(jnp.zeros_like, (feature_dyn, Theta, weights, probes))
-        tableau = ODE_SOLVERS[depth.solver]().tableau
-        dx, (dfd, dTh, dw, dp) = _rk_adjoint.reverse_pass(stage_vjp, tableau, record, n, lam,
-                                                          zeros)
-        return dfd, dTh, dx, dw, dp
-
-    # under vmap: diffrax's reverse pass for all members only when one of them overflowed
-    return lax.cond(eqxi.unvmap_any(overflow), by_diffrax, recorded)
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, (feature_dyn, Theta, weights, probes))
+    dx, (dfd, dTh, dw, dp) = _recorded_solve(depth, static, x, args).gradient(stage_vjp, tape,
+                                                                              lam, zeros)
+    return dfd, dTh, dx, dw, dp
 
 
 _recorded_final_state.defvjp(_recorded_fwd, _recorded_bwd)

@@ -26,9 +26,14 @@ solver's first stage is the previous step's last; its VJP is taken at (t_n, y_n)
 point. A stage that reaches y_{n+1} neither directly nor through a later stage (b_s = 0 and
 no a_{rs}: the FSAL stage) is skipped.
 
-The record holds ``capacity`` steps. A solve that accepts more (tolerances much tighter
-than the depth grid asks for) is differentiated by diffrax's ``RecursiveCheckpointAdjoint``
-instead, chosen at run time; both give the gradient of the same computation.
+The record holds ``capacity`` steps, a ring: accepted step q sits at q mod capacity. A solve
+that accepts more (tolerances much tighter than the depth grid asks for) is taken in segments of
+``capacity`` steps: the forward pass also keeps the loop's state (y, the solver's and the
+controller's states, the times) at the start of each segment, and the reverse pass, segment by
+segment from the last, runs the same step loop again from that state to refill the record
+before taking its adjoint. Each step beyond the first segment is then computed twice, as in
+diffrax's checkpointed adjoint. At most ``checkpoints`` states are kept; a segment past them
+starts from the last one kept and steps through the segments between.
 """
 
 from __future__ import annotations
@@ -42,9 +47,10 @@ import numpy as np
 from diffrax._term import WrapTerm  # what diffeqsolve wraps its terms in
 from jax import lax
 
-# Bytes the record of one solve may take: a larger state gets fewer steps, and a state whose
-# solve does not fit is differentiated by diffrax's adjoint (as before the record existed).
+# Bytes the record of one solve may take, and bytes its checkpoints may take: a larger state
+# gets fewer steps per segment and fewer checkpoints (the steps between recomputed).
 RECORD_BYTES = 2**26
+CHECKPOINT_BYTES = 2**24
 
 
 def explicit_tableau(solver) -> diffrax.ButcherTableau | None:
@@ -65,6 +71,14 @@ def capacity(n_step_ts: int, max_steps: int, step_bytes: int) -> int:
     return int(max(1, min(want, fit, max_steps)))
 
 
+def checkpoints(cap: int, max_steps: int, state_bytes: int) -> int:
+    """Segment starts kept: one per segment of ``cap`` steps up to ``max_steps``, at most
+    ``CHECKPOINT_BYTES`` in all (at least the initial state)."""
+    want = -(-max_steps // cap)
+    fit = CHECKPOINT_BYTES // max(state_bytes, 1)
+    return int(max(1, min(want, fit)))
+
+
 def _tableau_arrays(tab: diffrax.ButcherTableau):
     """(a (S, S) lower-triangular, b (S,), c (S,)) as diffrax embeds them."""
     S = tab.num_stages
@@ -77,72 +91,130 @@ def _tableau_arrays(tab: diffrax.ButcherTableau):
     return a, np.asarray(tab.b_sol, dtype=np.float64), c
 
 
-def recorded_solve(vf, solver, controller, t0, t1, y0, args, max_steps: int, cap: int):
-    """diffrax's step loop (``diffeqsolve``'s, without saving or events), recording steps.
+class RecordedSolve:
+    """diffrax's step loop (``diffeqsolve``'s, without saving or events), recording its steps.
 
-    ``vf(t, y, args)`` is the vector field. Returns (y1, ok, record, n, overflow): y1 the state
-    at t1 (the same computation as ``diffeqsolve`` with ``SaveAt(t1=True)``), ok whether the
-    solve succeeded, record = (ts0 (cap,), ts1 (cap,), ys (cap, *y.shape), ks (cap, S,
-    *y.shape)) of the first ``cap`` accepted steps, n the number accepted and overflow n > cap.
+    ``vf(t, y, args)`` is the vector field. Built alike in a forward pass (``forward``) and in
+    its reverse pass (``gradient``): both trace the same step, so a segment stepped again in
+    the reverse pass takes the forward's steps to the same values.
     """
-    # as diffeqsolve prepares a solve: time direction folded into the term and the controller
-    direction = jnp.where(t0 < t1, 1, -1)
-    t0, t1 = t0 * direction, t1 * direction
-    term = WrapTerm(diffrax.ODETerm(vf), direction)
-    controller = controller.wrap(direction)
-    error_order = solver.error_order(term)
-    tnext, cstate = controller.init(term, t0, t1, y0, None, args, solver.func, error_order)
-    tnext = jnp.minimum(tnext, t1)
-    sstate = solver.init(term, t0, tnext, y0, args)
-    t1_clip_floor = t1
-    for _ in range(100):  # diffrax's threshold for rounding tnext to t1: t1 - 100 ULPs
-        t1_clip_floor = eqxi.prevbefore(t1_clip_floor)
-    S = solver.tableau.num_stages
-    record = (jnp.zeros((cap,), t0.dtype), jnp.zeros((cap,), t0.dtype),
-              jnp.zeros((cap,) + y0.shape, y0.dtype), jnp.zeros((cap, S) + y0.shape, y0.dtype))
-    ok = jnp.bool_(True)
 
-    def step(tprev, tnext, y, sstate, cstate, made_jump):
-        y1, y_error, dense, sstate1, sres = solver.step(term, tprev, tnext, y, args, sstate,
-                                                        made_jump)
-        y_error = jnp.where(jnp.isnan(y_error), jnp.inf, y_error)
-        keep, tprev1, tnext1, made_jump1, cstate1, cres = controller.adapt_step_size(
-            tprev, tnext, y, y1, args, y_error, error_order, cstate)
-        return y1, dense["k"], sstate1, sres, keep, tprev1, tnext1, made_jump1, cstate1, cres
+    def __init__(self, vf, solver, controller, t0, t1, y0, args, max_steps: int, cap: int):
+        # as diffeqsolve prepares a solve: time direction folded into the term and the controller
+        direction = jnp.where(t0 < t1, 1, -1)
+        t0, t1 = t0 * direction, t1 * direction
+        term = WrapTerm(diffrax.ODETerm(vf), direction)
+        controller = controller.wrap(direction)
+        error_order = solver.error_order(term)
+        tnext, cstate = controller.init(term, t0, t1, y0, None, args, solver.func, error_order)
+        tnext = jnp.minimum(tnext, t1)
+        sstate = solver.init(term, t0, tnext, y0, args)
+        t1_clip_floor = t1
+        for _ in range(100):  # diffrax's threshold for rounding tnext to t1: t1 - 100 ULPs
+            t1_clip_floor = eqxi.prevbefore(t1_clip_floor)
 
-    # diffrax resolves made_jump statically when the controller never makes one
-    shape = eqx.filter_eval_shape(step, t0, tnext, y0, sstate, cstate, False)
-    made_jump0 = False if isinstance(shape[7], bool) else jnp.bool_(False)
+        def step(tprev, tnext, y, sstate, cstate, made_jump):
+            y1, y_error, dense, sstate1, sres = solver.step(term, tprev, tnext, y, args, sstate,
+                                                            made_jump)
+            y_error = jnp.where(jnp.isnan(y_error), jnp.inf, y_error)
+            keep, tprev1, tnext1, made_jump1, cstate1, cres = controller.adapt_step_size(
+                tprev, tnext, y, y1, args, y_error, error_order, cstate)
+            return y1, dense["k"], sstate1, sres, keep, tprev1, tnext1, made_jump1, cstate1, cres
 
-    def cond(carry):
-        tprev, _, _, _, _, _, ok, n_steps, _, _ = carry
-        return (tprev < t1) & ok & (n_steps < max_steps)
+        # diffrax resolves made_jump statically when the controller never makes one
+        shape = eqx.filter_eval_shape(step, t0, tnext, y0, sstate, cstate, False)
+        made_jump0 = False if isinstance(shape[7], bool) else jnp.bool_(False)
+        # the loop's state: (tprev, tnext, y, solver state, controller state, made_jump, ok,
+        # steps attempted, steps accepted)
+        self.state0 = (t0, tnext, y0, sstate, cstate, made_jump0, jnp.bool_(True), jnp.int32(0),
+                       jnp.int32(0))
+        self.step, self.t1, self.t1_clip_floor = step, t1, t1_clip_floor
+        self.max_steps, self.cap, self.S = max_steps, cap, solver.tableau.num_stages
+        self.tableau = solver.tableau
+        state_bytes = sum(np.dtype(jnp.result_type(v)).itemsize * int(np.prod(jnp.shape(v)))
+                          for v in jax.tree_util.tree_leaves(self.state0))
+        self.K = checkpoints(cap, max_steps, state_bytes)
 
-    def body(carry):
-        tprev, tnext, y, sstate, cstate, made_jump, ok, n_steps, n, record = carry
-        (y1, k, sstate1, sres, keep, tprev1, tnext1, made_jump1, cstate1,
-         cres) = step(tprev, tnext, y, sstate, cstate, made_jump)
-        tprev1 = jnp.minimum(tprev1, t1)
-        clip = tnext1 > t1_clip_floor
-        tnext1 = jnp.where(clip, jnp.where(keep, t1, tprev1 + 0.5 * (t1 - tprev1)), tnext1)
-        i = jnp.minimum(n, cap - 1)
-        write = keep & (n < cap)
-        record = tuple(buf.at[i].set(jnp.where(write, v, buf[i]))
-                       for buf, v in zip(record, (tprev, tnext, y, k)))
-        keep_ = lambda a, b: jnp.where(keep, a, b)
-        y = keep_(y1, y)
-        sstate = jax.tree_util.tree_map(keep_, sstate1, sstate)
-        if not isinstance(made_jump1, bool):
-            made_jump = keep_(made_jump1, made_jump)
-        ok = (ok & (~keep | (sres == diffrax.RESULTS.successful))
-              & (cres == diffrax.RESULTS.successful))
-        return (tprev1, tnext1, y, sstate, cstate1, made_jump, ok, n_steps + 1,
-                n + keep.astype(n.dtype), record)
+    def _advance(self, state, record, starts, n_stop):
+        """Steps from ``state`` until t1, a failure, ``max_steps`` attempts or (if given)
+        ``n_stop`` accepted steps; accepted step q written to record[q mod cap], and where
+        ``starts`` is given the state at every multiple of cap accepted steps kept in it."""
+        t1, cap, step = self.t1, self.cap, self.step
 
-    carry = (t0, tnext, y0, sstate, cstate, made_jump0, ok, jnp.int32(0), jnp.int32(0), record)
-    tprev, _, y, _, _, _, ok, _, n, record = lax.while_loop(cond, body, carry)
-    ok = ok & (tprev >= t1)
-    return y, ok, record, n, n > cap
+        def cond(carry):
+            tprev, _, _, _, _, _, ok, n_steps, n = carry[0]
+            go = (tprev < t1) & ok & (n_steps < self.max_steps)
+            return go if n_stop is None else go & (n < n_stop)
+
+        def body(carry):
+            (tprev, tnext, y, sstate, cstate, made_jump, ok, n_steps, n), record, starts = carry
+            (y1, k, sstate1, sres, keep, tprev1, tnext1, made_jump1, cstate1,
+             cres) = step(tprev, tnext, y, sstate, cstate, made_jump)
+            tprev1 = jnp.minimum(tprev1, t1)
+            clip = tnext1 > self.t1_clip_floor
+            tnext1 = jnp.where(clip, jnp.where(keep, t1, tprev1 + 0.5 * (t1 - tprev1)), tnext1)
+            i = n % cap
+            record = tuple(buf.at[i].set(jnp.where(keep, v, buf[i]))
+                           for buf, v in zip(record, (tprev, tnext, y, k)))
+            keep_ = lambda a, b: jnp.where(keep, a, b)
+            y = keep_(y1, y)
+            sstate = jax.tree_util.tree_map(keep_, sstate1, sstate)
+            if not isinstance(made_jump1, bool):
+                made_jump = keep_(made_jump1, made_jump)
+            ok = (ok & (~keep | (sres == diffrax.RESULTS.successful))
+                  & (cres == diffrax.RESULTS.successful))
+            n1 = n + keep.astype(n.dtype)
+            state = (tprev1, tnext1, y, sstate, cstate1, made_jump, ok, n_steps + 1, n1)
+            if starts is not None:
+                slot = jnp.minimum(n1 // cap, self.K - 1)
+                save = keep & (n1 % cap == 0) & (n1 // cap < self.K)
+                starts = jax.tree_util.tree_map(
+                    lambda buf, v: buf.at[slot].set(jnp.where(save, v, buf[slot])), starts, state)
+            return state, record, starts
+
+        return lax.while_loop(cond, body, (state, record, starts))
+
+    def forward(self):
+        """(y1, ok, tape): y1 the state at t1 (the same computation as ``diffeqsolve`` with
+        ``SaveAt(t1=True)``), ok whether the solve succeeded, and the tape the reverse pass
+        reads: (record, n, starts) with record = (ts0 (cap,), ts1 (cap,), ys (cap, *y.shape),
+        ks (cap, S, *y.shape)) holding the last segment's steps, n the number of accepted steps
+        and starts the loop's state at the start of the first K segments."""
+        y0, cap = self.state0[2], self.cap
+        t0 = self.state0[0]
+        record = (jnp.zeros((cap,), t0.dtype), jnp.zeros((cap,), t0.dtype),
+                  jnp.zeros((cap,) + y0.shape, y0.dtype),
+                  jnp.zeros((cap, self.S) + y0.shape, y0.dtype))
+        starts = jax.tree_util.tree_map(
+            lambda v: jnp.zeros((self.K,) + jnp.shape(v), jnp.result_type(v)).at[0].set(v),
+            self.state0)
+        state, record, starts = self._advance(self.state0, record, starts, None)
+        tprev, y, ok, n = state[0], state[2], state[6], state[8]
+        return y, ok & (tprev >= self.t1), (record, n, starts)
+
+    def gradient(self, stage_vjp, tape, lam, acc):
+        """The adjoint of the taped solve, segment by segment from the last (module docstring;
+        ``reverse_pass`` for ``stage_vjp``). Returns (the cotangent of y0, acc)."""
+        record, n, starts = tape
+        cap, K = self.cap, self.K
+        last = (n - 1) // cap  # the last segment; -1 for a solve without steps
+        # under vmap: one loop over the members' segments, as many as the longest solve's
+        n_segments = eqxi.unvmap_max(last) + 1
+
+        def segment(i, carry):
+            lam, acc = carry
+            j = last - i
+
+            def again():  # segment j stepped again from the last start kept at or before it
+                start = jax.tree_util.tree_map(lambda buf: buf[jnp.clip(j, 0, K - 1)], starts)
+                n_stop = jnp.where(j >= 0, (j + 1) * cap, 0)
+                return self._advance(start, record, None, n_stop)[1]
+
+            steps = lax.cond(i > 0, again, lambda: record)
+            count = jnp.where(i == 0, n - last * cap, jnp.where(j >= 0, cap, 0))
+            return reverse_pass(stage_vjp, self.tableau, steps, count, lam, acc)
+
+        return lax.fori_loop(0, n_segments, segment, (lam, acc))
 
 
 def reverse_pass(stage_vjp, tab: diffrax.ButcherTableau, record, n, lam, acc):
