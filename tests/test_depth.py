@@ -603,8 +603,8 @@ def test_a_solve_longer_than_its_record_is_taken_in_segments(monkeypatch):
 def test_a_continuous_gradient_traces_the_field_once_per_shape(monkeypatch):
     """The field of a continuous-depth solve is traced once per shape (``_depth._blend``
     through one ``jax.jit``), not at every stage of the solve, of the segments stepped again
-    and of the recorded reverse pass; the value and the gradient are the same to the bit as with a trace
-    per call."""
+    and of the recorded reverse pass; the value and the gradient are the same to the bit as
+    with a trace per call."""
     from wflow import _depth
 
     p0 = _random_problem("neuron", "tanh", True, seed=3)

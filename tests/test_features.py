@@ -307,4 +307,3 @@ def test_blocked_step_holds_no_buffer_larger_than_the_tile():
     floor = 8 * (N * L * d + 3 * L * M * (2 * d + 1))
     assert blocked < floor + 8 * 8 * tile
     assert whole > 8 * N * M > 10 * blocked
-

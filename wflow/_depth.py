@@ -437,17 +437,6 @@ def _view(static, feature_dyn) -> _FieldView:
     return _FieldView(eqx.combine(feature_dyn, feature_static), scale)
 
 
-def _recorded_setup(depth: ContinuousDepth, static, x, L: int):
-    """The solver, its controller, t0 = 0, t1 = 1 and the vector field of (t, z, args) with
-    args = (feature_dyn, Theta, weights, probes), for a recorded solve."""
-    def vf(t, z, args):
-        fd, Th, w, p = args
-        return depth.field(_view(static, fd), Th, t, z, w, p)
-
-    t0, t1 = jnp.zeros((), x.dtype), jnp.ones((), x.dtype)
-    return ODE_SOLVERS[depth.solver](), depth._controller(L, x.dtype), t0, t1, vf
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _recorded_final_state(depth, static, feature_dyn, Theta, x, weights, probes):
     """z(1) as ``ContinuousDepth._diffrax_final_state`` computes it, its reverse pass from the
@@ -459,14 +448,19 @@ def _recorded_final_state(depth, static, feature_dyn, Theta, x, weights, probes)
 
 def _recorded_solve(depth, static, x, args) -> _rk_adjoint.RecordedSolve:
     """The recording step loop of ``final_state``'s solve, built alike in its forward and its
-    reverse pass."""
+    reverse pass; ``args`` = (feature_dyn, Theta, weights, probes), the vector field's."""
+    def vf(t, z, args):
+        fd, Th, w, p = args
+        return depth.field(_view(static, fd), Th, t, z, w, p)
+
     L = args[1].shape[0]
-    solver, controller, t0, t1, vf = _recorded_setup(depth, static, x, L)
-    S = solver.tableau.num_stages
-    cap = _rk_adjoint.capacity(len(depth.step_ts(L, x.dtype)) if L > 1 else 0,
-                               depth.max_steps, (S + 1) * x.size * x.dtype.itemsize)
-    return _rk_adjoint.RecordedSolve(vf, solver, controller, t0, t1, x, args, depth.max_steps,
-                                     cap)
+    solver = ODE_SOLVERS[depth.solver]()
+    cap = _rk_adjoint.capacity(len(depth.step_ts(L, x.dtype)) if L > 1 else 0, depth.max_steps,
+                               (solver.tableau.num_stages + 1) * x.size * x.dtype.itemsize)
+    # t0 = 0 and t1 = 1 in the state's dtype, as _diffrax_final_state solves
+    return _rk_adjoint.RecordedSolve(vf, solver, depth._controller(L, x.dtype),
+                                     jnp.zeros((), x.dtype), jnp.ones((), x.dtype), x, args,
+                                     depth.max_steps, cap)
 
 
 def _recorded_fwd(depth, static, feature_dyn, Theta, x, weights, probes):

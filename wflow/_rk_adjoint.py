@@ -129,8 +129,7 @@ class RecordedSolve:
         self.state0 = (t0, tnext, y0, sstate, cstate, made_jump0, jnp.bool_(True), jnp.int32(0),
                        jnp.int32(0))
         self.step, self.t1, self.t1_clip_floor = step, t1, t1_clip_floor
-        self.max_steps, self.cap, self.S = max_steps, cap, solver.tableau.num_stages
-        self.tableau = solver.tableau
+        self.max_steps, self.cap, self.tableau = max_steps, cap, solver.tableau
         state_bytes = sum(np.dtype(jnp.result_type(v)).itemsize * int(np.prod(jnp.shape(v)))
                           for v in jax.tree_util.tree_leaves(self.state0))
         self.K = checkpoints(cap, max_steps, state_bytes)
@@ -184,7 +183,7 @@ class RecordedSolve:
         t0 = self.state0[0]
         record = (jnp.zeros((cap,), t0.dtype), jnp.zeros((cap,), t0.dtype),
                   jnp.zeros((cap,) + y0.shape, y0.dtype),
-                  jnp.zeros((cap, self.S) + y0.shape, y0.dtype))
+                  jnp.zeros((cap, self.tableau.num_stages) + y0.shape, y0.dtype))
         starts = jax.tree_util.tree_map(
             lambda v: jnp.zeros((self.K,) + jnp.shape(v), jnp.result_type(v)).at[0].set(v),
             self.state0)
