@@ -397,6 +397,43 @@ def test_sinkhorn_tends_to_exact_optimal_transport_for_small_epsilon():
     np.testing.assert_allclose(divergence(x, u, y, u, 3e-3), w2, rtol=1e-5)
 
 
+
+def test_sinkhorn_solves_each_slice_once_per_point_counts():
+    """The metric solves slice by slice: one compiled program per pair of point counts (M, M')
+    whatever the number of slices L, each slice's self term OT_eps(mu, mu) computed once (a
+    reference slice that several slices or runs compare with is not solved again), and the
+    value is ott-jax's own ``sinkhorn_divergence`` averaged over slices (its tolerance 1e-7 on
+    the marginals: agreement to 1e-6 relative)."""
+    from ott.geometry import pointcloud
+    from ott.tools.sinkhorn_divergence import sinkhorn_divergence
+
+    from wflow.study._metrics import sinkhorn
+
+    rng = np.random.default_rng(2)
+    M, Mr, eps = 9, 13, 0.3
+    ref = rng.normal(size=(3, Mr, 2))
+    wr = rng.uniform(0.5, 1.5, size=(3, Mr))
+    ott = jax.jit(lambda x, y, a, b: sinkhorn_divergence(
+        pointcloud.PointCloud, x, y, epsilon=eps, a=a, b=b,
+        solve_kwargs={"threshold": 1e-7, "max_iterations": 20000})[0])
+    sinkhorn._SELF.clear()
+    cross, self_ = sinkhorn._solvers()
+    compiled = cross._cache_size(), self_._cache_size()
+    for L in (3, 5):
+        jr = np.minimum(((np.arange(L) + 0.5) * 3 / L).astype(int), 2)  # the metric's j(l)
+        x = rng.normal(size=(L, M, 2)) + 0.2
+        a = np.full((L, M), 1.0)
+        got = sinkhorn.divergence(x, a, ref[jr], wr[jr], eps)
+        want = np.mean([float(ott(x[l], ref[jr[l]], a[l] / a[l].sum(), wr[jr[l]] / wr[jr[l]].sum()))
+                        for l in range(L)])
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    # one new program per solve (cross: M x Mr; self: M and Mr), not one per L
+    assert cross._cache_size() - compiled[0] == 1
+    assert self_._cache_size() - compiled[1] == 2
+    # self terms: the 3 + 5 run slices and the reference's 3 distinct slices, each once
+    assert len(sinkhorn._SELF) == 3 + 5 + 3
+
+
 COUPLING_TEACHER = """
 seed = 0
 [data]

@@ -57,10 +57,13 @@ def divergence(x, a, y, b, eps: float) -> float:
 
     S_eps = OT_eps(x, y) - (OT_eps(x, x) + OT_eps(y, y)) / 2 with OT_eps ott-jax's regularized
     cost (``ott.solvers.linear.solve(...).reg_ot_cost``; the three terms of
-    ``ott.tools.sinkhorn_divergence``). The reference's own term OT_eps(y, y), the costly one
-    (M' ~ reference_M points), is the same for every run compared with that reference and is
-    computed once (``_self_cost``, cached by the measure's bytes). Weights are normalized per
-    slice; columns of zero weight in every slice (padding, twins) are dropped.
+    ``ott.tools.sinkhorn_divergence``). Each slice is solved on its own: one program per pair of
+    point counts (M, M'), whatever the number of slices, and each slice stops at its own
+    tolerance (a solve vmapped over slices iterates until its slowest slice has converged). The
+    reference's own term OT_eps(y, y), the costly one (M' ~ reference_M points), is the same
+    for every run compared with that reference slice and is computed once per slice
+    (``_self_costs``, cached by the slice's bytes). Weights are normalized per slice; columns of
+    zero weight in every slice (padding, twins) are dropped.
     """
     live_a, live_b = a > 0, b > 0
     if not (np.all(np.isfinite(np.where(live_a[..., None], x, 0.0)))
@@ -70,8 +73,9 @@ def divergence(x, a, y, b, eps: float) -> float:
         return 0.0  # identical measures (the three solves would give 0 up to round-off)
     x, a = _compact(x, a)
     y, b = _compact(y, b)
-    xy = np.asarray(_solvers()[0](x, y, a, b, float(eps)))
-    s = xy - 0.5 * (_self_cost(x, a, eps) + _self_cost(y, b, eps))
+    cross = _solvers()[0]
+    xy = _values([cross(x[l], y[l], a[l], b[l], float(eps)) for l in range(len(x))])
+    s = xy - 0.5 * (_self_costs(x, a, eps) + _self_costs(y, b, eps))
     return float(np.mean(np.maximum(s, 0.0)))
 
 
@@ -84,24 +88,42 @@ def _compact(x, w):
     return np.ascontiguousarray(x), w / w.sum(axis=-1, keepdims=True)
 
 
-_SELF: dict = {}  # blake2b of (points, weights, eps) -> OT_eps(mu, mu) per slice
+_SELF: dict = {}  # blake2b of (points, weights, eps) of one slice -> OT_eps(mu, mu)
 _SOLVERS = None
 
 
-def _self_cost(x, w, eps) -> np.ndarray:
+def _values(costs) -> np.ndarray:
+    """The solves' costs, dispatched one after another, as one float64 array."""
+    import jax
+
+    return np.asarray(jax.device_get(costs), dtype=np.float64)
+
+
+def _self_costs(x, w, eps) -> np.ndarray:
+    """OT_eps(mu_l, mu_l) for each slice l of (x (L, M, k), w (L, M)), cached per slice."""
     import hashlib
 
-    h = hashlib.blake2b(x.tobytes() + w.tobytes() + np.float64(eps).tobytes() +
-                        str(x.shape).encode(), digest_size=16).digest()
-    if h not in _SELF:
-        if len(_SELF) > 256:
+    out, todo = np.empty(len(x)), {}
+    for l in range(len(x)):
+        h = hashlib.blake2b(x[l].tobytes() + w[l].tobytes() + np.float64(eps).tobytes() +
+                            str(x[l].shape).encode(), digest_size=16).digest()
+        if h in _SELF:
+            out[l] = _SELF[h]
+        else:
+            todo.setdefault(h, []).append(l)
+    if todo:
+        if len(_SELF) > 65536:
             _SELF.clear()
-        _SELF[h] = np.asarray(_solvers()[1](x, w, float(eps)))
-    return _SELF[h]
+        self_ = _solvers()[1]
+        ls = [slices[0] for slices in todo.values()]
+        for h, value in zip(todo, _values([self_(x[l], w[l], float(eps)) for l in ls])):
+            _SELF[h] = value
+            out[todo[h]] = value
+    return out
 
 
 def _solvers():
-    """The jitted, slice-vmapped ott-jax solves: OT_eps(x, y) and OT_eps(x, x) (imported on
+    """The jitted single-slice ott-jax solves: OT_eps(x, y) and OT_eps(x, x) (imported on
     first use: the registry is NumPy-only, ``base``)."""
     global _SOLVERS
     if _SOLVERS is None:
@@ -123,6 +145,5 @@ def _solvers():
         def self_(x, a, eps):
             return linear.solve(pointcloud.PointCloud(x, x, epsilon=eps), a, a, **sym).reg_ot_cost
 
-        _SOLVERS = (jax.jit(jax.vmap(cross, in_axes=(0, 0, 0, 0, None))),
-                    jax.jit(jax.vmap(self_, in_axes=(0, 0, None))))
+        _SOLVERS = (jax.jit(cross), jax.jit(self_))
     return _SOLVERS
