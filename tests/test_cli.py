@@ -133,6 +133,11 @@ def test_info(capsys):
     for word in ("wflow", "jax", "jaxlib", "diffrax", "equinox", "optax", "h5py", "python",
                  "backend", "devices", "precision", "x64"):
         assert word in out
+    # the persistent compilation cache in force (the test run keeps one; conftest.py)
+    import jax
+
+    cache = jax.config.jax_compilation_cache_dir
+    assert f"xla cache    {cache or 'off'} " in out, out
 
 
 @pytest.mark.parametrize("argv", [[], ["frobnicate"], ["run"], ["run", "a.toml", "--bogus"],

@@ -624,6 +624,14 @@ def _cmd_info(args) -> int:
     print(f"{'devices':<12} {', '.join(str(d) for d in jax.devices())}")
     print(f"{'precision':<12} float32 by default (solver.precision = \"float64\" to change)")
     print(f"{'x64 enabled':<12} {bool(jax.config.jax_enable_x64)}")
+    cache = jax.config.jax_compilation_cache_dir
+    if cache:
+        least = jax.config.jax_persistent_cache_min_compile_time_secs
+        print(f"{'xla cache':<12} {cache} (programs that compile in {least:g} s or more; "
+              "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS)")
+    else:
+        print(f"{'xla cache':<12} off (JAX_COMPILATION_CACHE_DIR keeps compiled programs "
+              "between commands)")
     from _wflow_entry import MALLOC_MODES, allocator_in_force
 
     print(f"{'allocator':<12} {allocator_in_force()} (WFLOW_MALLOC = {' | '.join(MALLOC_MODES)})")
