@@ -12,8 +12,9 @@ import tempfile
 # as real processes do not use it: they are killed at random instants and run as concurrent
 # processes, and JAX writes an entry in place, so one of them could read another's half-written
 # entry (JAX then compiles again, but warns on the stderr that those tests read).
-# WFLOW_TEST_XLA_CACHE=0 turns it off. A cached program is the same executable as a compiled
-# one: results do not change.
+# WFLOW_TEST_XLA_CACHE=0 turns it off; WFLOW_TEST_XLA_CACHE=DIR uses that folder and keeps it
+# (a second run then starts with every program it had). A cached program is the same
+# executable as a compiled one: results do not change.
 _OWN_CACHE = None
 if "WFLOW_TEST_XLA_CACHE" not in os.environ:
     _OWN_CACHE = os.environ["WFLOW_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="wflow-xla-")
