@@ -218,7 +218,9 @@ dt = 0.05
 """
 
 
-def test_bad_sequence_inputs_exit_2_with_one_line(tmp_path):
+def test_bad_sequence_inputs_exit_2_with_one_line(tmp_path, capsys):
+    """In this process (``main``, as the command calls it), but for the first case, which runs
+    as a real process: exit 2, one line naming the key, no file."""
     cfg = tmp_path / "icl.toml"
     cfg.write_text(ICL)
     out = tmp_path / "o.h5"
@@ -231,19 +233,23 @@ def test_bad_sequence_inputs_exit_2_with_one_line(tmp_path):
                "model.feature=neuron"], "data.tokens = 4: only used with sequence data"),
              (["--set", "data.kind=teacher", "--set", "data.tokens=-1"], "data.tokens = -1"),
              ]
-    for extra, needle in cases:
-        res = _cli("run", cfg, "-o", out, "-q", *extra)
-        lines = res.stderr.strip().splitlines()
-        assert res.returncode == 2 and len(lines) == 1 and needle in lines[0], (extra, res.stderr)
-        assert not out.exists() and "Traceback" not in res.stderr
+    res = _cli("run", cfg, "-o", out, "-q", *cases[0][0])
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and cases[0][1] in lines[0], res.stderr
+    assert not out.exists() and "Traceback" not in res.stderr
+    for extra, needle in cases[1:]:
+        rc, _, err = cli(capsys, "run", cfg, "-o", out, "-q", *extra)
+        lines = err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1 and needle in lines[0], (extra, err)
+        assert not out.exists() and "Traceback" not in err
     vector = tmp_path / "vec.toml"
     vector.write_text(ICL.replace('kind = "in_context_regression"', 'kind = "sine"')
                       .replace("tokens = 5\n", ""))
-    res = _cli("run", vector, "-o", out, "-q")
-    assert res.returncode == 2 and "needs sequence data" in res.stderr, res.stderr
-    res = _cli("run", vector, "-o", out, "-q", "--set", "model.feature=neuron",
-               "--set", "model.readout_token=mean")
-    assert res.returncode == 2 and "only used with sequence data" in res.stderr, res.stderr
+    rc, _, err = cli(capsys, "run", vector, "-o", out, "-q")
+    assert rc == 2 and "needs sequence data" in err, err
+    rc, _, err = cli(capsys, "run", vector, "-o", out, "-q", "--set", "model.feature=neuron",
+                     "--set", "model.readout_token=mean")
+    assert rc == 2 and "only used with sequence data" in err, err
 
 
 def test_icl_runs_reruns_and_splits_over_devices(tmp_path):

@@ -274,7 +274,11 @@ def test_example_block_compare_equals_neuron(tmp_path, capsys):
 
 
 def test_example_block_study_limit_equals_neuron(tmp_path, capsys):
-    section = ('\n[study]\nL = [2, 4]\nM = [2, 4]\nseeds = 2\ntimes = [0.0, 0.5]\n'
+    """The whole study, with a continuous-depth particle reference (its members in a loop),
+    the same for the example block as for the neuron. Four seeds: the floor then compares the
+    repetitions' own references, no extra runs (the two-halves floor, a third compiled
+    continuous-depth program per study, is tested in test_faults.py and test_study_rates.py)."""
+    section = ('\n[study]\nL = [2, 4]\nM = [2, 4]\nseeds = 4\ntimes = [0.0, 0.5]\n'
                'reference = "particles"\nreference_M = 16\nreference_L = 8\n')
     user, neuron = _pair(tmp_path, capsys, "study limit", {}, compare=section)
     _assert_same(user, neuron)
