@@ -307,7 +307,7 @@ def test_study_and_compare_create_their_output_folder(tmp_path, capsys, monkeypa
     (the lock file used to be opened before the folder existed: exit 2)."""
     edits = ({"study.L": "[2, 4]", "study.M": "[4]", "study.seeds": "2", "study.times": "[0.5]",
               "study.reference": '"particles"', "study.reference_M": "8",
-              "study.reference_L": "4"} if verb[0] == "study"
+              "study.reference_L": "4", "study.reference_depth": '"layers"'} if verb[0] == "study"
              else {"compare.optimizers": '["sgd"]', "compare.records": "2"})
     cfg = write_config(tmp_path, edits, name="mycfg.toml")
     monkeypatch.chdir(tmp_path)

@@ -82,7 +82,8 @@ def test_grid_run_file_has_cell_coordinates(tmp_path, capsys):
 
 def test_study_file_has_named_dimensions(tmp_path, capsys):
     study = ('\n[study]\nL = [2, 4]\nM = [2, 3]\nseeds = 2\ntimes = [0.0, 0.5]\n'
-             'reference = "particles"\nreference_M = 12\nreference_L = 8\nmetrics = ["output"]\n')
+             'reference = "particles"\nreference_M = 12\nreference_L = 8\nmetrics = ["output"]\n'
+             'reference_depth = "layers"\n')  # the file's layout is that of any reference
     out = _run(tmp_path, capsys, {"data.test_n": None}, study, verb=("study", "limit"),
                name="study.h5", flags=("-q", "--no-plot"))
     tree = wflow.open_run(out)
