@@ -532,14 +532,23 @@ def _recorded_and_diffrax(depth, L, scale, weighted, seed=0):
     return out["recorded"], out["diffrax"], (out["steps"], out["capacity"])
 
 
-@pytest.mark.parametrize("case", [
-    pytest.param(c, marks=pytest.mark.slow) if c.startswith("dopri8") else c
-    for c in sorted(_RECORDED_CASES)])
-def test_recorded_gradient_is_diffrax_backprop(case):
+@pytest.mark.parametrize("case, stages", [
+    pytest.param(c, "loop", marks=pytest.mark.slow) if c.startswith("dopri8") else (c, "loop")
+    for c in sorted(_RECORDED_CASES)] + [("tsit5-nodes", "unrolled"),
+                                         ("bosh3-subdivide", "unrolled")])
+def test_recorded_gradient_is_diffrax_backprop(case, stages, monkeypatch):
     """The reverse pass from recorded steps is the gradient diffrax's RecursiveCheckpointAdjoint
     computes, to round-off (float64), and the forward value is diffrax's to the bit: explicit
     solvers with and without FSAL, several steps per depth interval, a subdivided grid,
-    weights and probes, alpha != 1 and a single slice."""
+    weights and probes, alpha != 1 and a single slice. Both forms of the reverse pass: a
+    step's stages as a loop (these small problems' own), and unrolled (the form of large ones:
+    ``_rk_adjoint.LOOP_STAGES_BELOW``)."""
+    from wflow import _rk_adjoint
+
+    assert 6 * 3 * 5 < _rk_adjoint.LOOP_STAGES_BELOW  # N D M of these problems: the loop
+    if stages == "unrolled":
+        monkeypatch.setattr(_rk_adjoint, "LOOP_STAGES_BELOW", 0)
+        jax.clear_caches()  # the loop form of the same shapes may be traced already
     options, L, scale, weighted = _RECORDED_CASES[case]
     (v_rec, g_rec), (v_dfx, g_dfx), (steps, cap) = _recorded_and_diffrax(
         wflow.ContinuousDepth(**options), L, scale, weighted)

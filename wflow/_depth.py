@@ -497,8 +497,10 @@ def _recorded_bwd(depth, static, residuals, g):
         return dz, (jax.tree_util.tree_map(jnp.add, fd_acc, dfd), *accs)
 
     zeros = jax.tree_util.tree_map(jnp.zeros_like, (feature_dyn, Theta, weights, probes))
-    dx, (dfd, dTh, dw, dp) = _recorded_solve(depth, static, x, args).gradient(stage_vjp, tape,
-                                                                              lam, zeros)
+    # a step's stages as a loop where an evaluation is small (``_rk_adjoint.LOOP_STAGES_BELOW``)
+    small = x.shape[0] * x.shape[1] * Theta.shape[1] < _rk_adjoint.LOOP_STAGES_BELOW
+    dx, (dfd, dTh, dw, dp) = _recorded_solve(depth, static, x, args).gradient(
+        stage_vjp, tape, lam, zeros, loop_stages=small)
     return dfd, dTh, dx, dw, dp
 
 

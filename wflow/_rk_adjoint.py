@@ -51,6 +51,13 @@ from jax import lax
 # gets fewer steps per segment and fewer checkpoints (the steps between recomputed).
 RECORD_BYTES = 2**26
 CHECKPOINT_BYTES = 2**24
+# ``reverse_pass`` loops over a step's stages when one vector-field evaluation is smaller than
+# this (N data points x D coordinates x M particles), and unrolls them from there on. Measured
+# on the continuous study's reference (N = 48, D = 2, L = 8, 8 members, float32): the loop's
+# step time over the unrolled one's 0.75 at M = 16, 0.83 at M = 64, 0.94 at M = 256, 1.08 at
+# M = 1024 and 1.01-1.04 at M = 16384; it compiles in 15-50% less time at every M
+# (benchmarks/README.md, "The reverse pass's stages: a loop for small problems (2026-12-08)").
+LOOP_STAGES_BELOW = 2**15
 
 
 def explicit_tableau(solver) -> diffrax.ButcherTableau | None:
@@ -191,9 +198,10 @@ class RecordedSolve:
         tprev, y, ok, n = state[0], state[2], state[6], state[8]
         return y, ok & (tprev >= self.t1), (record, n, starts)
 
-    def gradient(self, stage_vjp, tape, lam, acc):
+    def gradient(self, stage_vjp, tape, lam, acc, loop_stages: bool = False):
         """The adjoint of the taped solve, segment by segment from the last (module docstring;
-        ``reverse_pass`` for ``stage_vjp``). Returns (the cotangent of y0, acc)."""
+        ``reverse_pass`` for ``stage_vjp`` and ``loop_stages``). Returns (the cotangent of y0,
+        acc)."""
         record, n, starts = tape
         cap, K = self.cap, self.K
         last = (n - 1) // cap  # the last segment; -1 for a solve without steps
@@ -211,34 +219,35 @@ class RecordedSolve:
 
             steps = lax.cond(i > 0, again, lambda: record)
             count = jnp.where(i == 0, n - last * cap, jnp.where(j >= 0, cap, 0))
-            return reverse_pass(stage_vjp, self.tableau, steps, count, lam, acc)
+            return reverse_pass(stage_vjp, self.tableau, steps, count, lam, acc, loop_stages)
 
         return lax.fori_loop(0, n_segments, segment, (lam, acc))
 
 
-def reverse_pass(stage_vjp, tab: diffrax.ButcherTableau, record, n, lam, acc):
+def reverse_pass(stage_vjp, tab: diffrax.ButcherTableau, record, n, lam, acc,
+                 loop_stages: bool = False):
     """The adjoint of ``n`` recorded steps (module docstring).
 
     ``stage_vjp(t, Y, ct, acc)`` returns (dY, acc): the VJP of f(t, .) at Y with cotangent ct
     for the state, and ``acc`` (the parameters' cotangents) with this stage's added. ``lam``
     is the cotangent of y1. Returns (the cotangent of y0, acc).
+
+    ``loop_stages``: the stages of a step as a loop (one copy of ``stage_vjp`` in the compiled
+    program) instead of unrolled (one per stage). The loop compiles faster and runs faster
+    where a stage's work is small, the unrolled form where it is large
+    (``LOOP_STAGES_BELOW``). The sums are the same, in the same order; the two forms agree to
+    round-off (the dot product that forms a stage's input differs).
     """
     ts0, ts1, ys, ks = record
     S = tab.num_stages
     a, b, c = _tableau_arrays(tab)
     # a stage that feeds y1 neither directly nor through a later stage has no cotangent
-    live = [bool(b[s] != 0 or np.any(a[s + 1:, s] != 0)) for s in range(S)]
+    live = [s for s in range(S) if b[s] != 0 or np.any(a[s + 1:, s] != 0)]
 
-    def one_step(i, carry):
-        lam, acc = carry
-        m = n - 1 - i
-        t0, t1, y0, k = ts0[m], ts1[m], ys[m], ks[m]
-        dt = t1 - t0
-        dtype = y0.dtype
+    def unrolled(lam, acc, t0, t1, y0, k):
+        dt, dtype = t1 - t0, y0.dtype
         dY = [None] * S
-        for s in reversed(range(S)):
-            if not live[s]:
-                continue
+        for s in reversed(live):
             dk = jnp.asarray(b[s], dtype) * lam if b[s] != 0 else None
             for r in range(s + 1, S):
                 if a[r, s] != 0 and dY[r] is not None:
@@ -250,9 +259,34 @@ def reverse_pass(stage_vjp, tab: diffrax.ButcherTableau, record, n, lam, acc):
             Y = y0 + jnp.tensordot(jnp.asarray(a[s], dtype), k, axes=1)
             t = jnp.where(c[s] == 1, t1, t0 + jnp.asarray(c[s], t0.dtype) * dt)
             dY[s], acc = stage_vjp(t, Y, dt * dk, acc)
-        for s in range(S):
-            if dY[s] is not None:
-                lam = lam + dY[s]
+        return [d for d in dY if d is not None], acc
+
+    def looped(lam, acc, t0, t1, y0, k):
+        # the unrolled sums term by term: a zero coefficient adds an exact zero
+        dt, dtype = t1 - t0, y0.dtype
+        A, B, C = jnp.asarray(a, dtype), jnp.asarray(b, dtype), jnp.asarray(c, t0.dtype)
+        order = jnp.asarray(live[::-1], jnp.int32)
+
+        def stage(j, carry):
+            dY, acc = carry
+            s = order[j]
+            dk = B[s] * lam
+            for r in range(1, S):  # a[r, s] is 0 unless r > s
+                dk = dk + A[r, s] * dY[r]
+            Y = y0 + jnp.tensordot(A[s], k, axes=1)
+            t = jnp.where(C[s] == 1, t1, t0 + C[s] * dt)
+            dYs, acc = stage_vjp(t, Y, dt * dk, acc)
+            return dY.at[s].set(dYs), acc
+
+        dY, acc = lax.fori_loop(0, len(live), stage, (jnp.zeros((S,) + y0.shape, dtype), acc))
+        return [dY[s] for s in live], acc
+
+    def one_step(i, carry):
+        lam, acc = carry
+        m = n - 1 - i
+        dY, acc = (looped if loop_stages else unrolled)(lam, acc, ts0[m], ts1[m], ys[m], ks[m])
+        for d in dY:  # in stage order
+            lam = lam + d
         return lam, acc
 
     return lax.fori_loop(0, n, one_step, (lam, acc))
