@@ -19,7 +19,7 @@ from ott.solvers import linear  # noqa: E402
 
 from wflow.study._metrics import sinkhorn  # noqa: E402
 
-OPTS = {"threshold": 1e-7, "max_iterations": 20000}  # the metric's (sinkhorn._solvers)
+OPTS = sinkhorn.SOLVE_OPTIONS  # the metric's
 
 
 def iterations(x, y, a, b, eps):

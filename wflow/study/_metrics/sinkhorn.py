@@ -90,6 +90,7 @@ def _compact(x, w):
 
 _SELF: dict = {}  # blake2b of (points, weights, eps) of one slice -> OT_eps(mu, mu)
 _SOLVERS = None
+SOLVE_OPTIONS = {"threshold": 1e-7, "max_iterations": 20000}  # ott-jax's linear.solve, per slice
 
 
 def _values(costs) -> np.ndarray:
@@ -132,7 +133,7 @@ def _solvers():
         from ott.solvers import linear
         from ott.solvers.linear import acceleration
 
-        opts = {"threshold": 1e-7, "max_iterations": 20000}
+        opts = SOLVE_OPTIONS
 
         def cross(x, y, a, b, eps):
             return linear.solve(pointcloud.PointCloud(x, y, epsilon=eps), a, b, **opts).reg_ot_cost
